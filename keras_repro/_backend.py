@@ -1,0 +1,191 @@
+"""The one module that branches on the Keras backend.
+
+Everything that differs between TensorFlow, JAX and PyTorch lives here, behind
+small functions with the same meaning on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import keras
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def name() -> str:
+    """The active Keras backend: "tensorflow", "jax", "torch" or "numpy"."""
+    return keras.backend.backend()
+
+
+def version() -> str:
+    """The version of the active backend's framework."""
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(name(), "numpy")
+    return str(getattr(__import__(module), "__version__", "unknown"))
+
+
+def seed_backend(seed: int) -> None:
+    """Seeds python, numpy, the backend framework and Keras' global SeedGenerator."""
+    keras.utils.set_random_seed(seed)
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A host numpy view of a variable's current value (no copy on CPU where possible)."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(value, tf.distribute.DistributedValues):
+            value = value.values[0]
+        return value.numpy()
+    if backend == "torch":
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def seed_state_max() -> int:
+    """The largest value a SeedGenerator state entry can hold on this backend."""
+    return 2**31 - 1 if name() == "torch" else 2**32 - 1
+
+
+def enable_op_determinism(threads: int | None, inter_op_threads: int | None) -> tuple[dict, dict]:
+    """Turns on the backend's deterministic kernels and optional CPU thread limits.
+
+    Returns:
+        (applied, not_applied): what was set, and what could not be with the reason.
+    """
+    applied: dict[str, Any] = {}
+    not_applied: dict[str, str] = {}
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        applied["tf_op_determinism"] = True
+        for key, value, setter in (
+            ("intra_op_threads", threads, tf.config.threading.set_intra_op_parallelism_threads),
+            ("inter_op_threads", inter_op_threads, tf.config.threading.set_inter_op_parallelism_threads),
+        ):
+            if value is None:
+                continue
+            try:
+                setter(value)
+                applied[key] = value
+            except RuntimeError as error:
+                not_applied[key] = (
+                    "TensorFlow is already initialized; call enable_determinism() before "
+                    f"any TensorFlow op runs ({error})"
+                )
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+        applied["torch_deterministic_algorithms"] = True
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        applied["cudnn_deterministic"] = True
+        if torch.cuda.is_available() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+            applied["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        if threads is not None:
+            torch.set_num_threads(threads)
+            applied["intra_op_threads"] = threads
+        if inter_op_threads is not None:
+            try:
+                torch.set_num_interop_threads(inter_op_threads)
+                applied["inter_op_threads"] = inter_op_threads
+            except RuntimeError as error:
+                not_applied["inter_op_threads"] = f"torch already started its thread pool ({error})"
+    elif backend == "jax":
+        flag = "--xla_gpu_deterministic_ops=true"
+        import jax
+
+        initialized = _jax_backends_initialized(jax)
+        if flag in os.environ.get("XLA_FLAGS", ""):
+            applied["xla_deterministic_ops"] = True
+        elif initialized:
+            not_applied["xla_deterministic_ops"] = (
+                "JAX is already initialized; set XLA_FLAGS=" + flag + " before the first "
+                "JAX operation (or start with `keras-repro run`)"
+            )
+        else:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+            applied["xla_deterministic_ops"] = True
+        for key, value in (("intra_op_threads", threads), ("inter_op_threads", inter_op_threads)):
+            if value is not None:
+                not_applied[key] = "JAX has no runtime thread-count setting; use XLA_FLAGS"
+    else:
+        not_applied["op_determinism"] = f"no determinism switch for the {backend} backend"
+    return applied, not_applied
+
+
+def _jax_backends_initialized(jax_module: Any) -> bool:
+    """Whether JAX has already created its backends (after which XLA_FLAGS are ignored)."""
+    try:
+        from jax._src import xla_bridge
+
+        return bool(getattr(xla_bridge, "_backends", {}))
+    except ImportError:  # pragma: no cover - private layout changed
+        return True
+
+
+def determinism_state() -> dict[str, Any]:
+    """The determinism switches currently in force, for the environment manifest."""
+    backend = name()
+    state: dict[str, Any] = {}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        state["tf_op_determinism"] = _tf_op_determinism_enabled()
+        state["intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+        state["inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
+    elif backend == "torch":
+        import torch
+
+        state["torch_deterministic_algorithms"] = bool(torch.are_deterministic_algorithms_enabled())
+        state["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+        state["intra_op_threads"] = torch.get_num_threads()
+    elif backend == "jax":
+        state["xla_deterministic_ops"] = "--xla_gpu_deterministic_ops=true" in os.environ.get(
+            "XLA_FLAGS", ""
+        )
+    return state
+
+
+def _tf_op_determinism_enabled() -> bool | str:
+    """Whether TF op determinism is on ("unknown" if TF no longer exposes it)."""
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return bool(tf_config.is_op_determinism_enabled())
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        return "unknown"
+
+
+def devices() -> list[str]:
+    """Names of the devices the backend computes on."""
+    backend = name()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return [d.name for d in tf.config.list_logical_devices()]
+        if backend == "jax":
+            import jax
+
+            return [str(d) for d in jax.devices()]
+        if backend == "torch":
+            import torch
+
+            found = ["cpu"]
+            if torch.cuda.is_available():
+                found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            return found
+    except Exception as error:  # noqa: BLE001 - the manifest must never break a run
+        logger.debug("Could not list devices: %s", error)
+    return []

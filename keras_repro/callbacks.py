@@ -1,0 +1,226 @@
+"""`SeedCallback`: reseeds a fit, fingerprints every epoch, records or verifies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import keras
+
+from keras_repro import environment, store
+from keras_repro.compare import Divergence, compare_fingerprints
+from keras_repro.errors import FingerprintMismatch, ReferenceFileError
+from keras_repro.fingerprints import Fingerprint, fingerprint, seed_generators
+from keras_repro.log import FingerprintLog, load_fingerprints
+from keras_repro.seeding import derive_seed, seed_everything, validate_seed, warn_if_hash_randomized
+from keras_repro import _backend
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "record", "verify")
+ON_MISMATCH = ("raise", "warn")
+
+
+def reset_layer_rng(model: Any, seed: int, epoch: int) -> int:
+    """Sets every layer SeedGenerator of `model` to a state derived from
+    (seed, epoch, its place in the model); returns how many were reset."""
+    generators = seed_generators(model)
+    limit = _backend.seed_state_max()
+    for index, (_, generator) in enumerate(generators):
+        value = derive_seed(seed, "layer-rng", epoch, index) % (limit + 1)
+        generator.state.assign(keras.ops.cast(keras.ops.convert_to_tensor([value, 0]), generator.state.dtype))
+    return len(generators)
+
+
+class SeedCallback(keras.callbacks.Callback):
+    """Reseeds a fit, fingerprints every epoch, and records or verifies a reference.
+
+    At the start of each fit it reseeds Python, NumPy and the backend from `seed`.
+    Before the first step it fingerprints the model (weights, optimizer state);
+    at the start of every epoch it reseeds again from (seed, epoch) and resets
+    every layer `SeedGenerator` (Dropout, noise, augmentation) from (seed, epoch,
+    layer), so masks depend on the epoch alone, not on history. At every epoch
+    end it fingerprints the model, puts the digest in `logs` (so it lands in
+    `History`) and records it or checks it against the reference.
+
+    Epochs are numbered as Keras numbers them in callbacks: from 0.
+
+    Args:
+        seed: An int in [0, 2**32 - 1].
+        reference: Path of the fingerprint file (`.h5`), or None to keep the
+            fingerprints in memory only (`callback.log`).
+        mode: "record" writes `reference` (replacing it atomically); "verify"
+            compares with it (it must exist); "auto" verifies when the file
+            exists, else records.
+        on_mismatch: "raise" stops training with `FingerprintMismatch` at the end
+            of the first epoch that differs (or before the first step when the
+            initial state differs); "warn" warns once and goes on.
+        reset_layer_rng: Reset layer SeedGenerators at every epoch start (default).
+        log_key: The `logs` key that receives the digest, or None for none.
+
+    Attributes:
+        log: The `FingerprintLog` of the last fit.
+        divergence: The first `Divergence` found by the last verify, or None.
+        resolved_mode: "record" or "verify", once a fit has started.
+
+    Example:
+
+    >>> cb = SeedCallback(seed=7, reference="run.h5")          # doctest: +SKIP
+    >>> model.fit(x, y, epochs=3, callbacks=[cb])              # doctest: +SKIP
+    >>> cb.resolved_mode                                       # doctest: +SKIP
+    'record'
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        reference: str | os.PathLike | None = None,
+        mode: str = "auto",
+        on_mismatch: str = "raise",
+        reset_layer_rng: bool = True,
+        log_key: str | None = "fingerprint",
+    ) -> None:
+        super().__init__()
+        self.seed = validate_seed(seed)
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        if on_mismatch not in ON_MISMATCH:
+            raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}. Received: on_mismatch={on_mismatch!r}")
+        if mode == "verify" and reference is None:
+            raise ValueError("mode='verify' needs a `reference` file to compare with. Received: reference=None")
+        self.reference = None if reference is None else os.fspath(reference)
+        self.mode = mode
+        self.on_mismatch = on_mismatch
+        self.reset_layer_rng = bool(reset_layer_rng)
+        self.log_key = log_key
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        """Forgets everything about a previous fit, so the instance can be reused."""
+        self.resolved_mode: str | None = None
+        self.divergence: Divergence | None = None
+        self._expected: FingerprintLog | None = None
+        self._initial: Fingerprint | None = None
+        self._epochs: list[Fingerprint] = []
+        self._first_epoch: int | None = None
+        self._environment: dict[str, str] = {}
+        self._warned_missing = False
+
+    @property
+    def log(self) -> FingerprintLog:
+        """The fingerprints of the current (or last) fit."""
+        return FingerprintLog(
+            self._initial, tuple(self._epochs), dict(self._environment), self.seed, self._notes(), self.reference
+        )
+
+    def _notes(self) -> dict[str, str]:
+        """Notes from the model (e.g. nondeterministic inputs), recorded with the run."""
+        notes = getattr(self.model, "_repro_notes", None) if self.model is not None else None
+        return dict(notes or {})
+
+    # Keras hooks -----------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._reset_state()
+        warn_if_hash_randomized()
+        if self.mode == "auto":
+            self.resolved_mode = "verify" if self.reference and os.path.exists(self.reference) else "record"
+        else:
+            self.resolved_mode = self.mode
+        if self.resolved_mode == "verify":
+            self._expected = load_fingerprints(self.reference)
+        seed_everything(derive_seed(self.seed, "fit"))
+        self._environment = environment.collect()
+        logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+            self._initial = self._fingerprint(epoch)
+            self._check_initial(epoch)
+            self._save()
+        seed_everything(derive_seed(self.seed, "epoch", epoch))
+        if self.reset_layer_rng:
+            reset_layer_rng(self.model, self.seed, epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        current = self._fingerprint(epoch).with_epoch(epoch, metrics)
+        self._epochs.append(current)
+        if logs is not None and self.log_key:
+            logs[self.log_key] = current.digest
+        if self.resolved_mode == "verify":
+            expected = self._expected.epoch(epoch)
+            if expected is None:
+                self._warn_missing(epoch)
+            else:
+                self._report(compare_fingerprints(expected, current, epoch))
+        self._save()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.resolved_mode == "verify" and self.divergence is None:
+            logger.info("SeedCallback: %d epochs verified against %s", len(self._epochs), self.reference)
+
+    # helpers -----------------------------------------------------------------------
+
+    def _fingerprint(self, epoch: int) -> Fingerprint:
+        """The model's fingerprint, with the data-order records a DeterministicModel adds."""
+        result = fingerprint(self.model).with_epoch(epoch)
+        records = getattr(self.model, "_repro_data_records", None)
+        if callable(records):
+            result = result.with_records(records(epoch))
+        return result
+
+    def _check_initial(self, epoch: int) -> None:
+        """Compares the state before the first step with the reference."""
+        if self.resolved_mode != "verify":
+            return
+        ignore = set()
+        if self.reset_layer_rng:
+            ignore.add("rng")  # reset below, before any step uses it
+        if epoch > 0:
+            ignore.add("data")  # the reference's epoch k-1 holds that epoch's order
+        if epoch == 0:
+            expected = self._expected.initial
+        else:
+            expected = self._expected.epoch(epoch - 1)
+        if expected is None:
+            logger.info("Reference has no state before epoch %d; initial state not verified", epoch)
+            return
+        self._report(compare_fingerprints(expected, self._initial, epoch, "initial", ignore=ignore))
+
+    def _report(self, divergence: Divergence | None) -> None:
+        """Raises or warns about the first divergence."""
+        if divergence is None or self.divergence is not None:
+            return
+        self.divergence = divergence
+        error = FingerprintMismatch(divergence, self.reference)
+        if self.on_mismatch == "raise":
+            raise error
+        warnings.warn(str(error), stacklevel=2)
+
+    def _warn_missing(self, epoch: int) -> None:
+        """Warns once that the reference is shorter than this run."""
+        if not self._warned_missing:
+            self._warned_missing = True
+            warnings.warn(
+                f"Reference '{self.reference}' has no epoch {epoch}; epochs from {epoch} on are "
+                "not verified. Record a longer reference to check them.",
+                stacklevel=2,
+            )
+
+    def _save(self) -> None:
+        """Rewrites the reference atomically (record mode only)."""
+        if self.resolved_mode == "record" and self.reference:
+            self.log.save(self.reference)
+
+
+def _is_number(value: Any) -> bool:
+    """Whether a logs value can be stored as a float metric."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, str)

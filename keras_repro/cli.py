@@ -1,0 +1,184 @@
+"""The `keras-repro` command: `demo`, `show` and `diff`.
+
+Exit codes: 0 reproducible / identical / ok, 1 differ, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+
+from keras_repro.errors import ReferenceFileError
+
+EXIT_OK, EXIT_DIFFER, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _short(digest: str | None) -> str:
+    """The first 16 hex digits of a digest."""
+    return (digest or "-")[:16]
+
+
+def _format_metrics(metrics: dict, names: Sequence[str]) -> list[str]:
+    """Metric values as fixed-width text, '-' where missing."""
+    return [f"{metrics[name]:.6f}" if name in metrics else "-" for name in names]
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain text table with aligned columns."""
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _metric_names(log) -> list[str]:
+    """The metrics shown in tables: loss first, at most four."""
+    names: list[str] = []
+    for fingerprint in log.epochs:
+        names += [k for k in fingerprint.metrics if k not in names]
+    names.sort(key=lambda n: (n.startswith("val_"), n != "loss" and n != "val_loss", n))
+    return names[:4]
+
+
+def epoch_table(log, other=None) -> str:
+    """The per-epoch table of a log; with `other`, a column saying whether it matches."""
+    names = _metric_names(log)
+    header = ["epoch", "digest"] + names + (["run 2"] if other is not None else [])
+    rows = []
+    if log.initial is not None:
+        row = [f"start {log.initial.epoch}", _short(log.initial.digest)] + ["-"] * len(names)
+        if other is not None:
+            row.append(_match(log.initial, other.initial, ignore=("rng",)))
+        rows.append(row)
+    for fingerprint in log.epochs:
+        row = [str(fingerprint.epoch), _short(fingerprint.digest)] + _format_metrics(fingerprint.metrics, names)
+        if other is not None:
+            row.append(_match(fingerprint, other.epoch(fingerprint.epoch)))
+        rows.append(row)
+    return _table(rows, header)
+
+
+def _match(expected, actual, ignore=()) -> str:
+    """"identical", "DIFFERS" or "not run" for one table cell."""
+    from keras_repro.compare import compare_fingerprints
+
+    if actual is None:
+        return "not run"
+    return "identical" if compare_fingerprints(expected, actual, None, ignore=ignore) is None else "DIFFERS"
+
+
+def _load(path: str):
+    """Loads a fingerprint file; the caller turns ReferenceFileError into exit 2."""
+    from keras_repro.log import load_fingerprints
+
+    return load_fingerprints(path)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """`keras-repro show FILE`."""
+    log = _load(args.file)
+    print(f"file:     {args.file}")
+    print(f"created:  {log.created}")
+    print(f"seed:     {log.seed if log.seed is not None else '-'}")
+    print(f"epochs:   {len(log.epochs)}")
+    print()
+    print("environment:")
+    for key, value in log.environment.items():
+        print(f"  {key}: {value}")
+    for key, value in log.notes.items():
+        print(f"note {key}: {value}")
+    print()
+    print(epoch_table(log))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """`keras-repro diff A B`."""
+    from keras_repro.environment import differences
+
+    reference, other = _load(args.a), _load(args.b)
+    comparison = reference.compare(other)
+    if comparison.identical:
+        print(f"identical: {len(comparison.epochs_compared)} epochs compared")
+        return EXIT_OK
+    print(f"differ: {comparison.first_divergence}")
+    changed = differences(dict(reference.environment), dict(other.environment))
+    if changed:
+        print("environment differences (likely explanation):")
+        for key, (a, b) in changed.items():
+            print(f"  {key}: {a if a is not None else '(unset)'} -> {b if b is not None else '(unset)'}")
+    return EXIT_DIFFER
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`keras-repro demo`."""
+    from keras_repro import demo
+    from keras_repro.seeding import MAX_SEED
+
+    if not 0 <= args.seed <= MAX_SEED:
+        print(f"keras-repro: error: --seed must be in [0, {MAX_SEED}]. Received: --seed {args.seed}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.epochs < 1:
+        print(f"keras-repro: error: --epochs must be at least 1. Received: --epochs {args.epochs}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = args.out or tempfile.mkdtemp(prefix="keras-repro-demo-")
+    os.makedirs(out, exist_ok=True)
+    result = demo.run_demo(out, seed=args.seed, epochs=args.epochs)
+    print(f"Trained a {result.parameters}-parameter model on {result.dataset} twice "
+          f"(seed {args.seed}, {args.epochs} epochs, backend {result.backend}).")
+    print(f"Run 1 recorded {result.reference}; run 2 verified against it.")
+    print()
+    print(epoch_table(result.first, result.second))
+    print()
+    if result.divergence is None:
+        print(f"REPRODUCIBLE: all {len(result.first.epochs)} epochs bit-identical "
+              f"(weights, optimizer state, layer RNG state and data order).")
+        print(f"Inspect: keras-repro show {result.reference}")
+        return EXIT_OK
+    print(f"NOT REPRODUCIBLE: {result.divergence}")
+    return EXIT_DIFFER
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line, without the source line a CLI user cannot act on."""
+    return f"keras-repro: {category.__name__}: {message}\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `keras-repro`."""
+    parser = argparse.ArgumentParser(
+        prog="keras-repro",
+        description="Reproducible Keras training: record, show and compare per-epoch fingerprints.",
+        epilog="Exit codes: 0 reproducible/identical, 1 differ, 2 bad input.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="train a small model twice on bundled data and verify")
+    demo.add_argument("--seed", type=int, default=7, help="seed of both runs (default 7)")
+    demo.add_argument("--epochs", type=int, default=5, help="epochs per run (default 5)")
+    demo.add_argument("--out", help="folder for the fingerprint files (default: a new temporary folder)")
+    demo.set_defaults(handler=cmd_demo)
+    show = sub.add_parser("show", help="per-epoch table and environment of a fingerprint file")
+    show.add_argument("file", help="a fingerprint file (.h5)")
+    show.set_defaults(handler=cmd_show)
+    diff = sub.add_parser("diff", help="first divergence between two fingerprint files")
+    diff.add_argument("a", help="the reference run (.h5)")
+    diff.add_argument("b", help="the run to check (.h5)")
+    diff.set_defaults(handler=cmd_diff)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `keras-repro`; returns the exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.formatwarning = _one_line_warning
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ReferenceFileError as error:
+        print(f"keras-repro: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,58 @@
+"""Exceptions and warnings raised by keras_repro.
+
+Every exception subclasses both `ReproError` (so callers can catch everything the
+library raises) and the built-in type that best describes it (so existing
+`except ValueError` / `except OSError` handlers keep working).
+"""
+
+from __future__ import annotations
+
+
+class ReproError(Exception):
+    """Base class of every exception raised by keras_repro."""
+
+
+class ReferenceFileError(ReproError, OSError):
+    """A fingerprint file is missing, unreadable, corrupt or of an unknown format.
+
+    The message always names the file and the reason, and says what to do.
+
+    Attributes:
+        path: The file that could not be used.
+        reason: A short description of what is wrong with it.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"Fingerprint file '{self.path}': {reason}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class FingerprintMismatch(ReproError, AssertionError):
+    """A run diverged from its reference fingerprint.
+
+    Attributes:
+        divergence: The `keras_repro.compare.Divergence` that was found.
+        reference: The path of the reference file, or None.
+    """
+
+    def __init__(self, divergence: object, reference: object = None) -> None:
+        self.divergence = divergence
+        self.reference = None if reference is None else str(reference)
+        where = f" (reference: '{self.reference}')" if self.reference else ""
+        super().__init__(f"Run is not reproducible{where}: {divergence}")
+
+
+class ReproWarning(UserWarning):
+    """Base class of the warnings issued by keras_repro."""
+
+
+class HashRandomizationWarning(ReproWarning):
+    """The interpreter runs with string hash randomization (PYTHONHASHSEED unset)."""
+
+
+class NondeterministicInputWarning(ReproWarning):
+    """An input pipeline that keras_repro cannot reorder is known to be nondeterministic."""

@@ -1,0 +1,286 @@
+"""Fingerprints: SHA-256 digests of every variable of a model, kept per part.
+
+A variable's digest covers its part, its position in that part, dtype, shape and
+bytes in little-endian order. Variable *paths* are stored for display but are not
+hashed: Keras numbers auto-generated layer names per process ("dense" in one
+process is "dense_3" in another), so hashing them would make identical training
+look different. Bytes are hashed in chunks of `CHUNK_BYTES`; each chunk's SHA-256
+feeds the variable digest, so large variables are hashed on all cores without
+copying (hashlib releases the GIL), one variable at a time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+CHUNK_BYTES = 1 << 22
+"""Bytes per hashed chunk (4 MiB); part of the digest definition."""
+
+PARTS = ("data", "rng", "trainable", "non_trainable", "optimizer")
+"""Parts in the order a divergence is searched: the earliest explains the later ones."""
+
+PART_LABELS = {
+    "data": "data order",
+    "rng": "layer RNG (SeedGenerator) state",
+    "trainable": "trainable weights",
+    "non_trainable": "non-trainable weights",
+    "optimizer": "optimizer state",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableDigest:
+    """The digest of one variable (or one data-order record).
+
+    Attributes:
+        path: The variable's Keras path, for display.
+        part: One of `PARTS`.
+        dtype: The dtype name, e.g. "float32".
+        shape: The shape as a tuple.
+        digest: Hex SHA-256.
+    """
+
+    path: str
+    part: str
+    dtype: str
+    shape: tuple[int, ...]
+    digest: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """The fingerprint of a model's state at one moment.
+
+    Attributes:
+        digest: Hex SHA-256 over every part.
+        records: Every `VariableDigest`, grouped by part in `PARTS` order.
+        epoch: The epoch that had just finished (0-based, as Keras passes it to
+            callbacks), or for the state before training, the epoch about to start.
+        metrics: The epoch's logs (loss, metrics) as floats; empty if unknown.
+
+    Example:
+
+    >>> fp = fingerprint(model)                     # doctest: +SKIP
+    >>> fp.digest[:12], list(fp.variables)[:1]      # doctest: +SKIP
+    ('5e1c0b9a3f2d', ['sequential/dense/kernel'])
+    """
+
+    digest: str
+    records: tuple[VariableDigest, ...]
+    epoch: int | None = None
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """{variable path: hex digest}, in part order; repeated paths get a `#n` suffix."""
+        return {path: record.digest for path, record in _unique_paths(self.records)}
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """{part: hex digest} for the parts present."""
+        return {part: _part_digest(group) for part, group in _by_part(self.records)}
+
+    def part(self, name: str) -> tuple[VariableDigest, ...]:
+        """The records of one part, in order."""
+        return tuple(r for r in self.records if r.part == name)
+
+    def with_records(self, extra: Iterable[VariableDigest]) -> Fingerprint:
+        """A copy with more records (e.g. the data order), digest recomputed."""
+        return make_fingerprint(list(self.records) + list(extra), self.epoch, self.metrics)
+
+    def with_epoch(self, epoch: int | None, metrics: Mapping[str, float] | None = None) -> Fingerprint:
+        """A copy labelled with an epoch and metrics (the digest does not cover them)."""
+        return dataclasses.replace(self, epoch=epoch, metrics=dict(metrics or {}))
+
+    def without(self, *parts: str) -> Fingerprint:
+        """A copy without the given parts, digest recomputed."""
+        kept = [r for r in self.records if r.part not in parts]
+        return make_fingerprint(kept, self.epoch, self.metrics)
+
+
+def _unique_paths(records: Iterable[VariableDigest]) -> Iterator[tuple[str, VariableDigest]]:
+    """Yields (display path, record), suffixing repeated paths with `#2`, `#3`..."""
+    seen: dict[str, int] = {}
+    for record in records:
+        count = seen.get(record.path, 0) + 1
+        seen[record.path] = count
+        yield (record.path if count == 1 else f"{record.path}#{count}"), record
+
+
+def _by_part(records: Sequence[VariableDigest]) -> Iterator[tuple[str, list[VariableDigest]]]:
+    """Yields (part, records) for each part present, in `PARTS` order."""
+    for part in PARTS:
+        group = [r for r in records if r.part == part]
+        if group:
+            yield part, group
+
+
+def _part_digest(group: Sequence[VariableDigest]) -> str:
+    """SHA-256 over the variable digests of one part, in order."""
+    hasher = hashlib.sha256(f"part\0{len(group)}\0".encode())
+    for record in group:
+        hasher.update(bytes.fromhex(record.digest))
+    return hasher.hexdigest()
+
+
+def make_fingerprint(
+    records: Sequence[VariableDigest],
+    epoch: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> Fingerprint:
+    """Builds a `Fingerprint` from records, computing the part and total digests."""
+    unknown = {r.part for r in records} - set(PARTS)
+    if unknown:
+        raise ValueError(f"Unknown fingerprint part(s) {sorted(unknown)}; expected one of {PARTS}")
+    ordered = [r for _, group in _by_part(records) for r in group]
+    hasher = hashlib.sha256(b"keras_repro.fingerprint\0")
+    for part, group in _by_part(ordered):
+        hasher.update(f"{part}\0".encode() + bytes.fromhex(_part_digest(group)))
+    return Fingerprint(hasher.hexdigest(), tuple(ordered), epoch, dict(metrics or {}))
+
+
+def hash_array(array: np.ndarray, header: bytes, executor: Any = None) -> str:
+    """Hex digest of `header` and the array's little-endian bytes, chunk by chunk."""
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    array = np.ascontiguousarray(array)
+    buffer = memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
+    chunks = [buffer[i : i + CHUNK_BYTES] for i in range(0, len(buffer), CHUNK_BYTES)]
+    if executor is not None and len(chunks) > 1:
+        chunk_digests = list(executor.map(_sha256, chunks))
+    else:
+        chunk_digests = [_sha256(chunk) for chunk in chunks]
+    hasher = hashlib.sha256(header)
+    hasher.update(len(buffer).to_bytes(8, "little"))
+    for chunk_digest in chunk_digests:
+        hasher.update(chunk_digest)
+    return hasher.hexdigest()
+
+
+def _sha256(chunk: memoryview) -> bytes:
+    """Raw SHA-256 of one chunk."""
+    return hashlib.sha256(chunk).digest()
+
+
+def model_variables(model: Any) -> list[tuple[str, Any]]:
+    """(part, variable) for every variable of a model and its optimizer, in a fixed order."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+
+    def add(part: str, variables: Iterable[Any]) -> None:
+        for variable in variables:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                found.append((part, variable))
+
+    add("trainable", model.trainable_weights)
+    add("non_trainable", model.non_trainable_weights)
+    add("rng", model.variables)  # what is left of model.variables: SeedGenerator states
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(optimizer, "built", False):
+        add("optimizer", optimizer.variables)
+    return found
+
+
+def _workers() -> int:
+    """Threads used to hash the chunks of one large variable."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def fingerprint(model: Any) -> Fingerprint:
+    """Fingerprints every variable of a Keras model and of its optimizer.
+
+    Variables are read one at a time (a zero-copy host view on CPU), so extra memory
+    stays below the size of the largest variable. Large variables are hashed on all
+    cores.
+
+    Args:
+        model: A built `keras.Model` (or any Keras layer).
+
+    Returns:
+        A `Fingerprint`; equal digests mean bit-identical state.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])  # doctest: +SKIP
+    >>> fingerprint(model).digest == fingerprint(model).digest                # doctest: +SKIP
+    True
+    """
+    from keras_repro import _backend
+
+    variables = model_variables(model)
+    rng_paths = seed_generator_paths(model)
+    records: list[VariableDigest] = []
+    counters: dict[str, int] = {}
+    large = any(_nbytes(v) > CHUNK_BYTES for _, v in variables)
+    executor = concurrent.futures.ThreadPoolExecutor(_workers()) if large else None
+    try:
+        for part, variable in variables:
+            index = counters.get(part, 0)
+            counters[part] = index + 1
+            array = _backend.to_numpy(variable)
+            dtype = np.dtype(array.dtype).name
+            header = f"{part}\0{index}\0{dtype}\0{tuple(array.shape)}\0".encode()
+            digest = hash_array(array, header, executor)
+            del array
+            path = rng_paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
+            records.append(VariableDigest(path, part, dtype, tuple(array_shape(variable)), digest))
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+    return make_fingerprint(records)
+
+
+def _variable_path(variable: Any, default: str) -> str:
+    """A variable's Keras path (or name), for display."""
+    return str(getattr(variable, "path", None) or getattr(variable, "name", None) or default)
+
+
+def seed_generators(model: Any) -> list[tuple[str, Any]]:
+    """(display path, SeedGenerator) for every SeedGenerator of a model's layers, in order."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+
+    def walk(layer: Any, prefix: str) -> None:
+        for generator in getattr(layer, "_seed_generators", ()):
+            if id(generator) not in seen:
+                seen.add(id(generator))
+                found.append((f"{prefix}/{generator.name}", generator))
+        for child in getattr(layer, "_layers", ()):
+            walk(child, f"{prefix}/{child.name}")
+
+    walk(model, model.name)
+    return found
+
+
+def seed_generator_paths(model: Any) -> dict[int, str]:
+    """{id(state variable): "layer/path/seed_generator"} for display."""
+    return {id(generator.state): path for path, generator in seed_generators(model)}
+
+
+def array_shape(variable: Any) -> tuple[int, ...]:
+    """A variable's shape as a tuple of ints."""
+    return tuple(int(d) for d in variable.shape)
+
+
+def _nbytes(variable: Any) -> int:
+    """Size of a variable in bytes, from its shape and dtype, without reading it."""
+    try:
+        return int(np.prod(array_shape(variable))) * np.dtype(str(variable.dtype)).itemsize
+    except TypeError:
+        return 0
+
+
+def data_record(name: str, values: np.ndarray) -> VariableDigest:
+    """A "data" part record: the digest of an index array such as an epoch's order."""
+    values = np.asarray(values, dtype=np.int64)
+    digest = hash_array(values, f"data\0{name}\0int64\0{values.shape}\0".encode())
+    return VariableDigest(name, "data", "int64", tuple(values.shape), digest)

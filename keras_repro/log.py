@@ -1,0 +1,122 @@
+"""`FingerprintLog`: a recorded run, as read from a fingerprint file or kept in memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from keras_repro import store
+from keras_repro.compare import Comparison, compare_runs
+from keras_repro.fingerprints import Fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class FingerprintLog:
+    """The fingerprints of one training run.
+
+    Attributes:
+        initial: The state before the first step (`Fingerprint`), or None.
+        epochs: One `Fingerprint` per finished epoch, in epoch order.
+        environment: The environment manifest ({name: text}).
+        seed: The seed of the run, or None.
+        notes: Remarks recorded with the run, e.g. about nondeterministic inputs.
+        path: The file it was read from, or None.
+        created: When the file was written (ISO 8601, UTC).
+
+    Example:
+
+    >>> log = load_fingerprints("run.h5")                 # doctest: +SKIP
+    >>> log.epochs[-1].epoch, log.epochs[-1].digest[:12]  # doctest: +SKIP
+    (4, '9b0c2e77d1a4')
+    """
+
+    initial: Fingerprint | None
+    epochs: tuple[Fingerprint, ...]
+    environment: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    seed: int | None = None
+    notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    path: str | None = None
+    created: str | None = None
+
+    def epoch(self, number: int) -> Fingerprint | None:
+        """The fingerprint at the end of epoch `number`, or None."""
+        for fingerprint in self.epochs:
+            if fingerprint.epoch == number:
+                return fingerprint
+        return None
+
+    def compare(self, other: FingerprintLog) -> Comparison:
+        """Compares `other` with this log, taken as the reference.
+
+        Example:
+
+        >>> load_fingerprints("a.h5").compare(load_fingerprints("b.h5")).identical  # doctest: +SKIP
+        True
+        """
+        return compare_runs(self.initial, self.epochs, other.initial, other.epochs)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes this log to `path` atomically."""
+        store.write_run(
+            path,
+            seed=self.seed,
+            environment=self.environment,
+            initial=self.initial,
+            epochs=list(self.epochs),
+            notes=self.notes,
+            created=self.created,
+        )
+
+    def to_dataframe(self) -> Any:
+        """One row per epoch: epoch, digest, one column per part digest and per metric.
+
+        Requires pandas (`pip install keras-repro[notebooks]`).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "FingerprintLog.to_dataframe() needs pandas. Install it with "
+                "`pip install 'keras-repro[notebooks]'` (or `pip install pandas`)."
+            ) from None
+        rows = []
+        for fingerprint in ([self.initial] if self.initial is not None else []) + list(self.epochs):
+            stage = "initial" if fingerprint is self.initial else "epoch"
+            row: dict[str, Any] = {"stage": stage, "epoch": fingerprint.epoch, "digest": fingerprint.digest}
+            row.update({f"digest_{part}": digest for part, digest in fingerprint.parts.items()})
+            row.update(fingerprint.metrics)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
+    """Reads a fingerprint file written by `SeedCallback` (or `FingerprintLog.save`).
+
+    Args:
+        path: The `.h5` file.
+
+    Returns:
+        A `FingerprintLog`.
+
+    Raises:
+        ReferenceFileError: If the file is missing, empty, truncated, corrupt, not
+            HDF5, not a keras_repro file, or of a newer format version.
+
+    Example:
+
+    >>> log = load_fingerprints("run.h5")  # doctest: +SKIP
+    >>> len(log.epochs)                    # doctest: +SKIP
+    5
+    """
+    data = store.read_run(path)
+    return FingerprintLog(
+        initial=data["initial"],
+        epochs=tuple(data["epochs"]),
+        environment=data["environment"],
+        seed=data["seed"],
+        notes=data["notes"],
+        path=os.fspath(path),
+        created=data["created"],
+    )

@@ -1,0 +1,160 @@
+"""Seeding: one call that seeds every RNG a Keras program draws from, and a pure
+function that derives independent seeds from a base seed and keys."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import random
+import struct
+import sys
+import warnings
+
+import numpy as np
+
+from keras_repro.errors import HashRandomizationWarning
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+
+
+def validate_seed(seed: object, name: str = "seed") -> int:
+    """Returns `seed` if it is an int in [0, 2**32 - 1], else raises a clear `ValueError`."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"`{name}` must be an integer in [0, {MAX_SEED}]. "
+            f"Received: {name}={seed!r} (of type {type(seed).__name__})"
+        )
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(
+            f"`{name}` must be an integer in [0, {MAX_SEED}]; use "
+            f"`keras_repro.derive_seed(...)` to fold a larger value into range. "
+            f"Received: {name}={seed}"
+        )
+    return int(seed)
+
+
+def _encode_key(key: object) -> bytes:
+    """Encodes one key with a type tag and a length prefix, so encodings never collide."""
+    if isinstance(key, (bool, np.bool_)):
+        tag, body = b"b", b"1" if key else b"0"
+    elif isinstance(key, (int, np.integer)):
+        tag, body = b"i", str(int(key)).encode("ascii")
+    elif isinstance(key, str):
+        tag, body = b"s", key.encode("utf-8")
+    elif isinstance(key, bytes):
+        tag, body = b"y", key
+    else:
+        raise TypeError(
+            "derive_seed keys must be int, str or bytes, so the derived seed is the same "
+            f"in every process. Received: key={key!r} (of type {type(key).__name__})"
+        )
+    return tag + struct.pack(">Q", len(body)) + body
+
+
+def derive_seed(seed: int, *keys: int | str | bytes) -> int:
+    """Derives a 32-bit seed from a base seed and any number of keys.
+
+    Pure and stable: the result depends only on the arguments, never on
+    `PYTHONHASHSEED`, the platform or the process (SHA-256, not `hash()`).
+    Different keys give statistically independent seeds.
+
+    Args:
+        seed: The base seed, an int in [0, 2**32 - 1].
+        *keys: ints, strs or bytes that name what the seed is for, e.g.
+            `("order", epoch)`.
+
+    Returns:
+        An int in [0, 2**32 - 1].
+
+    Example:
+
+    >>> derive_seed(7, "order", 3) == derive_seed(7, "order", 3)
+    True
+    >>> derive_seed(7, "order", 3) == derive_seed(7, "order", 4)
+    False
+    """
+    seed = validate_seed(seed)
+    digest = hashlib.sha256(b"keras_repro.derive_seed\x00" + _encode_key(seed))
+    for key in keys:
+        digest.update(_encode_key(key))
+    return int.from_bytes(digest.digest()[:4], "big")
+
+
+def _startup_environment_value(name: str) -> str | None:
+    """Returns `name` as the interpreter saw it at start (Linux), else from os.environ."""
+    try:
+        with open("/proc/self/environ", "rb") as handle:
+            entries = handle.read().split(b"\0")
+    except OSError:
+        return os.environ.get(name)
+    prefix = name.encode() + b"="
+    for entry in entries:
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
+
+
+def hash_randomization_enabled() -> bool:
+    """Whether `str` hashes change between interpreter runs.
+
+    `sys.flags.hash_randomization` is also 1 for a fixed non-zero PYTHONHASHSEED, so
+    the value the interpreter was started with decides.
+    """
+    if not sys.flags.hash_randomization:
+        return False
+    value = _startup_environment_value("PYTHONHASHSEED")
+    return value is None or not value.strip().isdigit()
+
+
+@functools.lru_cache(maxsize=None)
+def warn_if_hash_randomized() -> bool:
+    """Warns once per process when string hashing is randomized; returns whether it is."""
+    randomized = hash_randomization_enabled()
+    if randomized:
+        warnings.warn(
+            "This interpreter runs with string hash randomization (PYTHONHASHSEED was not "
+            "set before Python started), so iteration order over sets of strings can change "
+            "between runs. Setting os.environ['PYTHONHASHSEED'] inside the program has no "
+            "effect on the running interpreter: start it with `PYTHONHASHSEED=0 python ...` "
+            "or `keras-repro run -- python ...`.",
+            HashRandomizationWarning,
+            stacklevel=3,
+        )
+    return randomized
+
+
+def seed_everything(seed: int) -> int:
+    """Seeds Python `random`, NumPy's global RNG, the backend RNG and Keras' global
+    `SeedGenerator`.
+
+    Call it before building a model so that initializers with `seed=None` draw
+    the same initial weights every run. Warns once per process if the interpreter
+    was started without `PYTHONHASHSEED`.
+
+    Args:
+        seed: An int in [0, 2**32 - 1].
+
+    Returns:
+        The seed, so `seed = seed_everything(7)` reads naturally.
+
+    Raises:
+        ValueError: If `seed` is not an int in range.
+
+    Example:
+
+    >>> seed_everything(7)
+    7
+    """
+    seed = validate_seed(seed)
+    from keras_repro import _backend
+
+    random.seed(seed)
+    np.random.seed(seed)
+    _backend.seed_backend(seed)
+    logger.debug("Seeded python, numpy and the %s backend with %d", _backend.name(), seed)
+    warn_if_hash_randomized()
+    return seed

@@ -1,0 +1,304 @@
+"""The fingerprint file: an HDF5 file with a documented, versioned schema.
+
+Schema (format "keras_repro.fingerprints", version 1)::
+
+    /                       attrs: format, format_version, seed (-1: none),
+                                   created (ISO 8601 UTC), keras_repro_version
+    /environment            attrs: {name: text}  (see keras_repro.environment)
+    /notes                  attrs: {topic: text}  (e.g. nondeterministic inputs)
+    /initial                fingerprint group, optional: state before the first step
+    /epochs/00000 ...       one fingerprint group per finished epoch
+
+    fingerprint group       attrs: digest (hex), epoch (int)
+                            datasets, one row per variable, in part order:
+                              path (utf-8), part (utf-8), dtype (utf-8),
+                              shape (utf-8, "3,4"; "" for a scalar),
+                              digest (64 ASCII hex bytes)
+                            /metrics attrs: {name: float}
+
+Every write goes to a temporary file in the same folder that is flushed, fsync'ed
+and renamed over the target (`os.replace`), so a crash leaves either the old file
+or the new one, never a mix. Every read checks the whole schema and recomputes
+each digest from its variables, so a damaged file raises `ReferenceFileError`
+instead of producing a wrong verdict.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import h5py
+import numpy as np
+
+from keras_repro.errors import ReferenceFileError
+from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, make_fingerprint
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "keras_repro.fingerprints"
+FORMAT_VERSION = 1
+_COLUMNS = ("path", "part", "dtype", "shape", "digest")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def write_run(
+    path: str | os.PathLike,
+    *,
+    seed: int | None,
+    environment: Mapping[str, str],
+    initial: Fingerprint | None,
+    epochs: list[Fingerprint],
+    notes: Mapping[str, str] | None = None,
+    created: str | None = None,
+) -> None:
+    """Writes a whole run to `path` atomically (temporary file + fsync + rename).
+
+    Raises:
+        ReferenceFileError: If the folder is missing or not writable.
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(target)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+        os.close(handle)
+    except OSError as error:
+        raise ReferenceFileError(
+            path, f"cannot be written: {error.strerror or error}. Check that the folder exists and is writable"
+        ) from error
+    try:
+        with h5py.File(temporary, "w") as file:
+            file.attrs["format"] = FORMAT_NAME
+            file.attrs["format_version"] = FORMAT_VERSION
+            file.attrs["seed"] = -1 if seed is None else int(seed)
+            file.attrs["created"] = created or datetime.datetime.now(datetime.timezone.utc).isoformat()
+            from keras_repro import __version__
+
+            file.attrs["keras_repro_version"] = __version__
+            _write_attrs(file.create_group("environment"), environment)
+            _write_attrs(file.create_group("notes"), notes or {})
+            if initial is not None:
+                _write_fingerprint(file.create_group("initial"), initial)
+            group = file.create_group("epochs")
+            for fingerprint in epochs:
+                _write_fingerprint(group.create_group(f"{fingerprint.epoch:05d}"), fingerprint)
+        with open(temporary, "rb+") as handle_for_sync:
+            os.fsync(handle_for_sync.fileno())
+        os.replace(temporary, target)
+        _fsync_folder(folder)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    logger.debug("Wrote %d epoch fingerprints to %s", len(epochs), target)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Makes the rename durable (no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _write_attrs(group: h5py.Group, values: Mapping[str, Any]) -> None:
+    """Stores a flat mapping as attributes."""
+    for key, value in values.items():
+        group.attrs[str(key)] = value
+
+
+def _write_fingerprint(group: h5py.Group, fingerprint: Fingerprint) -> None:
+    """Stores one fingerprint in `group`."""
+    group.attrs["digest"] = fingerprint.digest
+    group.attrs["epoch"] = -1 if fingerprint.epoch is None else int(fingerprint.epoch)
+    text = h5py.string_dtype("utf-8")
+    records = fingerprint.records
+    group.create_dataset("path", data=[r.path for r in records], dtype=text)
+    group.create_dataset("part", data=[r.part for r in records], dtype=text)
+    group.create_dataset("dtype", data=[r.dtype for r in records], dtype=text)
+    group.create_dataset("shape", data=[",".join(map(str, r.shape)) for r in records], dtype=text)
+    group.create_dataset("digest", data=np.array([r.digest.encode("ascii") for r in records], dtype="S64"))
+    metrics = group.create_group("metrics")
+    for key, value in fingerprint.metrics.items():
+        metrics.attrs[key] = float(value)
+
+
+class _Reader:
+    """Reads and validates one file; every problem becomes a `ReferenceFileError`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+
+    def fail(self, reason: str) -> ReferenceFileError:
+        """The error to raise for `reason`."""
+        return ReferenceFileError(self.path, reason)
+
+    def check_file(self) -> None:
+        """Checks existence, size and the HDF5 signature before h5py sees the file."""
+        if not os.path.exists(self.path):
+            raise self.fail(
+                "does not exist. Record one first (SeedCallback(mode='record') or mode='auto')"
+            )
+        if os.path.isdir(self.path):
+            raise self.fail("is a folder, not a fingerprint file")
+        try:
+            with open(self.path, "rb") as handle:
+                head = handle.read(8)
+        except OSError as error:
+            raise self.fail(f"cannot be read: {error.strerror or error}") from error
+        if not head:
+            raise self.fail("is empty (0 bytes); it was never written completely. Record it again")
+        if head != _HDF5_SIGNATURE:
+            raise self.fail(
+                "is not an HDF5 file (wrong signature); pass a file written by keras_repro"
+            )
+
+    def attr(self, obj: Any, name: str, kinds: tuple[type, ...], where: str) -> Any:
+        """A validated attribute."""
+        if name not in obj.attrs:
+            raise self.fail(f"field '{where}' attribute '{name}' is missing; the file is damaged")
+        value = obj.attrs[name]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+            raise self.fail(
+                f"field '{where}' attribute '{name}' has type {type(value).__name__}, "
+                f"expected {'/'.join(k.__name__ for k in kinds)}; the file is damaged"
+            )
+        return value
+
+    def column(self, group: h5py.Group, name: str, rows: int | None) -> list:
+        """A validated one-dimensional dataset of strings."""
+        where = f"{group.name}/{name}"
+        if name not in group or not isinstance(group[name], h5py.Dataset):
+            raise self.fail(f"dataset '{where}' is missing; the file is damaged")
+        dataset = group[name]
+        if dataset.ndim != 1 or (rows is not None and dataset.shape[0] != rows):
+            raise self.fail(f"dataset '{where}' has shape {dataset.shape}, expected ({rows},)")
+        if dataset.dtype.kind not in "SOU":
+            raise self.fail(f"dataset '{where}' holds {dataset.dtype}, expected text")
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in dataset[()]]
+
+    def fingerprint(self, group: Any, where: str) -> Fingerprint:
+        """Reads and verifies one fingerprint group."""
+        if not isinstance(group, h5py.Group):
+            raise self.fail(f"'{where}' is not a group; the file is damaged")
+        digest = self.attr(group, "digest", (str,), where)
+        epoch = self.attr(group, "epoch", (int,), where)
+        paths = self.column(group, "path", None)
+        parts, dtypes, shapes, digests = (
+            self.column(group, name, len(paths)) for name in ("part", "dtype", "shape", "digest")
+        )
+        records = []
+        for row, (path, part, dtype, shape, variable_digest) in enumerate(zip(paths, parts, dtypes, shapes, digests)):
+            if part not in PARTS:
+                raise self.fail(f"'{where}' row {row} ('{path}') has unknown part '{part}'")
+            try:
+                dims = tuple(int(d) for d in shape.split(",")) if shape else ()
+                bytes.fromhex(variable_digest)
+            except ValueError:
+                raise self.fail(f"'{where}' row {row} ('{path}') has a malformed shape or digest") from None
+            if len(variable_digest) != 64:
+                raise self.fail(f"'{where}' row {row} ('{path}') has a malformed digest")
+            records.append(VariableDigest(path, part, dtype, dims, variable_digest))
+        metrics: dict[str, float] = {}
+        if "metrics" in group:
+            for key, value in group["metrics"].attrs.items():
+                try:
+                    metrics[key] = float(value)
+                except (TypeError, ValueError):
+                    raise self.fail(f"'{where}/metrics' attribute '{key}' is not a number") from None
+        result = make_fingerprint(records, None if epoch < 0 else epoch, metrics)
+        if result.digest != digest:
+            raise self.fail(
+                f"'{where}' digest does not match its variables; the file is damaged. Record it again"
+            )
+        return result
+
+    def read(self) -> dict[str, Any]:
+        """The whole file as plain values."""
+        self.check_file()
+        try:
+            file = h5py.File(self.path, "r", locking=False)
+        except (OSError, ValueError) as error:
+            raise self.fail(f"cannot be opened as HDF5 (truncated or corrupt?): {error}") from None
+        try:
+            with file:
+                return self._read_open(file)
+        except ReferenceFileError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as error:
+            raise self.fail(f"is damaged and cannot be read: {type(error).__name__}: {error}") from None
+
+    def _read_open(self, file: h5py.File) -> dict[str, Any]:
+        """Reads an opened file."""
+        if "format" not in file.attrs:
+            raise self.fail(
+                "is an HDF5 file but not a keras_repro fingerprint file (no 'format' attribute)"
+            )
+        name = self.attr(file, "format", (str,), "/")
+        if name != FORMAT_NAME:
+            raise self.fail(f"has format '{name}', expected '{FORMAT_NAME}'")
+        version = self.attr(file, "format_version", (int,), "/")
+        if version > FORMAT_VERSION:
+            raise self.fail(
+                f"uses format version {version}, newer than this keras_repro reads "
+                f"({FORMAT_VERSION}); upgrade keras_repro"
+            )
+        if version < 1:
+            raise self.fail(f"has invalid format version {version}")
+        seed = self.attr(file, "seed", (int,), "/")
+        created = self.attr(file, "created", (str,), "/")
+        environment = self._text_attrs(file, "environment")
+        notes = self._text_attrs(file, "notes")
+        initial = self.fingerprint(file["initial"], "/initial") if "initial" in file else None
+        if "epochs" not in file or not isinstance(file["epochs"], h5py.Group):
+            raise self.fail("group '/epochs' is missing; the file is damaged")
+        epochs = []
+        for key in sorted(file["epochs"]):
+            fingerprint = self.fingerprint(file["epochs"][key], f"/epochs/{key}")
+            if fingerprint.epoch is None or f"{fingerprint.epoch:05d}" != key:
+                raise self.fail(f"'/epochs/{key}' holds epoch {fingerprint.epoch}; the file is damaged")
+            epochs.append(fingerprint)
+        return {
+            "seed": None if seed < 0 else seed,
+            "created": created,
+            "environment": environment,
+            "notes": notes,
+            "initial": initial,
+            "epochs": epochs,
+            "format_version": version,
+        }
+
+    def _text_attrs(self, file: h5py.File, name: str) -> dict[str, str]:
+        """A group of text attributes as a dict."""
+        if name not in file or not isinstance(file[name], h5py.Group):
+            raise self.fail(f"group '/{name}' is missing; the file is damaged")
+        values = {}
+        for key, value in file[name].attrs.items():
+            values[key] = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+        return values
+
+
+def read_run(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads and validates a fingerprint file.
+
+    Returns:
+        {"seed", "created", "environment", "notes", "initial", "epochs", "format_version"}.
+
+    Raises:
+        ReferenceFileError: naming the file and what is wrong with it.
+    """
+    return _Reader(path).read()
