@@ -26,6 +26,7 @@ _EXPORTS = {
     "Fingerprint": "keras_repro.fingerprints",
     "FingerprintLog": "keras_repro.log",
     "FingerprintMismatch": "keras_repro.errors",
+    "FingerprintMismatchWarning": "keras_repro.errors",
     "HashRandomizationWarning": "keras_repro.errors",
     "NondeterministicInputWarning": "keras_repro.errors",
     "ReferenceFileError": "keras_repro.errors",
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from keras_repro.determinism import DeterminismReport, enable_determinism
     from keras_repro.errors import (
         FingerprintMismatch,
+        FingerprintMismatchWarning,
         HashRandomizationWarning,
         NondeterministicInputWarning,
         ReferenceFileError,

@@ -11,7 +11,7 @@ import keras
 
 from keras_repro import environment, store
 from keras_repro.compare import Divergence, compare_fingerprints
-from keras_repro.errors import FingerprintMismatch, ReferenceFileError
+from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning
 from keras_repro.fingerprints import Fingerprint, fingerprint, seed_generators
 from keras_repro.log import FingerprintLog, load_fingerprints
 from keras_repro.seeding import derive_seed, seed_everything, validate_seed, warn_if_hash_randomized
@@ -136,14 +136,15 @@ class SeedCallback(keras.callbacks.Callback):
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self._first_epoch is None:
-            self._first_epoch = epoch
-            self._initial = self._fingerprint(epoch)
-            self._check_initial(epoch)
-            self._save()
         seed_everything(derive_seed(self.seed, "epoch", epoch))
         if self.reset_layer_rng:
             reset_layer_rng(self.model, self.seed, epoch)
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+            _build_optimizer_early(self.model)
+            self._initial = self._fingerprint(epoch)
+            self._check_initial(epoch)
+            self._save()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
@@ -177,15 +178,12 @@ class SeedCallback(keras.callbacks.Callback):
         """Compares the state before the first step with the reference."""
         if self.resolved_mode != "verify":
             return
-        ignore = set()
-        if self.reset_layer_rng:
-            ignore.add("rng")  # reset below, before any step uses it
-        if epoch > 0:
-            ignore.add("data")  # the reference's epoch k-1 holds that epoch's order
         if epoch == 0:
-            expected = self._expected.initial
+            expected, ignore = self._expected.initial, ()
         else:
-            expected = self._expected.epoch(epoch - 1)
+            # A resumed fit starts from the state at the end of epoch k-1, except for
+            # that epoch's data order and the layer RNG state, which was just reset.
+            expected, ignore = self._expected.epoch(epoch - 1), ("data", "rng")
         if expected is None:
             logger.info("Reference has no state before epoch %d; initial state not verified", epoch)
             return
@@ -199,7 +197,7 @@ class SeedCallback(keras.callbacks.Callback):
         error = FingerprintMismatch(divergence, self.reference)
         if self.on_mismatch == "raise":
             raise error
-        warnings.warn(str(error), stacklevel=2)
+        warnings.warn(str(error), FingerprintMismatchWarning, stacklevel=2)
 
     def _warn_missing(self, epoch: int) -> None:
         """Warns once that the reference is shorter than this run."""
@@ -208,6 +206,7 @@ class SeedCallback(keras.callbacks.Callback):
             warnings.warn(
                 f"Reference '{self.reference}' has no epoch {epoch}; epochs from {epoch} on are "
                 "not verified. Record a longer reference to check them.",
+                ReproWarning,
                 stacklevel=2,
             )
 
@@ -215,6 +214,19 @@ class SeedCallback(keras.callbacks.Callback):
         """Rewrites the reference atomically (record mode only)."""
         if self.resolved_mode == "record" and self.reference:
             self.log.save(self.reference)
+
+
+def _build_optimizer_early(model: Any) -> None:
+    """Builds the optimizer as its first step would, so the initial fingerprint covers it.
+
+    The TensorFlow trainer defers the build to the first traced step; the variables it
+    creates (zeros, the iteration counter, the learning rate) are the same either way.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or getattr(optimizer, "built", True):
+        return
+    if all(layer.built for layer in model._flatten_layers()) and model.trainable_variables:
+        optimizer.build(model.trainable_variables)
 
 
 def _is_number(value: Any) -> bool:

@@ -53,7 +53,7 @@ def epoch_table(log, other=None) -> str:
     if log.initial is not None:
         row = [f"start {log.initial.epoch}", _short(log.initial.digest)] + ["-"] * len(names)
         if other is not None:
-            row.append(_match(log.initial, other.initial, ignore=("rng",)))
+            row.append(_match(log.initial, other.initial))
         rows.append(row)
     for fingerprint in log.epochs:
         row = [str(fingerprint.epoch), _short(fingerprint.digest)] + _format_metrics(fingerprint.metrics, names)
@@ -63,13 +63,13 @@ def epoch_table(log, other=None) -> str:
     return _table(rows, header)
 
 
-def _match(expected, actual, ignore=()) -> str:
+def _match(expected, actual) -> str:
     """"identical", "DIFFERS" or "not run" for one table cell."""
     from keras_repro.compare import compare_fingerprints
 
     if actual is None:
         return "not run"
-    return "identical" if compare_fingerprints(expected, actual, None, ignore=ignore) is None else "DIFFERS"
+    return "identical" if compare_fingerprints(expected, actual, None) is None else "DIFFERS"
 
 
 def _load(path: str):
@@ -175,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `keras-repro`; returns the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    warnings.formatwarning = _one_line_warning
     args = build_parser().parse_args(argv)
+    previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.handler(args)
     except ReferenceFileError as error:
         print(f"keras-repro: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        warnings.formatwarning = previous_format

@@ -50,6 +50,10 @@ class ReproWarning(UserWarning):
     """Base class of the warnings issued by keras_repro."""
 
 
+class FingerprintMismatchWarning(ReproWarning):
+    """A verify run diverged from its reference and `on_mismatch="warn"` was chosen."""
+
+
 class HashRandomizationWarning(ReproWarning):
     """The interpreter runs with string hash randomization (PYTHONHASHSEED unset)."""
 

@@ -1,0 +1,79 @@
+"""Shared fixtures: a clean environment per test and small models to train."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def restore_environ():
+    """Restores os.environ after each test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras_session():
+    """Each test starts with fresh Keras name counters."""
+    keras.backend.clear_session()
+    yield
+
+
+def make_data(n: int = 64, features: int = 6, classes: int = 3, seed: int = 0):
+    """A small classification problem, the same for every call."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = (np.abs(x[:, 0] * 3).astype(int) % classes).astype("int32")
+    return x, y
+
+
+def make_model(seed: int | None = 7, dropout: float = 0.25, features: int = 6, classes: int = 3):
+    """A small compiled MLP with Dropout and BatchNormalization, seeded with `seed`."""
+    from keras_repro import seed_everything
+
+    if seed is not None:
+        seed_everything(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((features,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def run_python(code: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter (cwd = repository), failing loudly on error."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}")
+    return result

@@ -1,0 +1,80 @@
+"""Tests for keras_repro.compare on hand-made fingerprints."""
+
+from __future__ import annotations
+
+from keras_repro.compare import compare_fingerprints, compare_runs
+from keras_repro.fingerprints import VariableDigest, make_fingerprint
+
+
+def _fp(epoch, **changes):
+    """A fingerprint with three trainable variables, one optimizer variable and a data order."""
+    records = [
+        VariableDigest("model/dense/kernel", "trainable", "float32", (2, 2), "a" * 64),
+        VariableDigest("model/dense/bias", "trainable", "float32", (2,), "b" * 64),
+        VariableDigest("adam/iteration", "optimizer", "int64", (), "c" * 64),
+        VariableDigest("order", "data", "int64", (10,), "d" * 64),
+    ]
+    records = [VariableDigest(r.path, r.part, r.dtype, r.shape, changes.get(r.path, r.digest)) for r in records]
+    return make_fingerprint(records, epoch)
+
+
+def test_identical_runs():
+    """Equal fingerprints at every epoch: identical, no divergence."""
+    run = [_fp(0), _fp(1)]
+    result = compare_runs(_fp(0), run, _fp(0), list(run))
+    assert result.identical and result.first_divergence is None
+    assert result.epochs_compared == (0, 1)
+
+
+def test_names_first_epoch_part_and_variable():
+    """A change at epoch 1 in the bias is reported at epoch 1, trainable, bias."""
+    reference = [_fp(0), _fp(1), _fp(2)]
+    other = [_fp(0), _fp(1, **{"model/dense/bias": "e" * 64}), _fp(2, **{"model/dense/kernel": "f" * 64})]
+    result = compare_runs(None, reference, None, other)
+    found = result.first_divergence
+    assert not result.identical
+    assert (found.epoch, found.stage, found.part, found.variable) == (1, "epoch", "trainable", "model/dense/bias")
+    assert str(found) == "epoch 1: trainable weights differ, first at 'model/dense/bias' (values differ)"
+
+
+def test_data_order_is_named_before_weights():
+    """When the order and the weights both differ, the order is the explanation."""
+    found = compare_fingerprints(_fp(0), _fp(0, order="1" * 64, **{"model/dense/kernel": "2" * 64}), 0)
+    assert found.part == "data" and "data order differ" in str(found)
+
+
+def test_initial_state_divergence():
+    """A different start is reported as the initial state, before any epoch."""
+    result = compare_runs(_fp(0), [_fp(0)], _fp(0, **{"adam/iteration": "9" * 64}), [_fp(0)])
+    found = result.first_divergence
+    assert found.stage == "initial" and found.part == "optimizer" and found.variable == "adam/iteration"
+    assert str(found).startswith("initial state (before the first step of epoch 0)")
+
+
+def test_ignored_parts():
+    """Ignored parts do not count as differences; the others still do."""
+    changed = _fp(0, order="1" * 64)
+    assert compare_fingerprints(_fp(0), changed, 0, ignore=("data",)) is None
+    assert compare_fingerprints(_fp(0), changed, 0) is not None
+
+
+def test_missing_epoch_is_a_difference():
+    """A run with fewer epochs is not identical; the missing epoch is named."""
+    result = compare_runs(None, [_fp(0), _fp(1)], None, [_fp(0)])
+    assert not result.identical
+    assert result.first_divergence.stage == "missing" and result.first_divergence.epoch == 1
+    assert "only the reference has epoch 1" in str(result.first_divergence)
+
+
+def test_shape_and_count_differences_are_explained():
+    """A reshaped variable or an extra variable gets a reason, not just 'differs'."""
+    base = _fp(0)
+    records = [
+        VariableDigest(r.path, r.part, r.dtype, (4,), "0" * 64) if r.path == "model/dense/kernel" else r
+        for r in base.records
+    ]
+    found = compare_fingerprints(base, make_fingerprint(records), 0)
+    assert "shape (2, 2) vs (4,)" in found.reason
+    extra = make_fingerprint(list(base.records) + [VariableDigest("model/new", "trainable", "float32", (), "3" * 64)])
+    found = compare_fingerprints(base, extra, 0)
+    assert found.variable == "model/new" and "only in the other run" in found.reason

@@ -1,0 +1,191 @@
+"""Tests for keras_repro.store: round trips, atomic writes and every kind of bad file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints
+from keras_repro import store
+from tests.conftest import make_data, make_model
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A real fingerprint file of a 3-epoch run."""
+    path = tmp_path_factory.mktemp("store") / "run.h5"
+    model = make_model(7)
+    x, y = make_data()
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[SeedCallback(7, path, mode="record")])
+    return path
+
+
+@pytest.fixture
+def copy(recorded, tmp_path):
+    """A private copy of the recorded file to damage."""
+    target = tmp_path / "copy.h5"
+    shutil.copy(recorded, target)
+    return target
+
+
+def test_round_trip_is_exact(recorded, tmp_path):
+    """Reading, saving and reading again gives equal fingerprints, metrics and environment."""
+    log = load_fingerprints(recorded)
+    assert [fp.epoch for fp in log.epochs] == [0, 1, 2]
+    assert log.initial is not None and log.initial.epoch == 0
+    assert log.seed == 7 and log.environment["backend"]
+    assert "loss" in log.epochs[0].metrics
+    log.save(tmp_path / "again.h5")
+    again = load_fingerprints(tmp_path / "again.h5")
+    assert again.epochs == log.epochs and again.initial == log.initial
+    assert dict(again.environment) == dict(log.environment) and again.seed == log.seed
+    assert again.compare(log).identical
+
+
+def test_write_is_atomic_and_leaves_no_temporary(recorded, tmp_path, monkeypatch):
+    """A failure while writing keeps the previous file intact and removes the temporary."""
+    target = tmp_path / "run.h5"
+    shutil.copy(recorded, target)
+    before = target.read_bytes()
+    log = load_fingerprints(target)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "_write_fingerprint", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        log.save(target)
+    assert target.read_bytes() == before
+    assert os.listdir(tmp_path) == ["run.h5"]
+
+
+def test_write_to_missing_folder_is_a_clear_error(recorded, tmp_path):
+    """Writing into a folder that does not exist names the file and what to check."""
+    log = load_fingerprints(recorded)
+    with pytest.raises(ReferenceFileError, match="folder exists and is writable"):
+        log.save(tmp_path / "nope" / "run.h5")
+
+
+def _expect(path, *fragments):
+    """Loading `path` raises ReferenceFileError naming the file and every fragment."""
+    with pytest.raises(ReferenceFileError) as info:
+        load_fingerprints(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return info.value
+
+
+def test_missing_file(tmp_path):
+    _expect(tmp_path / "absent.h5", "does not exist")
+
+
+def test_folder_instead_of_file(tmp_path):
+    _expect(tmp_path, "is a folder")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.h5"
+    path.write_bytes(b"")
+    _expect(path, "is empty")
+
+
+def test_not_hdf5(tmp_path):
+    path = tmp_path / "text.h5"
+    path.write_text("epoch,digest\n0,abc\n")
+    _expect(path, "not an HDF5 file")
+
+
+@pytest.mark.parametrize("keep", [8, 100, 0.5, 0.9])
+def test_truncated_file(copy, keep):
+    """A file cut anywhere after the signature is reported, never a raw h5py error."""
+    data = copy.read_bytes()
+    size = keep if isinstance(keep, int) else int(len(data) * keep)
+    copy.write_bytes(data[:size])
+    error = _expect(copy)
+    assert error.reason
+
+
+def test_foreign_hdf5(tmp_path):
+    path = tmp_path / "weights.h5"
+    with h5py.File(path, "w") as file:
+        file.create_dataset("kernel", data=np.zeros(3))
+    _expect(path, "not a keras_repro fingerprint file")
+
+
+def test_wrong_format_name(copy):
+    with h5py.File(copy, "r+") as file:
+        file.attrs["format"] = "something.else"
+    _expect(copy, "has format 'something.else'")
+
+
+def test_future_version(copy):
+    with h5py.File(copy, "r+") as file:
+        file.attrs["format_version"] = store.FORMAT_VERSION + 1
+    _expect(copy, f"format version {store.FORMAT_VERSION + 1}", "upgrade keras_repro")
+
+
+def test_wrong_attribute_type(copy):
+    with h5py.File(copy, "r+") as file:
+        file.attrs["format_version"] = "one"
+    _expect(copy, "'format_version' has type str")
+
+
+def test_missing_dataset(copy):
+    with h5py.File(copy, "r+") as file:
+        del file["epochs/00001/digest"]
+    _expect(copy, "dataset '/epochs/00001/digest' is missing")
+
+
+def test_missing_epochs_group(copy):
+    with h5py.File(copy, "r+") as file:
+        del file["epochs"]
+    _expect(copy, "'/epochs' is missing")
+
+
+def test_changed_variable_digest_is_caught(copy):
+    """A flipped digest no longer matches the stored total: damaged, not a silent pass."""
+    with h5py.File(copy, "r+") as file:
+        digests = file["epochs/00002/digest"][()]
+        digests[0] = b"0" * 64
+        del file["epochs/00002/digest"]
+        file["epochs/00002"].create_dataset("digest", data=digests)
+    _expect(copy, "'/epochs/00002' digest does not match its variables")
+
+
+def test_wrong_column_type(copy):
+    with h5py.File(copy, "r+") as file:
+        del file["initial/part"]
+        file["initial"].create_dataset("part", data=np.zeros(len(file["initial/path"])))
+    _expect(copy, "expected text")
+
+
+def test_mismatched_epoch_label(copy):
+    with h5py.File(copy, "r+") as file:
+        file["epochs/00001"].attrs["epoch"] = 7
+    _expect(copy, "holds epoch 7")
+
+
+def test_flipped_bytes_never_escape_as_other_exceptions(recorded, tmp_path):
+    """Flipping bytes anywhere gives either a valid read or ReferenceFileError, nothing else."""
+    data = bytearray(recorded.read_bytes())
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(40):
+        damaged = bytearray(data)
+        for position in rng.integers(0, len(data), size=8):
+            damaged[position] ^= 0xFF
+        path = tmp_path / f"flip{trial}.h5"
+        path.write_bytes(bytes(damaged))
+        try:
+            load_fingerprints(path)
+            outcomes.add("read")
+        except ReferenceFileError as error:
+            assert str(path) in str(error)
+            outcomes.add("error")
+    assert "error" in outcomes
