@@ -189,3 +189,78 @@ def devices() -> list[str]:
     except Exception as error:  # noqa: BLE001 - the manifest must never break a run
         logger.debug("Could not list devices: %s", error)
     return []
+
+
+def native_ordered_input(data: tuple, rows_for_epoch: Any, num_rows: int, batch_size: int) -> tuple[Any, Any] | None:
+    """An input pipeline that visits `data` rows in the order `rows_for_epoch(epoch)` gives.
+
+    On TensorFlow this is a tf.data pipeline over row indices held in a variable
+    (set at each epoch start) that gathers each batch from the arrays, the same
+    shape as Keras' own array pipeline, so it keeps native speed. Other backends
+    return None and use the backend-neutral `PyDataset` in `keras_repro.feeding`.
+
+    Returns:
+        (dataset, set_epoch) or None.
+    """
+    if name() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    rows = tf.Variable(rows_for_epoch(0), trainable=False, dtype=tf.int64, name="keras_repro_rows")
+    full, rest = divmod(num_rows, batch_size)
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, data)
+
+    @tf.autograph.experimental.do_not_convert
+    def batches(_):
+        order = rows.read_value()
+        result = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch_size], [full, batch_size]))
+        if rest:
+            result = result.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
+        return result
+
+    @tf.autograph.experimental.do_not_convert
+    def gather(indices, arrays):
+        return tf.nest.map_structure(lambda array: tf.gather(array, indices), arrays)
+
+    dataset = tf.data.Dataset.zip((tf.data.Dataset.range(1).flat_map(batches), tf.data.Dataset.from_tensors(tensors).repeat()))
+    dataset = dataset.map(gather).apply(tf.data.experimental.assert_cardinality(full + (1 if rest else 0)))
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+
+    def set_epoch(epoch: int) -> None:
+        rows.assign(rows_for_epoch(epoch))
+
+    return dataset, set_epoch
+
+
+def input_hazards(data: Any) -> list[str]:
+    """Known sources of nondeterminism in an input pipeline keras_repro cannot reorder."""
+    hazards: list[str] = []
+    module = type(data).__module__
+    if module.startswith("tensorflow") and hasattr(data, "_inputs"):
+        seen: set[int] = set()
+        stack = [data]
+        while stack:
+            dataset = stack.pop()
+            if id(dataset) in seen:
+                continue
+            seen.add(id(dataset))
+            kind = type(dataset).__name__
+            seed, seed2 = getattr(dataset, "_seed", None), getattr(dataset, "_seed2", None)
+            if "Shuffle" in kind and seed is not None and int(seed) == 0 and int(seed2) == 0:
+                hazards.append("tf.data shuffle without a seed (pass seed=... to Dataset.shuffle)")
+            if str(getattr(dataset, "_deterministic", "")).lower() == "false":
+                hazards.append(f"tf.data {kind} with deterministic=False")
+            try:
+                stack.extend(dataset._inputs())
+            except Exception:  # noqa: BLE001 - private API; stop walking, keep what was found
+                break
+        try:
+            if data.options().deterministic is False:
+                hazards.append("tf.data options with deterministic=False")
+        except Exception:  # noqa: BLE001
+            pass
+    elif module.startswith("torch.utils.data"):
+        sampler = getattr(data, "sampler", None)
+        if type(sampler).__name__ == "RandomSampler" and getattr(sampler, "generator", None) is None:
+            hazards.append("torch DataLoader with shuffle=True and no generator (pass generator=torch.Generator().manual_seed(...))")
+    return sorted(set(hazards))

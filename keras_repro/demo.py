@@ -37,10 +37,9 @@ def build_model(seed: int):
     """A small MLP with Dropout and BatchNormalization for 8x8 digits."""
     import keras
 
-    from keras_repro.seeding import seed_everything
+    from keras_repro.model import DeterministicSequential
 
-    seed_everything(seed)
-    return keras.Sequential(
+    return DeterministicSequential(
         [
             keras.Input((8, 8)),
             keras.layers.Flatten(),
@@ -49,7 +48,8 @@ def build_model(seed: int):
             keras.layers.BatchNormalization(),
             keras.layers.Dropout(0.2),
             keras.layers.Dense(10, activation="softmax"),
-        ]
+        ],
+        seed=seed,
     )
 
 

@@ -33,7 +33,8 @@ def collect() -> dict[str, str]:
     """
     import keras
 
-    from keras_repro import __version__, _backend
+    from keras_repro import _backend
+    from keras_repro.version import __version__
 
     manifest: dict[str, Any] = {
         "keras_repro": __version__,

@@ -76,7 +76,7 @@ def write_run(
             file.attrs["format_version"] = FORMAT_VERSION
             file.attrs["seed"] = -1 if seed is None else int(seed)
             file.attrs["created"] = created or datetime.datetime.now(datetime.timezone.utc).isoformat()
-            from keras_repro import __version__
+            from keras_repro.version import __version__
 
             file.attrs["keras_repro_version"] = __version__
             _write_attrs(file.create_group("environment"), environment)
