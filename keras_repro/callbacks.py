@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_repro import environment, store
 from keras_repro.compare import Divergence, compare_fingerprints
@@ -30,7 +31,7 @@ def reset_layer_rng(model: Any, seed: int, epoch: int) -> int:
     limit = _backend.seed_state_max()
     for index, (_, generator) in enumerate(generators):
         value = derive_seed(seed, "layer-rng", epoch, index) % (limit + 1)
-        generator.state.assign(keras.ops.cast(keras.ops.convert_to_tensor([value, 0]), generator.state.dtype))
+        generator.state.assign(np.array([value, 0], dtype=np.dtype(generator.state.dtype)))
     return len(generators)
 
 

@@ -1,4 +1,4 @@
-"""Tests for keras_repro.enable_determinism."""
+"""Tests for keras_repro.enable_determinism, on every backend (in fresh processes)."""
 
 from __future__ import annotations
 
@@ -7,37 +7,70 @@ import pytest
 from keras_repro import enable_determinism
 from tests.conftest import run_python
 
+IN_TIME = {
+    "tensorflow": (
+        "report = enable_determinism(threads=1, inter_op_threads=1)",
+        "from keras_repro.environment import collect; m = collect(); "
+        "print(m['determinism.tf_op_determinism'], m['determinism.intra_op_threads'])",
+        ["inter_op_threads", "intra_op_threads", "tf_op_determinism"],
+        "True 1",
+    ),
+    "jax": (
+        "report = enable_determinism()",
+        "import os; print('--xla_gpu_deterministic_ops=true' in os.environ['XLA_FLAGS'])",
+        ["xla_deterministic_ops"],
+        "True",
+    ),
+    "torch": (
+        "report = enable_determinism(threads=1, inter_op_threads=1)",
+        "import torch; print(torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())",
+        ["cudnn_deterministic", "inter_op_threads", "intra_op_threads", "torch_deterministic_algorithms"],
+        "True 1",
+    ),
+}
 
-def test_report_in_fresh_process_sets_tf_determinism_and_threads():
-    """Before TF starts: op determinism and both thread limits take effect and are reported."""
-    code = """
+TOO_LATE = {
+    "tensorflow": ("import tensorflow as tf; tf.constant(1.0) + 1.0", "threads=1", "intra_op_threads"),
+    "jax": ("import jax.numpy as jnp; (jnp.ones(2) + 1).block_until_ready()", "", "xla_deterministic_ops"),
+    "torch": (
+        "import torch; torch.set_num_interop_threads(2)",
+        "inter_op_threads=1",
+        "inter_op_threads",
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(IN_TIME))
+def test_in_time_everything_is_applied(backend):
+    """Called before the backend starts: every switch takes effect and the report says so."""
+    call, check, applied, expected = IN_TIME[backend]
+    code = f"""
         from keras_repro import enable_determinism
-        from keras_repro.environment import collect
-        report = enable_determinism(threads=1, inter_op_threads=1)
-        print(report.complete, sorted(report.applied))
-        m = collect()
-        print(m["determinism.tf_op_determinism"], m["determinism.intra_op_threads"])
+        {call}
+        print(report.backend, report.complete, sorted(report.applied))
+        {check}
     """
-    out = run_python(code).stdout.split("\n")
-    assert out[0] == "True ['inter_op_threads', 'intra_op_threads', 'tf_op_determinism']"
-    assert out[1] == "True 1"
+    out = run_python(code, env={"KERAS_BACKEND": backend}).stdout.splitlines()
+    assert out[0] == f"{backend} True {applied}"
+    assert out[1] == expected
 
 
-def test_late_thread_limits_are_reported_not_pretended():
-    """After TF has run an op, thread limits cannot change: the report says so and warns."""
-    code = """
+@pytest.mark.parametrize("backend", sorted(TOO_LATE))
+def test_too_late_is_reported_not_pretended(backend):
+    """Called after the backend ran: what cannot change is listed in not_applied, with a warning."""
+    warm_up, arguments, missing = TOO_LATE[backend]
+    code = f"""
         import warnings
-        import tensorflow as tf
-        tf.constant(1.0) + 1.0
+        {warm_up}
         from keras_repro import enable_determinism
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = enable_determinism(threads=1)
-        print(report.complete, report.applied.get("tf_op_determinism"), list(report.not_applied))
-        print(any("intra_op_threads" in str(w.message) for w in caught))
+            report = enable_determinism({arguments})
+        print(report.complete, list(report.not_applied))
+        print(any({missing!r} in str(w.message) for w in caught))
     """
-    out = run_python(code).stdout.split("\n")
-    assert out[0] == "False True ['intra_op_threads']"
+    out = run_python(code, env={"KERAS_BACKEND": backend}).stdout.splitlines()
+    assert out[0] == f"False [{missing!r}]"
     assert out[1] == "True"
 
 

@@ -14,20 +14,25 @@ from tests.conftest import REPO
 SCRIPT = os.path.join(REPO, "tests", "scripts", "resume.py")
 
 
-def _run(mode, folder, hash_seed):
-    env = dict(os.environ, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL="3")
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+
+def _run(mode, folder, hash_seed, backend="tensorflow"):
+    env = dict(os.environ, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend)
     result = subprocess.run([sys.executable, SCRIPT, mode, str(folder)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0].isupper())
 
 
 @pytest.mark.slow
-def test_resume_in_new_process_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_in_new_process_is_bit_identical(tmp_path, backend):
     """4 straight epochs == 2 epochs + save + load in a new process + 2 more (Dropout, noise, BN,
     shuffle, validation_split); the straight run's reference verifies the resumed epochs."""
-    straight = _run("straight", tmp_path, "0")
-    _run("first", tmp_path, "1")
-    resumed = _run("resume", tmp_path, "random")
+    straight = _run("straight", tmp_path, "0", backend)
+    _run("first", tmp_path, "1", backend)
+    resumed = _run("resume", tmp_path, "random", backend)
+    assert resumed["BACKEND"] == straight["BACKEND"] == backend
     assert resumed["DIVERGENCE"] == "None"
     assert resumed["WEIGHTS"] == straight["WEIGHTS"]
     assert resumed["DIGEST"] == straight["DIGEST"]

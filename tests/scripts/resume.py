@@ -51,6 +51,7 @@ def main(mode: str, folder: str) -> None:
         print("DIVERGENCE", callback.divergence)
     else:
         raise SystemExit(f"unknown mode {mode}")
+    print("BACKEND", keras.backend.backend())
     print("DIGEST", kr.fingerprint(model).without("rng").digest)
     weights = np.concatenate([w.ravel() for w in model.get_weights()])
     print("WEIGHTS", weights.tobytes().hex()[:64], weights.size)
