@@ -7,12 +7,13 @@ import os
 import warnings
 from typing import Any
 
+import filelock
 import keras
 import numpy as np
 
 from keras_repro import environment, store
 from keras_repro.compare import Divergence, compare_fingerprints
-from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning
+from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReferenceFileError, ReproWarning
 from keras_repro.fingerprints import Fingerprint, fingerprint, seed_generators
 from keras_repro.log import FingerprintLog, load_fingerprints
 from keras_repro.seeding import derive_seed, seed_everything, validate_seed, warn_if_hash_randomized
@@ -108,6 +109,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._first_epoch: int | None = None
         self._environment: dict[str, str] = {}
         self._warned_missing = False
+        self._release_lock()
 
     @property
     def log(self) -> FingerprintLog:
@@ -130,8 +132,11 @@ class SeedCallback(keras.callbacks.Callback):
             self.resolved_mode = "verify" if self.reference and os.path.exists(self.reference) else "record"
         else:
             self.resolved_mode = self.mode
+        if self.reference:
+            self._lock = _acquire_lock(self.reference)
         if self.resolved_mode == "verify":
             self._expected = load_fingerprints(self.reference)
+            self._release_lock()  # the reference is in memory; readers need no lock
         seed_everything(derive_seed(self.seed, "fit"))
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
@@ -162,10 +167,18 @@ class SeedCallback(keras.callbacks.Callback):
         self._save()
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self._release_lock()
         if self.resolved_mode == "verify" and self.divergence is None:
             logger.info("SeedCallback: %d epochs verified against %s", len(self._epochs), self.reference)
 
     # helpers -----------------------------------------------------------------------
+
+    def _release_lock(self) -> None:
+        """Releases the reference's lock, if this callback holds it."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+        self._lock = None
 
     def _fingerprint(self, epoch: int) -> Fingerprint:
         """The model's fingerprint, with the data-order records a DeterministicModel adds."""
@@ -215,6 +228,30 @@ class SeedCallback(keras.callbacks.Callback):
         """Rewrites the reference atomically (record mode only)."""
         if self.resolved_mode == "record" and self.reference:
             self.log.save(self.reference)
+
+
+def lock_path(reference: str) -> str:
+    """The lock file that guards a reference: `.NAME.lock` beside it."""
+    folder, name = os.path.split(os.path.abspath(reference))
+    return os.path.join(folder, f".{name}.lock")
+
+
+def _acquire_lock(reference: str) -> filelock.FileLock:
+    """Takes the reference's lock without waiting; a clear error if another process holds it."""
+    lock = filelock.FileLock(lock_path(reference))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise ReferenceFileError(
+            reference,
+            f"is being recorded by another process (it holds '{lock.lock_file}'). Wait for that "
+            "fit to finish, or record to another file",
+        ) from None
+    except OSError as error:
+        raise ReferenceFileError(
+            reference, f"cannot be locked ({error.strerror or error}); check that the folder exists and is writable"
+        ) from None
+    return lock
 
 
 def _build_optimizer_early(model: Any) -> None:

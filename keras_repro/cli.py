@@ -1,4 +1,4 @@
-"""The `keras-repro` command: `demo`, `show` and `diff`.
+"""The `keras-repro` command: `demo`, `show`, `diff` and `run`.
 
 Exit codes: 0 reproducible / identical / ok, 1 differ, 2 bad input.
 """
@@ -144,6 +144,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_DIFFER
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """`keras-repro run -- COMMAND...`."""
+    from keras_repro import launcher
+
+    command = list(args.command_line)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("keras-repro: error: run needs a command, e.g. keras-repro run -- python train.py", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        env = launcher.launch_environment(os.environ, args.hash_seed, not args.no_determinism, args.threads)
+    except ValueError as error:
+        print(f"keras-repro: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    settings = " ".join(f"{k}={v}" for k, v in sorted(launcher.changed(env).items()))
+    print(f"keras-repro run: {settings}", file=sys.stderr)
+    code = launcher.run(command, env)
+    if code == 127:
+        print(f"keras-repro: error: cannot start '{command[0]}': not found", file=sys.stderr)
+    return code
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """Warnings as one line, without the source line a CLI user cannot act on."""
     return f"keras-repro: {category.__name__}: {message}\n"
@@ -169,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("a", help="the reference run (.h5)")
     diff.add_argument("b", help="the run to check (.h5)")
     diff.set_defaults(handler=cmd_diff)
+    run = sub.add_parser(
+        "run",
+        help="start a program with PYTHONHASHSEED and determinism variables set before it starts",
+        description="Starts COMMAND with PYTHONHASHSEED (and the backends' determinism variables) set "
+        "in its environment: they only take effect when set before the interpreter starts. "
+        "Exits with COMMAND's exit code.",
+    )
+    run.add_argument("--hash-seed", type=int, default=0, help="PYTHONHASHSEED for the program (default 0)")
+    run.add_argument("--threads", type=int, help="limit CPU threads (TF, OpenMP, MKL, OpenBLAS)")
+    run.add_argument("--no-determinism", action="store_true", help="only set PYTHONHASHSEED")
+    run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    run.set_defaults(handler=cmd_run)
     return parser
 
 

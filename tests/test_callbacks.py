@@ -128,7 +128,7 @@ def test_verify_never_modifies_the_reference(tmp_path):
     with pytest.warns(FingerprintMismatchWarning, match="epoch 0"):
         _fit([Nudge(0, lambda m: m.layers[0].bias), SeedCallback(7, path, on_mismatch="warn")])
     assert path.read_bytes() == before and os.stat(path).st_mtime_ns == stamp
-    assert sorted(os.listdir(tmp_path)) == ["run.h5"]
+    assert sorted(os.listdir(tmp_path)) == [".run.h5.lock", "run.h5"]
 
 
 def test_verify_without_file_is_a_clear_error(tmp_path):
@@ -194,6 +194,24 @@ def test_resumed_fit_verifies_against_the_straight_run(tmp_path):
     model.layers[0].bias.assign(model.layers[0].bias + 1.0)
     with pytest.raises(FingerprintMismatch, match=r"before the first step of epoch 2"):
         _fit([SeedCallback(7, path)], epochs=4, initial_epoch=2, model=model)
+
+
+def test_second_recorder_gets_a_clear_error_and_the_file_stays_whole(tmp_path):
+    """While one fit records a reference, another cannot record or verify it."""
+    from keras_repro.callbacks import _acquire_lock
+
+    path = tmp_path / "run.h5"
+    _fit([SeedCallback(7, path)], epochs=2)
+    before = path.read_bytes()
+    held = _acquire_lock(str(path))  # another recorder (a lock is per open file, so this stands in)
+    try:
+        for mode in ("record", "verify", "auto"):
+            with pytest.raises(ReferenceFileError, match="is being recorded by another process"):
+                _fit([SeedCallback(7, path, mode=mode)], epochs=1)
+    finally:
+        held.release()
+    assert path.read_bytes() == before
+    _fit([SeedCallback(7, path, mode="verify")], epochs=2)
 
 
 @pytest.mark.parametrize(
