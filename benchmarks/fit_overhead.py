@@ -248,9 +248,17 @@ def header(argv: list[str]) -> list[str]:
     command = " ".join(shlex.quote(part) for part in ["python", "benchmarks/fit_overhead.py", *argv])
     return [
         f"fit overhead of keras_repro | machine: {os.cpu_count()} CPUs, {platform.platform()}, "
-        f"Python {platform.python_version()} | Keras {keras_version}",
+        f"Python {platform.python_version()} | Keras {keras_version} | {load_average()} at start",
         f"reproduce: {command}",
     ]
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (other work on the machine skews timings)."""
+    try:
+        return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "load average unknown"
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -307,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         run_child(arguments.child, arguments.repeats, arguments.rows)
         return 0
     backends = [b for b in arguments.backends.split(",") if b]
+    heading = header(argv)  # before the runs: the load average shows other work on the machine
     results = [summarize(run_backend(b, arguments.repeats, arguments.rows)) for b in backends]
-    print("\n".join(header(argv) + [""] + table(results) + ["", "timings (s):"] + details(results)))
+    print("\n".join(heading + [""] + table(results) + ["", "timings (s):"] + details(results)))
     return 0
 
 

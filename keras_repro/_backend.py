@@ -264,3 +264,15 @@ def input_hazards(data: Any) -> list[str]:
         if type(sampler).__name__ == "RandomSampler" and getattr(sampler, "generator", None) is None:
             hazards.append("torch DataLoader with shuffle=True and no generator (pass generator=torch.Generator().manual_seed(...))")
     return sorted(set(hazards))
+
+
+def sync_model_state(model: Any) -> None:
+    """Makes the model's variables current mid-epoch.
+
+    The JAX trainer keeps the training state outside the variables during an epoch
+    and writes it back only at epoch end; `jax_state_sync` writes it back now (and
+    tells the trainer to read it again before the next step). Other backends update
+    the variables in place.
+    """
+    if name() == "jax" and getattr(model, "_jax_state", None) is not None:
+        model.jax_state_sync()

@@ -61,6 +61,9 @@ class SeedCallback(keras.callbacks.Callback):
             initial state differs); "warn" warns once and goes on.
         reset_layer_rng: Reset layer SeedGenerators at every epoch start (default).
         log_key: The `logs` key that receives the digest, or None for none.
+        every_n_batches: Also fingerprint the state after every N-th batch, so a
+            verify names the first divergent batch, not just the epoch. Costs a
+            host read and hash of the weights per fingerprinted batch.
 
     Attributes:
         log: The `FingerprintLog` of the last fit.
@@ -83,6 +86,7 @@ class SeedCallback(keras.callbacks.Callback):
         on_mismatch: str = "raise",
         reset_layer_rng: bool = True,
         log_key: str | None = "fingerprint",
+        every_n_batches: int | None = None,
     ) -> None:
         super().__init__()
         self.seed = validate_seed(seed)
@@ -97,6 +101,11 @@ class SeedCallback(keras.callbacks.Callback):
         self.on_mismatch = on_mismatch
         self.reset_layer_rng = bool(reset_layer_rng)
         self.log_key = log_key
+        if every_n_batches is not None and (
+            isinstance(every_n_batches, bool) or not isinstance(every_n_batches, int) or every_n_batches < 1
+        ):
+            raise ValueError(f"`every_n_batches` must be a positive int or None. Received: every_n_batches={every_n_batches!r}")
+        self.every_n_batches = every_n_batches
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -106,6 +115,9 @@ class SeedCallback(keras.callbacks.Callback):
         self._expected: FingerprintLog | None = None
         self._initial: Fingerprint | None = None
         self._epochs: list[Fingerprint] = []
+        self._batches: list[Fingerprint] = []
+        self._expected_batches: dict[tuple[int, int], Fingerprint] = {}
+        self._epoch = 0
         self._first_epoch: int | None = None
         self._environment: dict[str, str] = {}
         self._warned_missing = False
@@ -115,7 +127,8 @@ class SeedCallback(keras.callbacks.Callback):
     def log(self) -> FingerprintLog:
         """The fingerprints of the current (or last) fit."""
         return FingerprintLog(
-            self._initial, tuple(self._epochs), dict(self._environment), self.seed, self._notes(), self.reference
+            self._initial, tuple(self._epochs), dict(self._environment), self.seed, self._notes(), self.reference,
+            batches=tuple(self._batches),
         )
 
     def _notes(self) -> dict[str, str]:
@@ -136,12 +149,14 @@ class SeedCallback(keras.callbacks.Callback):
             self._lock = _acquire_lock(self.reference)
         if self.resolved_mode == "verify":
             self._expected = load_fingerprints(self.reference)
+            self._expected_batches = {(fp.epoch, fp.batch): fp for fp in self._expected.batches}
             self._release_lock()  # the reference is in memory; readers need no lock
         seed_everything(derive_seed(self.seed, "fit"))
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
         seed_everything(derive_seed(self.seed, "epoch", epoch))
         if self.reset_layer_rng:
             reset_layer_rng(self.model, self.seed, epoch)
@@ -152,9 +167,19 @@ class SeedCallback(keras.callbacks.Callback):
             self._check_initial(epoch)
             self._save()
 
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if not self.every_n_batches or (batch + 1) % self.every_n_batches:
+            return
+        _backend.sync_model_state(self.model)
+        current = fingerprint(self.model).with_epoch(self._epoch, batch=batch)
+        self._batches.append(current)
+        expected = self._expected_batches.get((self._epoch, batch))
+        if self.resolved_mode == "verify" and expected is not None:
+            self._report(compare_fingerprints(expected, current, self._epoch, "batch"))
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
-        current = self._fingerprint(epoch).with_epoch(epoch, metrics)
+        current = self._fingerprint(epoch, summaries=True).with_epoch(epoch, metrics)
         self._epochs.append(current)
         if logs is not None and self.log_key:
             logs[self.log_key] = current.digest
@@ -180,9 +205,9 @@ class SeedCallback(keras.callbacks.Callback):
             lock.release()
         self._lock = None
 
-    def _fingerprint(self, epoch: int) -> Fingerprint:
+    def _fingerprint(self, epoch: int, summaries: bool = True) -> Fingerprint:
         """The model's fingerprint, with the data-order records a DeterministicModel adds."""
-        result = fingerprint(self.model).with_epoch(epoch)
+        result = fingerprint(self.model, summaries=summaries).with_epoch(epoch)
         records = getattr(self.model, "_repro_data_records", None)
         if callable(records):
             result = result.with_records(records(epoch))

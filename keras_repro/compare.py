@@ -1,12 +1,17 @@
 """Comparing fingerprints: is a run identical to its reference, and if not, where did
-it first part ways?"""
+it first part ways? Exact by default; with `rtol`/`atol`, variables whose digests
+differ but whose float summaries agree are "within tolerance"."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from keras_repro.fingerprints import PART_LABELS, PARTS, Fingerprint, VariableDigest
+
+IDENTICAL, WITHIN_TOLERANCE, DIVERGED = "identical", "within_tolerance", "diverged"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,8 +21,9 @@ class Divergence:
     Attributes:
         epoch: The 0-based epoch (as Keras numbers it in callbacks). For
             `stage == "initial"`, the epoch that was about to start.
-        stage: "initial" (state before the first step of a fit), "epoch" (state at
-            the end of `epoch`) or "missing" (one run has the epoch, the other not).
+        stage: "initial" (state before the first step of a fit), "batch" (state
+            after `batch` of `epoch`), "epoch" (state at the end of `epoch`) or
+            "missing" (one run has the epoch, the other not).
         part: The part that differs: "data", "rng", "trainable", "non_trainable",
             "optimizer" (see `PART_LABELS`), or None for a missing epoch.
         variable: The path of the first differing variable in the reference run,
@@ -25,7 +31,8 @@ class Divergence:
         other_variable: Its path in the other run, when that differs.
         reference_digest: The variable's digest in the reference, or None.
         other_digest: The variable's digest in the other run, or None.
-        reason: A short explanation ("bytes differ", "shape (3,) vs (4,)"...).
+        reason: A short explanation ("values differ", "shape (3,) vs (4,)"...).
+        batch: For `stage == "batch"`, the 0-based batch of `epoch`.
     """
 
     epoch: int | None
@@ -36,11 +43,14 @@ class Divergence:
     reference_digest: str | None = None
     other_digest: str | None = None
     reason: str = ""
+    batch: int | None = None
 
     def where(self) -> str:
-        """ "epoch 2", or "initial state before epoch 0" for the start of a fit."""
+        """ "epoch 2", "epoch 2, batch 17" or the initial state of a fit."""
         if self.stage == "initial":
             return f"initial state (before the first step of epoch {self.epoch})"
+        if self.stage == "batch":
+            return f"epoch {self.epoch}, batch {self.batch}"
         return f"epoch {self.epoch}"
 
     def __str__(self) -> str:
@@ -54,24 +64,73 @@ class Divergence:
 
 
 @dataclasses.dataclass(frozen=True)
+class VariableComparison:
+    """How one variable of one epoch compares.
+
+    Attributes:
+        epoch: The epoch (for the initial state, the epoch about to start).
+        stage: "initial" or "epoch".
+        part: The variable's part.
+        variable: Its path in the reference.
+        status: "identical", "within_tolerance" or "diverged".
+        relative_difference: The largest relative difference of its float
+            summaries (0.0 when identical; inf when it cannot be measured).
+    """
+
+    epoch: int | None
+    stage: str
+    part: str
+    variable: str
+    status: str
+    relative_difference: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Comparison:
     """The result of comparing a run with a reference.
 
     Attributes:
         identical: True when every fingerprint both runs have is bit-identical and
             both have the same epochs.
-        first_divergence: The first `Divergence`, or None when identical.
+        first_divergence: The first `Divergence` beyond the tolerance (any
+            difference when comparing exactly), or None.
         epochs_compared: The epochs present in both runs.
+        details: One `VariableComparison` per variable and compared fingerprint.
+        rtol: The relative tolerance used (0 for exact).
+        atol: The absolute tolerance used (0 for exact).
     """
 
     identical: bool
     first_divergence: Divergence | None
     epochs_compared: tuple[int, ...] = ()
+    details: tuple[VariableComparison, ...] = ()
+    rtol: float = 0.0
+    atol: float = 0.0
+
+    @property
+    def within_tolerance(self) -> bool:
+        """True when nothing diverged beyond the tolerance (identical included)."""
+        return self.first_divergence is None
+
+    @property
+    def verdict(self) -> str:
+        """ "identical", "within_tolerance" or "diverged"."""
+        if self.identical:
+            return IDENTICAL
+        return WITHIN_TOLERANCE if self.within_tolerance else DIVERGED
 
     def __str__(self) -> str:
         if self.identical:
             return f"identical ({len(self.epochs_compared)} epochs compared)"
+        if self.within_tolerance:
+            return f"within tolerance (rtol={self.rtol}, atol={self.atol}; {len(self.epochs_compared)} epochs)"
         return f"differ at {self.first_divergence}"
+
+    def to_dataframe(self) -> Any:
+        """`details` as a pandas DataFrame (needs pandas)."""
+        from keras_repro._optional import require_pandas
+
+        return require_pandas("Comparison.to_dataframe()").DataFrame([dataclasses.asdict(d) for d in self.details])
 
 
 def _record_difference(ref: VariableDigest, other: VariableDigest) -> str | None:
@@ -85,45 +144,95 @@ def _record_difference(ref: VariableDigest, other: VariableDigest) -> str | None
     return "values differ"
 
 
+def classify(ref: VariableDigest, other: VariableDigest, rtol: float = 0.0, atol: float = 0.0) -> tuple[str, float]:
+    """(status, largest relative difference of the summaries) for one variable.
+
+    Summaries cannot prove two arrays close element by element; within tolerance
+    means every summary (sum, L2 norm, min, max) agrees within `atol + rtol * |ref|`
+    and the NaN and Inf counts are equal.
+    """
+    if ref.digest == other.digest:
+        return IDENTICAL, 0.0
+    if ref.stats is None or other.stats is None or ref.shape != other.shape or ref.dtype != other.dtype:
+        return DIVERGED, math.inf
+    if ref.stats[4:] != other.stats[4:]:
+        return DIVERGED, math.inf
+    worst, close = 0.0, True
+    for a, b in zip(ref.stats[:4], other.stats[:4]):
+        gap = abs(a - b)
+        worst = max(worst, gap / abs(a) if a else (0.0 if gap == 0 else math.inf))
+        close = close and gap <= atol + rtol * abs(a)
+    return (WITHIN_TOLERANCE if close and (rtol or atol) else DIVERGED), worst
+
+
 def compare_fingerprints(
     reference: Fingerprint,
     other: Fingerprint,
     epoch: int | None,
     stage: str = "epoch",
     ignore: Iterable[str] = (),
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    details: list[VariableComparison] | None = None,
 ) -> Divergence | None:
-    """The first difference between two fingerprints, searched part by part in
-    `PARTS` order (data order first, since it explains everything after it).
+    """The first difference between two fingerprints beyond the tolerance, searched
+    part by part in `PARTS` order (data order first, since it explains the rest).
 
     Args:
         reference: The expected fingerprint.
         other: The fingerprint to check.
         epoch: The epoch to report.
-        stage: "epoch" or "initial".
+        stage: "epoch", "initial" or "batch" (then `other.batch` is reported).
         ignore: Parts to leave out of the comparison.
+        rtol: Relative tolerance on the float summaries (0: exact).
+        atol: Absolute tolerance on the float summaries (0: exact).
+        details: If given, one `VariableComparison` per variable is appended.
 
     Returns:
-        None if equal, else the first `Divergence`.
+        None if equal (or within tolerance), else the first `Divergence`.
     """
     ignore = set(ignore)
-    if not ignore and reference.digest == other.digest:
+    if details is None and not ignore and reference.digest == other.digest:
         return None
+    first: Divergence | None = None
     for part in PARTS:
         if part in ignore:
             continue
         ref_records, other_records = reference.part(part), other.part(part)
         for ref, oth in zip(ref_records, other_records):
-            reason = _record_difference(ref, oth)
-            if reason is not None:
-                return Divergence(epoch, stage, part, ref.path, oth.path, ref.digest, oth.digest, reason)
-        if len(ref_records) != len(other_records):
+            status, relative = classify(ref, oth, rtol, atol)
+            if details is not None:
+                details.append(VariableComparison(epoch, stage, part, ref.path, status, relative))
+            if status == DIVERGED and first is None:
+                first = Divergence(
+                    epoch, stage, part, ref.path, oth.path, ref.digest, oth.digest,
+                    _record_difference(ref, oth) or "", other.batch if stage == "batch" else None,
+                )
+                if details is None:
+                    return first
+        if len(ref_records) != len(other_records) and first is None:
             longer, name = (ref_records, "reference") if len(ref_records) > len(other_records) else (other_records, "other run")
             extra = longer[min(len(ref_records), len(other_records))]
             reason = (
                 f"{len(ref_records)} variables in the reference, {len(other_records)} in the "
                 f"other run; '{extra.path}' is only in the {name}"
             )
-            return Divergence(epoch, stage, part, extra.path, None, None, None, reason)
+            first = Divergence(epoch, stage, part, extra.path, None, None, None, reason)
+            if details is None:
+                return first
+    return first
+
+
+def first_batch_divergence(
+    reference: Sequence[Fingerprint], other: Sequence[Fingerprint], epoch: int
+) -> Divergence | None:
+    """The first batch of `epoch` whose fingerprints differ (exactly), if both runs have batches."""
+    mine = {fp.batch: fp for fp in reference if fp.epoch == epoch}
+    theirs = {fp.batch: fp for fp in other if fp.epoch == epoch}
+    for batch in sorted(set(mine) & set(theirs)):
+        found = compare_fingerprints(mine[batch], theirs[batch], epoch, "batch")
+        if found is not None:
+            return found
     return None
 
 
@@ -132,22 +241,40 @@ def compare_runs(
     reference_epochs: Sequence[Fingerprint],
     other_initial: Fingerprint | None,
     other_epochs: Sequence[Fingerprint],
+    rtol: float = 0.0,
+    atol: float = 0.0,
+    reference_batches: Sequence[Fingerprint] = (),
+    other_batches: Sequence[Fingerprint] = (),
 ) -> Comparison:
-    """Compares two runs: their initial states, then every epoch in order."""
-    if reference_initial is not None and other_initial is not None:
-        if reference_initial.epoch == other_initial.epoch:
-            found = compare_fingerprints(reference_initial, other_initial, reference_initial.epoch, "initial")
-            if found is not None:
-                return Comparison(False, found, ())
+    """Compares two runs: their initial states, then every epoch in order.
+
+    When an epoch differs and both runs kept batch fingerprints for it, the first
+    differing batch is reported instead of the epoch.
+    """
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"Tolerances must be >= 0. Received: rtol={rtol}, atol={atol}")
+    details: list[VariableComparison] = []
+    first: Divergence | None = None
+    identical = True
+    if reference_initial is not None and other_initial is not None and reference_initial.epoch == other_initial.epoch:
+        before = len(details)
+        found = compare_fingerprints(
+            reference_initial, other_initial, reference_initial.epoch, "initial", rtol=rtol, atol=atol, details=details
+        )
+        identical = identical and all(d.status == IDENTICAL for d in details[before:])
+        first = first or found
     ref_by_epoch = {fp.epoch: fp for fp in reference_epochs}
     other_by_epoch = {fp.epoch: fp for fp in other_epochs}
     common = tuple(sorted(set(ref_by_epoch) & set(other_by_epoch)))
     for epoch in sorted(set(ref_by_epoch) | set(other_by_epoch)):
         if epoch not in other_by_epoch or epoch not in ref_by_epoch:
             side = "the reference" if epoch in ref_by_epoch else "the other run"
-            missing = Divergence(epoch, "missing", None, None, reason=f"only {side} has epoch {epoch}")
-            return Comparison(False, missing, common)
-        found = compare_fingerprints(ref_by_epoch[epoch], other_by_epoch[epoch], epoch)
-        if found is not None:
-            return Comparison(False, found, common)
-    return Comparison(True, None, common)
+            identical = False
+            first = first or Divergence(epoch, "missing", None, None, reason=f"only {side} has epoch {epoch}")
+            continue
+        before = len(details)
+        found = compare_fingerprints(ref_by_epoch[epoch], other_by_epoch[epoch], epoch, rtol=rtol, atol=atol, details=details)
+        identical = identical and all(d.status == IDENTICAL for d in details[before:]) and found is None
+        if found is not None and first is None:
+            first = first_batch_divergence(reference_batches, other_batches, epoch) or found
+    return Comparison(identical and first is None, first, common, tuple(details), rtol, atol)

@@ -26,6 +26,13 @@ CHUNK_BYTES = 1 << 22
 PARTS = ("data", "rng", "trainable", "non_trainable", "optimizer")
 """Parts in the order a divergence is searched: the earliest explains the later ones."""
 
+STAT_NAMES = ("sum", "l2", "min", "max", "nan", "inf")
+"""The float summaries kept per variable: sum, L2 norm, min and max of the finite
+values, and the counts of NaN and infinite values."""
+
+STATS_CHUNK = 1 << 20
+"""Elements converted to float64 at a time when summarizing (bounds extra memory)."""
+
 PART_LABELS = {
     "data": "data order",
     "rng": "layer RNG (SeedGenerator) state",
@@ -45,6 +52,9 @@ class VariableDigest:
         dtype: The dtype name, e.g. "float32".
         shape: The shape as a tuple.
         digest: Hex SHA-256.
+        stats: Float summaries in float64, in `STAT_NAMES` order, or None. They are
+            not part of the digest; they let runs from other machines or versions be
+            compared within a tolerance.
     """
 
     path: str
@@ -52,6 +62,7 @@ class VariableDigest:
     dtype: str
     shape: tuple[int, ...]
     digest: str
+    stats: tuple[float, ...] | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,8 @@ class Fingerprint:
         epoch: The epoch that had just finished (0-based, as Keras passes it to
             callbacks), or for the state before training, the epoch about to start.
         metrics: The epoch's logs (loss, metrics) as floats; empty if unknown.
+        batch: For a batch fingerprint, the 0-based batch of `epoch` that had just
+            finished; None for epoch and initial fingerprints.
 
     Example:
 
@@ -76,6 +89,7 @@ class Fingerprint:
     records: tuple[VariableDigest, ...]
     epoch: int | None = None
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    batch: int | None = None
 
     @property
     def variables(self) -> dict[str, str]:
@@ -93,16 +107,18 @@ class Fingerprint:
 
     def with_records(self, extra: Iterable[VariableDigest]) -> Fingerprint:
         """A copy with more records (e.g. the data order), digest recomputed."""
-        return make_fingerprint(list(self.records) + list(extra), self.epoch, self.metrics)
+        return make_fingerprint(list(self.records) + list(extra), self.epoch, self.metrics, self.batch)
 
-    def with_epoch(self, epoch: int | None, metrics: Mapping[str, float] | None = None) -> Fingerprint:
-        """A copy labelled with an epoch and metrics (the digest does not cover them)."""
-        return dataclasses.replace(self, epoch=epoch, metrics=dict(metrics or {}))
+    def with_epoch(
+        self, epoch: int | None, metrics: Mapping[str, float] | None = None, batch: int | None = None
+    ) -> Fingerprint:
+        """A copy labelled with an epoch, metrics and batch (the digest does not cover them)."""
+        return dataclasses.replace(self, epoch=epoch, metrics=dict(metrics or {}), batch=batch)
 
     def without(self, *parts: str) -> Fingerprint:
         """A copy without the given parts, digest recomputed."""
         kept = [r for r in self.records if r.part not in parts]
-        return make_fingerprint(kept, self.epoch, self.metrics)
+        return make_fingerprint(kept, self.epoch, self.metrics, self.batch)
 
 
 def _unique_paths(records: Iterable[VariableDigest]) -> Iterator[tuple[str, VariableDigest]]:
@@ -134,6 +150,7 @@ def make_fingerprint(
     records: Sequence[VariableDigest],
     epoch: int | None = None,
     metrics: Mapping[str, float] | None = None,
+    batch: int | None = None,
 ) -> Fingerprint:
     """Builds a `Fingerprint` from records, computing the part and total digests."""
     unknown = {r.part for r in records} - set(PARTS)
@@ -143,7 +160,7 @@ def make_fingerprint(
     hasher = hashlib.sha256(b"keras_repro.fingerprint\0")
     for part, group in _by_part(ordered):
         hasher.update(f"{part}\0".encode() + bytes.fromhex(_part_digest(group)))
-    return Fingerprint(hasher.hexdigest(), tuple(ordered), epoch, dict(metrics or {}))
+    return Fingerprint(hasher.hexdigest(), tuple(ordered), epoch, dict(metrics or {}), batch)
 
 
 def hash_array(array: np.ndarray, header: bytes, executor: Any = None) -> str:
@@ -195,7 +212,34 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def fingerprint(model: Any) -> Fingerprint:
+def summarize(array: np.ndarray) -> tuple[float, ...]:
+    """Float summaries (`STAT_NAMES`) of an array, in float64, chunk by chunk."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.dtype.kind not in "fiub" or flat.dtype.kind == "V":
+        try:
+            flat = flat.astype(np.float32)
+        except (TypeError, ValueError):
+            return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    total = squares = 0.0
+    low, high = np.inf, -np.inf
+    nans = infs = 0
+    for start in range(0, flat.size, STATS_CHUNK):
+        chunk = flat[start : start + STATS_CHUNK].astype(np.float64)
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            nans += int(np.isnan(chunk).sum())
+            infs += int(np.isinf(chunk).sum())
+            chunk = chunk[finite]
+        if chunk.size:
+            total += float(chunk.sum())
+            squares += float(np.dot(chunk, chunk))
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    if low > high:
+        low = high = 0.0
+    return (total, float(np.sqrt(squares)), low, high, float(nans), float(infs))
+
+
+def fingerprint(model: Any, summaries: bool = False) -> Fingerprint:
     """Fingerprints every variable of a Keras model and of its optimizer.
 
     Variables are read one at a time (a zero-copy host view on CPU), so extra memory
@@ -204,6 +248,8 @@ def fingerprint(model: Any) -> Fingerprint:
 
     Args:
         model: A built `keras.Model` (or any Keras layer).
+        summaries: Also keep float summaries of each variable (`STAT_NAMES`), for
+            comparisons within a tolerance. `SeedCallback` turns this on.
 
     Returns:
         A `Fingerprint`; equal digests mean bit-identical state.
@@ -230,9 +276,10 @@ def fingerprint(model: Any) -> Fingerprint:
             dtype = np.dtype(array.dtype).name
             header = f"{part}\0{index}\0{dtype}\0{tuple(array.shape)}\0".encode()
             digest = hash_array(array, header, executor)
+            stats = summarize(array) if summaries else None
             del array
             path = rng_paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
-            records.append(VariableDigest(path, part, dtype, tuple(array_shape(variable)), digest))
+            records.append(VariableDigest(path, part, dtype, tuple(array_shape(variable)), digest, stats))
     finally:
         if executor is not None:
             executor.shutdown(wait=True)

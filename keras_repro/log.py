@@ -9,7 +9,8 @@ from typing import Any
 
 from keras_repro import store
 from keras_repro.compare import Comparison, compare_runs
-from keras_repro.fingerprints import Fingerprint
+from keras_repro._optional import require_pandas
+from keras_repro.fingerprints import STAT_NAMES, Fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,7 @@ class FingerprintLog:
         notes: Remarks recorded with the run, e.g. about nondeterministic inputs.
         path: The file it was read from, or None.
         created: When the file was written (ISO 8601, UTC).
+        batches: Batch fingerprints (`SeedCallback(every_n_batches=...)`), in order.
 
     Example:
 
@@ -39,6 +41,7 @@ class FingerprintLog:
     notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
     path: str | None = None
     created: str | None = None
+    batches: tuple[Fingerprint, ...] = ()
 
     def epoch(self, number: int) -> Fingerprint | None:
         """The fingerprint at the end of epoch `number`, or None."""
@@ -47,15 +50,27 @@ class FingerprintLog:
                 return fingerprint
         return None
 
-    def compare(self, other: FingerprintLog) -> Comparison:
+    def compare(self, other: FingerprintLog, rtol: float = 0.0, atol: float = 0.0) -> Comparison:
         """Compares `other` with this log, taken as the reference.
+
+        Args:
+            other: The run to check.
+            rtol: Relative tolerance on each variable's float summaries. With the
+                default 0 (and `atol` 0) the comparison is exact, bit for bit.
+            atol: Absolute tolerance on the float summaries.
+
+        Returns:
+            A `Comparison`: `.identical`, `.verdict`, `.first_divergence` (the first
+            batch when both runs kept batch fingerprints) and `.details`.
 
         Example:
 
         >>> load_fingerprints("a.h5").compare(load_fingerprints("b.h5")).identical  # doctest: +SKIP
         True
         """
-        return compare_runs(self.initial, self.epochs, other.initial, other.epochs)
+        return compare_runs(
+            self.initial, self.epochs, other.initial, other.epochs, rtol, atol, self.batches, other.batches
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes this log to `path` atomically."""
@@ -67,28 +82,43 @@ class FingerprintLog:
             epochs=list(self.epochs),
             notes=self.notes,
             created=self.created,
+            batches=list(self.batches),
         )
 
-    def to_dataframe(self) -> Any:
-        """One row per epoch: epoch, digest, one column per part digest and per metric.
+    def to_dataframe(self, variables: bool = False) -> Any:
+        """The run as a pandas DataFrame (needs pandas: the `[notebooks]` extra).
 
-        Requires pandas (`pip install keras-repro[notebooks]`).
+        Args:
+            variables: False: one row per fingerprint (stage, epoch, digest, one
+                column per part digest and per metric). True: one row per variable
+                and fingerprint (stage, epoch, part, variable, digest and the float
+                summaries `sum`, `l2`, `min`, `max`, `nan`, `inf`).
+
+        Example:
+
+        >>> load_fingerprints("run.h5").to_dataframe().columns[:3].tolist()  # doctest: +SKIP
+        ['stage', 'epoch', 'digest']
         """
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError(
-                "FingerprintLog.to_dataframe() needs pandas. Install it with "
-                "`pip install 'keras-repro[notebooks]'` (or `pip install pandas`)."
-            ) from None
+        pd = require_pandas("FingerprintLog.to_dataframe()")
         rows = []
-        for fingerprint in ([self.initial] if self.initial is not None else []) + list(self.epochs):
-            stage = "initial" if fingerprint is self.initial else "epoch"
-            row: dict[str, Any] = {"stage": stage, "epoch": fingerprint.epoch, "digest": fingerprint.digest}
+        for stage, fingerprint in self._stages():
+            if variables:
+                for record in fingerprint.records:
+                    row = {"stage": stage, "epoch": fingerprint.epoch, "part": record.part,
+                           "variable": record.path, "digest": record.digest}
+                    row.update(dict(zip(STAT_NAMES, record.stats or (float("nan"),) * len(STAT_NAMES))))
+                    rows.append(row)
+                continue
+            row = {"stage": stage, "epoch": fingerprint.epoch, "digest": fingerprint.digest}
             row.update({f"digest_{part}": digest for part, digest in fingerprint.parts.items()})
             row.update(fingerprint.metrics)
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def _stages(self) -> list[tuple[str, Fingerprint]]:
+        """(stage, fingerprint) for the initial state and every epoch."""
+        stages = [("initial", self.initial)] if self.initial is not None else []
+        return stages + [("epoch", fingerprint) for fingerprint in self.epochs]
 
 
 def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
@@ -119,4 +149,5 @@ def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
         notes=data["notes"],
         path=os.fspath(path),
         created=data["created"],
+        batches=tuple(data["batches"]),
     )

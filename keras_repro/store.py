@@ -8,13 +8,21 @@ Schema (format "keras_repro.fingerprints", version 1)::
     /notes                  attrs: {topic: text}  (e.g. nondeterministic inputs)
     /initial                fingerprint group, optional: state before the first step
     /epochs/00000 ...       one fingerprint group per finished epoch
+    /batches/00000 ...      optional, per epoch: batch fingerprints (every_n_batches)
 
     fingerprint group       attrs: digest (hex), epoch (int)
                             datasets, one row per variable, in part order:
                               path (utf-8), part (utf-8), dtype (utf-8),
                               shape (utf-8, "3,4"; "" for a scalar),
-                              digest (64 ASCII hex bytes)
+                              digest (64 ASCII hex bytes),
+                              stats (float64, rows x 6, optional: sum, l2, min,
+                                     max, nan count, inf count; not in the digest)
                             /metrics attrs: {name: float}
+
+    batch group             attrs: epoch (int)
+                            path, part, dtype, shape: as above (same for every batch)
+                            batch (int64, B), digest (64 ASCII hex bytes, B),
+                            variable_digests (uint8, B x rows x 32: raw SHA-256)
 
 Every write goes to a temporary file in the same folder that is flushed, fsync'ed
 and renamed over the target (`os.replace`), so a crash leaves either the old file
@@ -36,7 +44,7 @@ import h5py
 import numpy as np
 
 from keras_repro.errors import ReferenceFileError
-from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, make_fingerprint
+from keras_repro.fingerprints import PARTS, STAT_NAMES, Fingerprint, VariableDigest, make_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,7 @@ def write_run(
     epochs: list[Fingerprint],
     notes: Mapping[str, str] | None = None,
     created: str | None = None,
+    batches: list[Fingerprint] | None = None,
 ) -> None:
     """Writes a whole run to `path` atomically (temporary file + fsync + rename).
 
@@ -86,6 +95,8 @@ def write_run(
             group = file.create_group("epochs")
             for fingerprint in epochs:
                 _write_fingerprint(group.create_group(f"{fingerprint.epoch:05d}"), fingerprint)
+            if batches:
+                _write_batches(file.create_group("batches"), batches)
         with open(temporary, "rb+") as handle_for_sync:
             os.fsync(handle_for_sync.fileno())
         os.replace(temporary, target)
@@ -117,20 +128,43 @@ def _write_attrs(group: h5py.Group, values: Mapping[str, Any]) -> None:
         group.attrs[str(key)] = value
 
 
-def _write_fingerprint(group: h5py.Group, fingerprint: Fingerprint) -> None:
-    """Stores one fingerprint in `group`."""
-    group.attrs["digest"] = fingerprint.digest
-    group.attrs["epoch"] = -1 if fingerprint.epoch is None else int(fingerprint.epoch)
+def _write_layout(group: h5py.Group, records: tuple[VariableDigest, ...]) -> None:
+    """Stores the path, part, dtype and shape columns of `records`."""
     text = h5py.string_dtype("utf-8")
-    records = fingerprint.records
     group.create_dataset("path", data=[r.path for r in records], dtype=text)
     group.create_dataset("part", data=[r.part for r in records], dtype=text)
     group.create_dataset("dtype", data=[r.dtype for r in records], dtype=text)
     group.create_dataset("shape", data=[",".join(map(str, r.shape)) for r in records], dtype=text)
+
+
+def _write_fingerprint(group: h5py.Group, fingerprint: Fingerprint) -> None:
+    """Stores one fingerprint in `group`."""
+    group.attrs["digest"] = fingerprint.digest
+    group.attrs["epoch"] = -1 if fingerprint.epoch is None else int(fingerprint.epoch)
+    records = fingerprint.records
+    _write_layout(group, records)
     group.create_dataset("digest", data=np.array([r.digest.encode("ascii") for r in records], dtype="S64"))
+    if records and all(r.stats is not None or r.part == "data" for r in records):
+        stats = [r.stats if r.stats is not None else (np.nan,) * len(STAT_NAMES) for r in records]
+        group.create_dataset("stats", data=np.array(stats, dtype=np.float64).reshape(len(records), len(STAT_NAMES)))
     metrics = group.create_group("metrics")
     for key, value in fingerprint.metrics.items():
         metrics.attrs[key] = float(value)
+
+
+def _write_batches(group: h5py.Group, batches: list[Fingerprint]) -> None:
+    """Stores batch fingerprints, one compact group per epoch."""
+    by_epoch: dict[int, list[Fingerprint]] = {}
+    for fingerprint in batches:
+        by_epoch.setdefault(int(fingerprint.epoch), []).append(fingerprint)
+    for epoch, items in by_epoch.items():
+        sub = group.create_group(f"{epoch:05d}")
+        sub.attrs["epoch"] = epoch
+        _write_layout(sub, items[0].records)
+        sub.create_dataset("batch", data=np.array([fp.batch for fp in items], dtype=np.int64))
+        sub.create_dataset("digest", data=np.array([fp.digest.encode("ascii") for fp in items], dtype="S64"))
+        raw = np.array([[bytearray.fromhex(r.digest) for r in fp.records] for fp in items], dtype=np.uint8)
+        sub.create_dataset("variable_digests", data=raw.reshape(len(items), len(items[0].records), 32))
 
 
 class _Reader:
@@ -191,28 +225,77 @@ class _Reader:
             raise self.fail(f"dataset '{where}' holds {dataset.dtype}, expected text")
         return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in dataset[()]]
 
+    def stats(self, group: h5py.Group, rows: int) -> np.ndarray | None:
+        """The optional float summaries of a fingerprint group."""
+        if "stats" not in group:
+            return None
+        dataset = group["stats"]
+        expected = (rows, len(STAT_NAMES))
+        if not isinstance(dataset, h5py.Dataset) or dataset.shape != expected or dataset.dtype.kind != "f":
+            raise self.fail(f"dataset '{group.name}/stats' must hold floats of shape {expected}; the file is damaged")
+        return dataset[()]
+
+    def layout(self, group: h5py.Group) -> list[tuple[str, str, str, tuple[int, ...]]]:
+        """The (path, part, dtype, shape) columns of a group, validated."""
+        paths = self.column(group, "path", None)
+        parts, dtypes, shapes = (self.column(group, name, len(paths)) for name in ("part", "dtype", "shape"))
+        layout = []
+        for row, (path, part, dtype, shape) in enumerate(zip(paths, parts, dtypes, shapes)):
+            if part not in PARTS:
+                raise self.fail(f"'{group.name}' row {row} ('{path}') has unknown part '{part}'")
+            try:
+                dims = tuple(int(d) for d in shape.split(",")) if shape else ()
+            except ValueError:
+                raise self.fail(f"'{group.name}' row {row} ('{path}') has a malformed shape") from None
+            layout.append((path, part, dtype, dims))
+        return layout
+
+    def batches(self, group: Any) -> list[Fingerprint]:
+        """Reads and verifies the batch fingerprints of one epoch."""
+        where = group.name
+        if not isinstance(group, h5py.Group):
+            raise self.fail(f"'{where}' is not a group; the file is damaged")
+        epoch = self.attr(group, "epoch", (int,), where)
+        layout = self.layout(group)
+        if "batch" not in group or "variable_digests" not in group:
+            raise self.fail(f"'{where}' lacks its 'batch' or 'variable_digests' dataset; the file is damaged")
+        numbers = group["batch"][()]
+        digests = self.column(group, "digest", len(numbers))
+        raw = group["variable_digests"]
+        if raw.shape != (len(numbers), len(layout), 32) or raw.dtype != np.uint8:
+            raise self.fail(f"dataset '{where}/variable_digests' has shape {raw.shape}; the file is damaged")
+        raw = raw[()]
+        result = []
+        for index, (number, digest) in enumerate(zip(numbers, digests)):
+            records = [
+                VariableDigest(path, part, dtype, dims, raw[index, row].tobytes().hex())
+                for row, (path, part, dtype, dims) in enumerate(layout)
+            ]
+            fingerprint = make_fingerprint(records, epoch, None, int(number))
+            if fingerprint.digest != digest:
+                raise self.fail(f"'{where}' batch {int(number)} digest does not match its variables; the file is damaged")
+            result.append(fingerprint)
+        return result
+
     def fingerprint(self, group: Any, where: str) -> Fingerprint:
         """Reads and verifies one fingerprint group."""
         if not isinstance(group, h5py.Group):
             raise self.fail(f"'{where}' is not a group; the file is damaged")
         digest = self.attr(group, "digest", (str,), where)
         epoch = self.attr(group, "epoch", (int,), where)
-        paths = self.column(group, "path", None)
-        parts, dtypes, shapes, digests = (
-            self.column(group, name, len(paths)) for name in ("part", "dtype", "shape", "digest")
-        )
+        layout = self.layout(group)
+        digests = self.column(group, "digest", len(layout))
+        stats = self.stats(group, len(layout))
         records = []
-        for row, (path, part, dtype, shape, variable_digest) in enumerate(zip(paths, parts, dtypes, shapes, digests)):
-            if part not in PARTS:
-                raise self.fail(f"'{where}' row {row} ('{path}') has unknown part '{part}'")
+        for row, ((path, part, dtype, dims), variable_digest) in enumerate(zip(layout, digests)):
             try:
-                dims = tuple(int(d) for d in shape.split(",")) if shape else ()
                 bytes.fromhex(variable_digest)
             except ValueError:
-                raise self.fail(f"'{where}' row {row} ('{path}') has a malformed shape or digest") from None
+                raise self.fail(f"'{where}' row {row} ('{path}') has a malformed digest") from None
             if len(variable_digest) != 64:
                 raise self.fail(f"'{where}' row {row} ('{path}') has a malformed digest")
-            records.append(VariableDigest(path, part, dtype, dims, variable_digest))
+            row_stats = None if stats is None or np.isnan(stats[row]).all() else tuple(float(v) for v in stats[row])
+            records.append(VariableDigest(path, part, dtype, dims, variable_digest, row_stats))
         metrics: dict[str, float] = {}
         if "metrics" in group:
             for key, value in group["metrics"].attrs.items():
@@ -272,7 +355,14 @@ class _Reader:
             if fingerprint.epoch is None or f"{fingerprint.epoch:05d}" != key:
                 raise self.fail(f"'/epochs/{key}' holds epoch {fingerprint.epoch}; the file is damaged")
             epochs.append(fingerprint)
+        batches = []
+        if "batches" in file:
+            if not isinstance(file["batches"], h5py.Group):
+                raise self.fail("'/batches' is not a group; the file is damaged")
+            for key in sorted(file["batches"]):
+                batches.extend(self.batches(file["batches"][key]))
         return {
+            "batches": batches,
             "seed": None if seed < 0 else seed,
             "created": created,
             "environment": environment,
@@ -296,7 +386,8 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and validates a fingerprint file.
 
     Returns:
-        {"seed", "created", "environment", "notes", "initial", "epochs", "format_version"}.
+        {"seed", "created", "environment", "notes", "initial", "epochs", "batches",
+        "format_version"}.
 
     Raises:
         ReferenceFileError: naming the file and what is wrong with it.
