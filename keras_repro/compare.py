@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from keras_repro.fingerprints import PART_LABELS, PARTS, Fingerprint, VariableDigest
+from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, part_differs
 
 IDENTICAL, WITHIN_TOLERANCE, DIVERGED = "identical", "within_tolerance", "diverged"
 
@@ -56,8 +56,7 @@ class Divergence:
     def __str__(self) -> str:
         if self.stage == "missing":
             return f"{self.where()}: {self.reason}"
-        label = PART_LABELS.get(self.part or "", self.part)
-        text = f"{self.where()}: {label} differ, first at '{self.variable}'"
+        text = f"{self.where()}: {part_differs(self.part)}, first at '{self.variable}'"
         if self.other_variable and self.other_variable != self.variable:
             text += f" (named '{self.other_variable}' in the other run)"
         return text + (f" ({self.reason})" if self.reason else "")

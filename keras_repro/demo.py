@@ -69,6 +69,7 @@ def train_once(seed: int, epochs: int, reference: str, mode: str):
         batch_size=64,
         shuffle=True,
         validation_split=0.2,
+        validation_split_mode="stratified",
         callbacks=[callback],
         verbose=0,
     )

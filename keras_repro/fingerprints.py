@@ -41,6 +41,14 @@ PART_LABELS = {
     "optimizer": "optimizer state",
 }
 
+_PLURAL_PARTS = ("trainable", "non_trainable")
+
+
+def part_differs(part: str | None) -> str:
+    """ "trainable weights differ", "data order differs"... for messages."""
+    label = PART_LABELS.get(part or "", str(part))
+    return f"{label} {'differ' if part in _PLURAL_PARTS else 'differs'}"
+
 
 @dataclasses.dataclass(frozen=True)
 class VariableDigest:

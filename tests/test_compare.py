@@ -40,7 +40,7 @@ def test_names_first_epoch_part_and_variable():
 def test_data_order_is_named_before_weights():
     """When the order and the weights both differ, the order is the explanation."""
     found = compare_fingerprints(_fp(0), _fp(0, order="1" * 64, **{"model/dense/kernel": "2" * 64}), 0)
-    assert found.part == "data" and "data order differ" in str(found)
+    assert found.part == "data" and "data order differs" in str(found)
 
 
 def test_initial_state_divergence():

@@ -233,7 +233,7 @@ def test_data_order_divergence_is_named_as_data(tmp_path):
     with pytest.raises(kr.FingerprintMismatch) as info:
         fit("batch")
     assert info.value.divergence.part == "data" and info.value.divergence.variable == "order"
-    assert "data order differ" in str(info.value)
+    assert "data order differs" in str(info.value)
 
 
 def test_fingerprint_records_order_and_split(tmp_path):
