@@ -22,7 +22,9 @@ from keras_repro.errors import (
 from keras_repro.fingerprints import Fingerprint, fingerprint
 from keras_repro.log import FingerprintLog, load_fingerprints
 from keras_repro.model import DeterministicModel, DeterministicSequential
+from keras_repro.plotting import plot_drift, plot_heatmap, plot_metrics
 from keras_repro.seeding import derive_seed, seed_everything
+from keras_repro.testing import assert_reproducible
 from keras_repro.version import __version__
 
 __all__ = [
@@ -42,9 +44,13 @@ __all__ = [
     "ReproWarning",
     "SeedCallback",
     "__version__",
+    "assert_reproducible",
     "derive_seed",
     "enable_determinism",
     "fingerprint",
     "load_fingerprints",
+    "plot_drift",
+    "plot_heatmap",
+    "plot_metrics",
     "seed_everything",
 ]

@@ -1,0 +1,134 @@
+"""Tests for keras_repro.testing: assert_reproducible and the `reproducible` fixture."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import keras_repro as kr
+from keras_repro.compare import compare_runs
+from keras_repro.fingerprints import VariableDigest, make_fingerprint
+from keras_repro.testing import assert_reproducible, divergence_report
+from tests.conftest import make_data, make_model
+
+pytest_plugins = ["keras_repro.testing"]  # what users put in their root conftest.py
+
+
+def _fp(epoch, bias="b" * 64):
+    """A hand-made fingerprint with a kernel and a bias."""
+    records = [
+        VariableDigest("model/dense/kernel", "trainable", "float32", (2, 2), "a" * 64),
+        VariableDigest("model/dense/bias", "trainable", "float32", (2,), bias),
+    ]
+    return make_fingerprint(records, epoch)
+
+
+def _deterministic_model():
+    """A DeterministicSequential with Dropout and BatchNormalization."""
+    model = kr.DeterministicSequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.25),
+            keras.layers.Dense(3, activation="softmax"),
+        ],
+        seed=7,
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _noisy_model():
+    """A model whose first kernel gets an unseeded random nudge at every build."""
+    model = make_model(seed=7)
+    kernel = model.layers[0].kernel
+    noise = np.random.default_rng().normal(scale=1e-3, size=kernel.shape).astype("float32")
+    kernel.assign(kernel.numpy() + noise)
+    return model
+
+
+def _nudged_every_other_build():
+    """Builds a model; every second build has one kernel entry changed by 1e-6 (relative)."""
+    calls = []
+
+    def build():
+        model = make_model(seed=7)
+        calls.append(None)
+        if len(calls) % 2 == 0:
+            kernel = model.layers[0].kernel
+            values = kernel.numpy()
+            values[0, 0] *= 1 + 1e-6
+            kernel.assign(values)
+        return model
+
+    return build
+
+
+def test_passes_for_a_deterministic_build():
+    x, y = make_data()
+    comparison = assert_reproducible(_deterministic_model, x, y, epochs=2, batch_size=16)
+    assert comparison.identical and comparison.verdict == "identical"
+    assert comparison.epochs_compared == (0, 1)
+
+
+def test_plain_keras_model_seeded_in_build_passes():
+    x, y = make_data()
+    assert assert_reproducible(lambda: make_model(seed=7), x, y, epochs=1).identical
+
+
+def test_fails_naming_epoch_part_and_variable():
+    """An unseeded perturbation of the weights is caught before the first step."""
+    x, y = make_data()
+    with pytest.raises(AssertionError) as failure:
+        assert_reproducible(_noisy_model, x, y, epochs=1)
+    report = str(failure.value)
+    assert "Training is not reproducible" in report
+    assert "Verdict: diverged" in report
+    assert "variable: sequential/dense/kernel" in report
+    assert "part:     trainable" in report
+    assert "initial state" in report
+    assert "seed_everything" in report  # the hint says what to do
+
+
+def test_tolerance_path():
+    """A 1e-6 nudge fails the exact check and passes within a tolerance."""
+    x, y = make_data()
+    with pytest.raises(AssertionError, match="exact comparison"):
+        assert_reproducible(_nudged_every_other_build(), x, y, epochs=1)
+    comparison = assert_reproducible(_nudged_every_other_build(), x, y, epochs=1, rtol=1e-3, atol=1e-5)
+    assert comparison.verdict == "within_tolerance" and not comparison.identical
+    with pytest.raises(AssertionError, match=r"rtol=1e-09, atol=0 comparison"):
+        assert_reproducible(_nudged_every_other_build(), x, y, epochs=1, rtol=1e-9)
+
+
+def test_reproducible_fixture(reproducible):
+    """The plugin's fixture is assert_reproducible."""
+    assert reproducible is assert_reproducible
+    x, y = make_data()
+    assert reproducible(_deterministic_model, x, y, epochs=1).identical
+
+
+def test_argument_errors():
+    x, y = make_data()
+    with pytest.raises(TypeError, match="callable"):
+        assert_reproducible("make_model", x, y)
+    with pytest.raises(TypeError, match="not a model"):
+        assert_reproducible(make_model(), x, y)
+    with pytest.raises(ValueError, match="remove yours"):
+        assert_reproducible(make_model, x, y, callbacks=[kr.SeedCallback(1)])
+    with pytest.raises(ValueError, match="epochs"):
+        assert_reproducible(make_model, x, y, epochs=0)
+    with pytest.raises(TypeError, match="compiled Keras model"):
+        assert_reproducible(lambda: "not a model", x, y)
+
+
+def test_report_from_hand_made_fingerprints():
+    """The report lists the first divergence and the diverged variables."""
+    comparison = compare_runs(None, [_fp(0), _fp(1)], None, [_fp(0), _fp(1, bias="e" * 64)])
+    report = divergence_report(comparison, seed=3)
+    assert "two runs with seed 3 differ (exact comparison)" in report
+    assert "epoch:    epoch 1" in report and "variable: model/dense/bias" in report
+    assert "epoch 1   trainable     model/dense/bias" in report
+    assert "deterministic kernels" in report
