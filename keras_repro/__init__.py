@@ -7,6 +7,7 @@ Example:
 7
 """
 
+from keras_repro.audit import AuditDivergence, AuditReport, BisectReport, audit, bisect, find_hazards
 from keras_repro.callbacks import SeedCallback
 from keras_repro.compare import Comparison, Divergence
 from keras_repro.determinism import DeterminismReport, enable_determinism
@@ -28,6 +29,9 @@ from keras_repro.testing import assert_reproducible
 from keras_repro.version import __version__
 
 __all__ = [
+    "AuditDivergence",
+    "AuditReport",
+    "BisectReport",
     "Comparison",
     "DeterminismReport",
     "DeterministicModel",
@@ -45,8 +49,11 @@ __all__ = [
     "SeedCallback",
     "__version__",
     "assert_reproducible",
+    "audit",
+    "bisect",
     "derive_seed",
     "enable_determinism",
+    "find_hazards",
     "fingerprint",
     "load_fingerprints",
     "plot_drift",

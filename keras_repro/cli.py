@@ -1,4 +1,4 @@
-"""The `keras-repro` command: `demo`, `show`, `diff` and `run`.
+"""The `keras-repro` command: `demo`, `show`, `diff`, `run`, `audit` and `bisect`.
 
 Exit codes: 0 reproducible / identical / ok, 1 differ, 2 bad input.
 """
@@ -167,6 +167,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`keras-repro audit SCRIPT.py`."""
+    from keras_repro.audit import audit, load_script, script_data, script_fit_kwargs, validate_options
+
+    try:
+        validate_options(args.batch_size, args.seed, steps=args.steps)
+        script = load_script(args.script, ("build_model", "data"))
+        x, y = script_data(script)
+        fit_kwargs = script_fit_kwargs(script)
+    except ValueError as error:
+        print(f"keras-repro: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    report = audit(
+        script.build_model, x, y, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        fresh_process=not args.in_process_only, **fit_kwargs,
+    )
+    print(report)
+    return EXIT_OK if report.identical else EXIT_DIFFER
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """`keras-repro bisect CHECKPOINT.keras SCRIPT.py --epoch K`."""
+    from keras_repro.audit import bisect, load_script, script_data, script_fit_kwargs, validate_checkpoint, validate_options
+
+    try:
+        validate_checkpoint(args.checkpoint)
+        validate_options(args.batch_size, args.seed)
+        if args.epoch < 0:
+            raise ValueError(f"--epoch must be at least 0. Received: --epoch {args.epoch}")
+        script = load_script(args.script, ("data",))
+        x, y = script_data(script)
+        fit_kwargs = script_fit_kwargs(script)
+    except (OSError, ValueError) as error:
+        print(f"keras-repro: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    report = bisect(
+        args.checkpoint, x, y, epoch=args.epoch, seed=args.seed, batch_size=args.batch_size, **fit_kwargs
+    )
+    print(report)
+    return EXIT_OK if report.identical else EXIT_DIFFER
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """Warnings as one line, without the source line a CLI user cannot act on."""
     return f"keras-repro: {category.__name__}: {message}\n"
@@ -204,6 +246,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-determinism", action="store_true", help="only set PYTHONHASHSEED")
     run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     run.set_defaults(handler=cmd_run)
+    audit = sub.add_parser(
+        "audit",
+        help="train the first steps of SCRIPT twice, and in a fresh process; name the first divergent batch",
+        description="SCRIPT defines build_model() (returning a compiled model) and data() (returning "
+        "(x, y)), and optionally FIT_KWARGS (more fit arguments). Trains the first N steps twice in "
+        "this process and once in a fresh process with another PYTHONHASHSEED, fingerprinting every "
+        "batch, and names the first batch and variable that differ, with known hazards.",
+    )
+    audit.add_argument("script", help="a Python file defining build_model() and data()")
+    audit.add_argument("--steps", type=int, default=20, help="training steps to compare (default 20)")
+    audit.add_argument("--batch-size", type=int, default=32, help="rows per step for array data (default 32)")
+    audit.add_argument("--seed", type=int, default=7, help="SeedCallback seed of every run (default 7)")
+    audit.add_argument("--in-process-only", action="store_true", help="skip the fresh-process comparison")
+    audit.set_defaults(handler=cmd_audit)
+    bisect = sub.add_parser(
+        "bisect",
+        help="replay epoch K twice from the checkpoint saved before it; name the first divergent batch",
+        description="Loads CHECKPOINT (the .keras file saved at the end of epoch K-1) twice, replays "
+        "epoch K on SCRIPT's data() (and FIT_KWARGS) with per-batch fingerprints, and names the first "
+        "batch and variable where the replays differ. Identical replays point to the environment: "
+        "compare the runs with `keras-repro diff`.",
+    )
+    bisect.add_argument("checkpoint", help="the .keras checkpoint saved at the end of epoch K-1")
+    bisect.add_argument("script", help="a Python file defining data() (and registering custom layers)")
+    bisect.add_argument("--epoch", type=int, required=True, help="the epoch K to replay (0-based, as in callbacks)")
+    bisect.add_argument("--batch-size", type=int, default=32, help="rows per batch for array data (default 32)")
+    bisect.add_argument("--seed", type=int, default=7, help="SeedCallback seed of the original run (default 7)")
+    bisect.set_defaults(handler=cmd_bisect)
     return parser
 
 

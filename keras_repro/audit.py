@@ -1,0 +1,962 @@
+"""`audit` and `bisect`: run a stretch of training again and name where it differs.
+
+`audit(build_model, x, y)` trains the first `steps` steps twice in this process
+(two builds, `keras.backend.clear_session()` before each) and once more in a fresh
+Python process started with another `PYTHONHASHSEED`, fingerprints the state
+after every batch (`SeedCallback(seed, every_n_batches=1)`), and names the first
+batch, part and variable where two runs differ. It also lists known hazards it
+can see without training: unseeded layer RNG outside a `DeterministicModel`,
+nondeterministic input pipelines, string hash randomization, GPU kernels without
+op determinism.
+
+`bisect(checkpoint, x, y, epoch=K)` starts twice from the `.keras` checkpoint
+saved before epoch K and replays that epoch batch by batch, to tell nondeterminism
+within a process from a difference of environment.
+
+What they can and cannot find:
+
+* They compare runs bit for bit, so any nondeterminism that shows in the first
+  `steps` steps (or in the replayed epoch) is found, with its first batch and
+  variable. Nondeterminism that only shows later, or only sometimes (a race that
+  two runs happen to win the same way), can be missed: a clean audit is evidence,
+  not proof.
+* Both runs get the same data. Arrays are cut to their first `steps * batch_size`
+  rows and fed with `fit(shuffle=...)` as given; any other input (`tf.data`,
+  `PyDataset`, a generator, a torch `DataLoader`) is read once, its first `steps`
+  batches kept, and both runs train on those batches. Nondeterminism of the input
+  pipeline itself is therefore not observed; the hazards list names the known
+  kinds (`_backend.input_hazards`).
+* Every run reseeds as `SeedCallback` does (Python, NumPy, the backend at train
+  start; layer `SeedGenerator`s at epoch start). Randomness those seeds control is
+  reproducible in the audit even if a program without `SeedCallback` would not be;
+  the hazards list names the layers concerned.
+* `build_model` is called as it is: if it does not seed (or build a
+  `DeterministicModel`), two builds start from other weights and the audit says so
+  at the initial state.
+* `bisect` cannot see anything that happened before the checkpoint, nor a
+  difference between machines or library versions: when the epoch replays
+  identically, compare the two runs' fingerprint files with `keras-repro diff`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import itertools
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_repro import _backend
+from keras_repro.callbacks import SeedCallback
+from keras_repro.compare import Divergence, compare_fingerprints
+from keras_repro.errors import ReproError, ReproWarning
+from keras_repro.log import FingerprintLog, load_fingerprints
+from keras_repro.model import DeterministicModel, _is_arrays
+from keras_repro.seeding import (
+    MAX_SEED,
+    _startup_environment_value,
+    derive_seed,
+    hash_randomization_enabled,
+    seed_everything,
+    validate_seed,
+)
+
+logger = logging.getLogger(__name__)
+
+IN_PROCESS, FRESH_PROCESS, REPLAY = "in-process", "fresh process", "replay"
+"""The names of the comparisons, as `AuditDivergence.comparison` gives them."""
+
+FRESH_PROCESS_TIMEOUT = 900.0
+"""Seconds the fresh-process run may take before the audit gives up on it."""
+
+CHILD_ENVIRONMENT_VARIABLE = "KERAS_REPRO_AUDIT_CHILD"
+"""Set in the fresh process, so an `audit()` run by importing a script fails clearly."""
+
+_RESERVED = ("x", "y", "epochs", "initial_epoch", "batch_size", "steps_per_epoch")
+_SCRIPT_PREFIX = "_keras_repro_script_"
+
+
+class ScriptError(ReproError, ValueError):
+    """A training script given to `keras-repro audit` / `bisect` cannot be used."""
+
+
+# Reports --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditDivergence(Divergence):
+    """A `Divergence` that also names the comparison that found it.
+
+    Attributes:
+        comparison: "in-process" (two builds in this process), "fresh process"
+            (this process against a new one) or "replay" (two replays of a
+            checkpoint's epoch). The others as in `Divergence`.
+    """
+
+    comparison: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.comparison}: {Divergence.__str__(self)}" if self.comparison else Divergence.__str__(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One comparison an audit made (or skipped).
+
+    Attributes:
+        name: "in-process" or "fresh process".
+        description: What was compared, e.g. "two builds in this process".
+        divergence: The first difference, or None when identical (or skipped).
+        skipped: Why the comparison was not made, or None if it was.
+    """
+
+    name: str
+    description: str
+    divergence: AuditDivergence | None = None
+    skipped: str | None = None
+
+    def __str__(self) -> str:
+        if self.skipped:
+            return f"{self.name}: skipped ({self.skipped})"
+        verdict = "identical" if self.divergence is None else f"differ at {Divergence.__str__(self.divergence)}"
+        return f"{self.name} ({self.description}): {verdict}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditReport:
+    """What `audit` found.
+
+    Attributes:
+        identical: True when every comparison made found the runs bit-identical.
+        divergence: The first `AuditDivergence` (its `.comparison` says which
+            comparison found it; in-process first), or None.
+        hazards: Known sources of nondeterminism found without training (see
+            `find_hazards`); they do not change `identical`.
+        steps: The number of training steps compared.
+        checks: Every comparison, made or skipped, in order.
+        seed: The seed of the `SeedCallback` of every run.
+        backend: The Keras backend.
+
+    Example:
+
+    >>> report = audit(build_model, x, y, steps=10)   # doctest: +SKIP
+    >>> report.identical, report.divergence           # doctest: +SKIP
+    (True, None)
+    """
+
+    identical: bool
+    divergence: AuditDivergence | None
+    hazards: list[str]
+    steps: int
+    checks: tuple[Check, ...] = ()
+    seed: int | None = None
+    backend: str = ""
+
+    def __str__(self) -> str:
+        if self.identical:
+            made = [c for c in self.checks if not c.skipped]
+            head = (f"REPRODUCIBLE: the first {self.steps} training steps are bit-identical "
+                    f"({', '.join(c.name for c in made)})")
+        else:
+            head = f"NOT REPRODUCIBLE: {self.divergence}"
+        lines = [f"audit ({self.steps} steps, seed {self.seed}, backend {self.backend})", head, ""]
+        lines += [f"  {check}" for check in self.checks]
+        if self.divergence is not None:
+            lines += ["", f"hint: {_hint(self.divergence)}"]
+        lines += [""] + _hazard_lines(self.hazards)
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class BisectReport:
+    """What `bisect` found.
+
+    Attributes:
+        identical: True when the two replays of the epoch are bit-identical.
+        divergence: The first `AuditDivergence` between the replays
+            (`comparison == "replay"`), or None.
+        epoch: The replayed epoch (0-based, as Keras numbers it in callbacks).
+        checkpoint: The `.keras` file both replays started from.
+        steps: The number of batches replayed.
+        hazards: Known sources of nondeterminism (see `find_hazards`).
+        seed: The seed of the `SeedCallback` of both replays.
+    """
+
+    identical: bool
+    divergence: AuditDivergence | None
+    epoch: int
+    checkpoint: str
+    steps: int
+    hazards: list[str]
+    seed: int | None = None
+
+    def __str__(self) -> str:
+        lines = [f"bisect epoch {self.epoch} from '{self.checkpoint}' ({self.steps} batches, replayed twice, seed {self.seed})"]
+        if self.identical:
+            lines += [
+                f"IDENTICAL: epoch {self.epoch} replays bit-identically in this process.",
+                "The divergence between your runs is not nondeterminism within one process: compare",
+                "their environments and fingerprints with `keras-repro diff A.h5 B.h5` (versions,",
+                "devices, PYTHONHASHSEED, determinism switches), or run `keras-repro audit` to compare",
+                "with a fresh process.",
+            ]
+        else:
+            lines += [f"NOT REPRODUCIBLE: {self.divergence}", "", f"hint: {_hint(self.divergence)}"]
+        return "\n".join(lines + [""] + _hazard_lines(self.hazards))
+
+
+def _hazard_lines(hazards: Sequence[str]) -> list[str]:
+    """The hazards section of a report."""
+    if not hazards:
+        return ["hazards: none found"]
+    return ["hazards (known nondeterminism; the audit's reseeding may hide some of it):"] + [f"  - {h}" for h in hazards]
+
+
+def _hint(divergence: Divergence) -> str:
+    """What a divergence most likely means, and where to look."""
+    comparison = getattr(divergence, "comparison", "")
+    if divergence.stage == "missing":
+        return "the runs trained a different number of steps; check that the data and fit arguments are the same"
+    if divergence.stage == "initial" and divergence.part == "data":
+        return "the data order differs before the first step; check the shuffle and the seed"
+    if divergence.stage == "initial":
+        if comparison == REPLAY:
+            return "the checkpoint loads to different states: a layer or optimizer draws random numbers when it is loaded"
+        return ("build_model() does not build the same state twice: seed before creating layers "
+                "(kr.seed_everything(seed) at its top) or build a kr.DeterministicModel, and look for "
+                "unseeded random draws after building")
+    if comparison == FRESH_PROCESS:
+        return ("identical within this process but not in a fresh one: something depends on process "
+                "state, such as string hashing (PYTHONHASHSEED; start training with `keras-repro run -- "
+                "python ...`), import order, environment variables or thread counts")
+    return ("a training step is nondeterministic: look for randomness no seed controls (fresh entropy "
+            "such as np.random.default_rng(), time, os.urandom) in layers, losses and callbacks, and for "
+            "nondeterministic kernels (kr.enable_determinism())")
+
+
+# Hazards --------------------------------------------------------------------------
+
+
+def find_hazards(model: Any, x: Any = None) -> list[str]:
+    """Known sources of nondeterminism visible without training.
+
+    Args:
+        model: A built `keras.Model`.
+        x: The training input, or None: `tf.data` pipelines and torch
+            `DataLoader`s are inspected for unseeded shuffles and
+            `deterministic=False`.
+
+    Returns:
+        One sentence per hazard, each saying what to do; empty when none is found.
+
+    Example:
+
+    >>> find_hazards(keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5)]))  # doctest: +SKIP
+    ["layer 'dropout' (Dropout) draws from a SeedGenerator without an explicit seed ..."]
+    """
+    hazards = _layer_hazards(model)
+    hazards += [f"input: {hazard}" for hazard in _backend.input_hazards(x)]
+    if hash_randomization_enabled():
+        hazards.append(
+            "string hash randomization is on in this process (PYTHONHASHSEED was not set before "
+            "Python started), so the order of sets of strings changes between runs: start training "
+            "with `keras-repro run -- python ...` or `PYTHONHASHSEED=0 python ...`"
+        )
+    hazards += _device_hazards()
+    return hazards
+
+
+def _layer_hazards(model: Any) -> list[str]:
+    """Layers that draw from a SeedGenerator created without a seed, outside a DeterministicModel."""
+    if isinstance(model, DeterministicModel):
+        return []
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        generators = list(getattr(layer, "_seed_generators", ()))
+        if generators and not _has_explicit_seed(layer, generators):
+            found.append(
+                f"layer '{layer.name}' ({type(layer).__name__}) draws from a SeedGenerator without an "
+                "explicit seed, in a model that is not a DeterministicModel: without kr.SeedCallback "
+                "its random numbers depend on the global RNG state when it was created (pass seed=... "
+                "to the layer, or use kr.DeterministicModel or kr.SeedCallback)"
+            )
+    return found
+
+
+def _has_explicit_seed(layer: Any, generators: Sequence[Any]) -> bool:
+    """Whether a layer's random numbers come from a seed it was given."""
+    try:
+        if layer.get_config().get("seed") is not None:
+            return True
+    except Exception:  # noqa: BLE001 - a layer without a usable config: judge by its generators
+        pass
+    return all(getattr(generator, "_initial_seed", None) is not None for generator in generators)
+
+
+def _device_hazards() -> list[str]:
+    """GPU kernels without the backend's determinism switch."""
+    state = _backend.determinism_state()
+    names = " ".join(_backend.devices()).lower()
+    if _backend.name() == "tensorflow" and "gpu" in names and state.get("tf_op_determinism") is not True:
+        return ["TensorFlow op determinism is off on a GPU (some kernels, e.g. scatter and cuDNN "
+                "convolutions, are nondeterministic): call kr.enable_determinism() before training"]
+    if _backend.name() == "torch" and "cuda" in names and not state.get("torch_deterministic_algorithms"):
+        return ["torch deterministic algorithms are off on a GPU: call kr.enable_determinism() before training"]
+    return []
+
+
+# Data -----------------------------------------------------------------------------
+
+
+def _map_leaves(value: Any, function: Callable[[Any], Any]) -> Any:
+    """Applies `function` to every leaf of nested dicts, lists and tuples; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {key: _map_leaves(item, function) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_leaves(item, function) for item in value)
+    return function(value)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A host NumPy copy of an array, a TF or JAX tensor, or a torch tensor."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """Where an array goes in a saved payload's structure."""
+
+    index: int
+
+
+class _Replay(keras.utils.PyDataset):
+    """The same batches, in the same order, every time."""
+
+    def __init__(self, batches: Sequence[tuple]) -> None:
+        super().__init__()
+        self._batches = list(batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __getitem__(self, index: int) -> Any:
+        batch = list(self._batches[index])
+        while batch and batch[-1] is None:
+            batch.pop()
+        return tuple(batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Feed:
+    """The data of every audit run: leading rows of arrays, or the first batches of an input.
+
+    Attributes:
+        kind: "arrays" (`parts` is (x, y, sample_weight)) or "batches" (`parts` is
+            a tuple of (x, y, sample_weight) batches).
+        parts: The data, as NumPy arrays.
+        batch_size: Rows per batch (arrays only).
+    """
+
+    kind: str
+    parts: tuple
+    batch_size: int
+
+    def fit(self, model: Any, callbacks: list, fit_kwargs: Mapping[str, Any]) -> None:
+        """Trains `model` for one epoch on this data."""
+        if self.kind == "arrays":
+            x, y, sample_weight = self.parts
+            model.fit(x, y, batch_size=self.batch_size, sample_weight=sample_weight, epochs=1,
+                      callbacks=callbacks, **fit_kwargs)
+        else:
+            kwargs = {k: v for k, v in fit_kwargs.items() if k != "shuffle"}
+            model.fit(_Replay(self.parts), epochs=1, shuffle=False, callbacks=callbacks, **kwargs)
+
+    def save(self, path: str) -> Any:
+        """Writes the arrays to a `.npz` file; returns the structure `load` needs."""
+        leaves: list[np.ndarray] = []
+
+        def place(array: Any) -> _Leaf:
+            leaves.append(np.asarray(array))
+            return _Leaf(len(leaves) - 1)
+
+        structure = _map_leaves(self.parts, place)
+        np.savez(path, **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)})
+        return structure
+
+    @classmethod
+    def load(cls, path: str, structure: Any, kind: str, batch_size: int) -> _Feed:
+        """Reads a feed written by `save`."""
+        with np.load(path, allow_pickle=False) as arrays:
+            parts = _map_leaves(structure, lambda leaf: arrays[f"leaf_{leaf.index}"])
+        return cls(kind, parts, batch_size)
+
+
+def _prepare_feed(x: Any, y: Any, steps: int, batch_size: int, sample_weight: Any) -> _Feed:
+    """The data of `steps` steps: arrays cut to `steps * batch_size` rows, or the first batches."""
+    if _is_arrays(x):
+        rows = steps * batch_size
+        cut = lambda value: _map_leaves(value, lambda a: _to_numpy(a)[:rows])  # noqa: E731
+        parts = (cut(x), cut(y), cut(sample_weight))
+        if not min((len(leaf) for leaf in keras.tree.flatten(parts[0])), default=0):
+            raise ValueError(f"`x` has no rows to train on. Received: x with shape {getattr(x, 'shape', '?')}")
+        return _Feed("arrays", parts, batch_size)
+    if y is not None or sample_weight is not None:
+        raise ValueError(
+            "When `x` is a dataset, generator or PyDataset it must yield the targets itself; pass "
+            f"y=None and no sample_weight. Received: y={type(y).__name__}"
+        )
+    batches = tuple(
+        tuple(_map_leaves(part, _to_numpy) for part in keras.utils.unpack_x_y_sample_weight(batch))
+        for batch in _first_batches(x, steps)
+    )
+    if not batches:
+        raise ValueError(f"`x` yielded no batches; pass an input with at least one batch. Received: x={x!r}")
+    return _Feed("batches", batches, batch_size)
+
+
+def _first_batches(x: Any, steps: int) -> list:
+    """The first `steps` batches of a dataset, PyDataset, generator or DataLoader."""
+    if isinstance(x, keras.utils.PyDataset):
+        count = steps if x.num_batches is None else min(steps, x.num_batches)
+        return [x[i] for i in range(count)]
+    try:
+        iterator = iter(x)
+    except TypeError:
+        raise ValueError(
+            "`x` must be arrays (NumPy arrays, tensors, or lists/dicts of them), a tf.data.Dataset, a "
+            f"keras.utils.PyDataset, a torch DataLoader or a generator. Received: x of type {type(x).__name__}"
+        ) from None
+    return list(itertools.islice(iterator, steps))
+
+
+# One run --------------------------------------------------------------------------
+
+
+def _check_positive(name: str, value: Any) -> int:
+    """Returns `value` if it is a positive int, else raises a clear ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+    return int(value)
+
+
+def validate_options(batch_size: int, seed: int, steps: int | None = None) -> None:
+    """Raises ValueError unless `batch_size` (and `steps`, if given) are positive ints and
+    `seed` is in [0, 2**32 - 1]."""
+    if steps is not None:
+        _check_positive("steps", steps)
+    _check_positive("batch_size", batch_size)
+    validate_seed(seed)
+
+
+def _split_fit_kwargs(fit_kwargs: Mapping[str, Any], function: str) -> tuple[dict, list]:
+    """(fit arguments, user callbacks), after refusing those the audit sets itself."""
+    reserved = sorted(set(fit_kwargs) & set(_RESERVED))
+    if reserved:
+        raise ValueError(
+            f"{function}() sets {', '.join(reserved)} itself; remove them from its keyword arguments. "
+            f"Received: {', '.join(f'{k}={fit_kwargs[k]!r}' for k in reserved)}"
+        )
+    kwargs = dict(fit_kwargs)
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    if any(isinstance(c, SeedCallback) for c in callbacks):
+        raise ValueError(
+            f"{function}() adds its own SeedCallback(seed, every_n_batches=1); remove yours from "
+            "`callbacks` and pass its seed as seed=... Received: callbacks with a SeedCallback"
+        )
+    kwargs.setdefault("verbose", 0)
+    return kwargs, callbacks
+
+
+def _check_model(model: Any) -> None:
+    """Raises a clear error unless build_model returned a compiled keras.Model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"build_model() must return a keras.Model. Received: {type(model).__name__}")
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            "build_model() must return a compiled model (call model.compile(optimizer=..., loss=...) "
+            f"before returning it). Received: model '{model.name}' without an optimizer"
+        )
+
+
+def _run_once(build_model: Callable[[], Any], feed: _Feed, seed: int, fit_kwargs: Mapping[str, Any],
+              callbacks: Sequence[Any]) -> tuple[FingerprintLog, Any]:
+    """Clears the session, builds, trains one epoch of `feed` with batch fingerprints."""
+    keras.backend.clear_session()
+    model = build_model()
+    _check_model(model)
+    callback = SeedCallback(seed, every_n_batches=1, log_key=None)
+    feed.fit(model, [callback, *callbacks], fit_kwargs)
+    return callback.log, model
+
+
+def first_difference(reference: FingerprintLog, other: FingerprintLog) -> Divergence | None:
+    """The first difference between two runs: initial state, then every batch, then every epoch.
+
+    Args:
+        reference: The first run (with batch fingerprints).
+        other: The run to compare with it.
+
+    Returns:
+        None if every fingerprint is bit-identical and both have the same batches
+        and epochs, else the first `Divergence` (stage "initial", "batch", "epoch"
+        or "missing").
+    """
+    if reference.initial is not None and other.initial is not None:
+        found = compare_fingerprints(reference.initial, other.initial, reference.initial.epoch, "initial")
+        if found is not None:
+            return found
+    mine = {(fp.epoch, fp.batch): fp for fp in reference.batches}
+    theirs = {(fp.epoch, fp.batch): fp for fp in other.batches}
+    for epoch, batch in sorted(set(mine) | set(theirs)):
+        if (epoch, batch) not in theirs or (epoch, batch) not in mine:
+            side = "the first run" if (epoch, batch) in mine else "the second run"
+            return Divergence(epoch, "missing", None, None, reason=f"only {side} has batch {batch}")
+        found = compare_fingerprints(mine[epoch, batch], theirs[epoch, batch], epoch, "batch")
+        if found is not None:
+            return found
+    ours = {fp.epoch: fp for fp in reference.epochs}
+    others = {fp.epoch: fp for fp in other.epochs}
+    for epoch in sorted(set(ours) | set(others)):
+        if epoch not in ours or epoch not in others:
+            side = "the first run" if epoch in ours else "the second run"
+            return Divergence(epoch, "missing", None, None, reason=f"only {side} has epoch {epoch}")
+        found = compare_fingerprints(ours[epoch], others[epoch], epoch)
+        if found is not None:
+            return found
+    return None
+
+
+def _named(divergence: Divergence | None, comparison: str) -> AuditDivergence | None:
+    """`divergence` as an `AuditDivergence` naming the comparison."""
+    if divergence is None:
+        return None
+    values = {field.name: getattr(divergence, field.name) for field in dataclasses.fields(Divergence)}
+    return AuditDivergence(**values, comparison=comparison)
+
+
+# The fresh process -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """How a fresh process finds build_model: a module name and/or a file, and a qualified name."""
+
+    module: str | None
+    path: str | None
+    qualname: str
+
+
+def _resolve(module: Any, qualname: str) -> Any:
+    """`module.<qualname>`, following dots."""
+    value = module
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _locate(function: Any) -> tuple[_Target | None, str]:
+    """(target, "") if a fresh process can import `function`, else (None, why not)."""
+    qualname = getattr(function, "__qualname__", None)
+    module_name = getattr(function, "__module__", None)
+    if not qualname or not module_name:
+        return None, f"build_model ({function!r}) has no qualified name a fresh process could import"
+    if "<" in qualname:
+        return None, f"build_model ('{qualname}') is a local function or a lambda; define it at module level"
+    module = sys.modules.get(module_name)
+    try:
+        found = module is not None and _resolve(module, qualname) is function
+    except AttributeError:
+        found = False
+    if not found:
+        return None, f"'{module_name}.{qualname}' does not name build_model in its loaded module"
+    path = getattr(module, "__file__", None)
+    path = os.path.abspath(path) if path and path.endswith(".py") and os.path.isfile(path) else None
+    spec = getattr(module, "__spec__", None)
+    import_name = spec.name if spec is not None and spec.name not in (None, "__main__") else None
+    if import_name is None and path is None:
+        return None, (
+            f"build_model is defined in '{module_name}', which has no source file a fresh process could "
+            "import (a notebook or an interactive session?); define it in a module or a script file"
+        )
+    return _Target(import_name, path, qualname), ""
+
+
+def _import_path(path: str) -> Any:
+    """Imports a Python file as a module of its own (once per process), its folder on sys.path."""
+    path = os.path.abspath(path)
+    name = _SCRIPT_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"'{path}' is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _load_target(target: _Target) -> Any:
+    """build_model, imported as `_locate` described it (in the fresh process)."""
+    module = None
+    if target.module and not target.module.startswith(_SCRIPT_PREFIX):
+        try:
+            module = importlib.import_module(target.module)
+        except ImportError:
+            module = None
+        source = getattr(module, "__file__", None)
+        if module is not None and target.path and source and os.path.realpath(source) != os.path.realpath(target.path):
+            module = None  # another module of the same name: use the file
+    if module is None:
+        if not target.path:
+            raise ReproError(f"The fresh process cannot import module '{target.module}'. Received: target={target}")
+        module = _import_path(target.path)
+    return _resolve(module, target.qualname)
+
+
+def _other_hash_seed() -> str:
+    """A PYTHONHASHSEED other than this process's."""
+    value = (_startup_environment_value("PYTHONHASHSEED") or "").strip()
+    if value.isdigit():
+        return str((int(value) + 1) % (MAX_SEED + 1))
+    return "1"
+
+
+def _write_job(folder: str, target: _Target, feed: _Feed, seed: int, fit_blob: bytes) -> tuple[str, str]:
+    """Writes the data (`.npz`) and the job of a fresh-process run; returns (job, output) paths."""
+    data_path, job_path, out_path = (os.path.join(folder, name) for name in ("data.npz", "job.pkl", "run.h5"))
+    structure = feed.save(data_path)
+    job = {
+        "target": dataclasses.asdict(target),
+        "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
+        "data": data_path,
+        "structure": pickle.dumps(structure),
+        "kind": feed.kind,
+        "batch_size": feed.batch_size,
+        "seed": seed,
+        "fit": fit_blob,  # unpickled after sys.path is set: it may hold the user's classes
+        "out": out_path,
+    }
+    with open(job_path, "wb") as handle:
+        pickle.dump(job, handle)
+    return job_path, out_path
+
+
+def _child_environment(hash_seed: str) -> dict[str, str]:
+    """This process's environment, with another PYTHONHASHSEED and the same backend."""
+    env = dict(os.environ, PYTHONHASHSEED=hash_seed, KERAS_BACKEND=_backend.name())
+    env[CHILD_ENVIRONMENT_VARIABLE] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _backend.determinism_state().get("tf_op_determinism") is True:
+        env["TF_DETERMINISTIC_OPS"] = "1"
+    return env
+
+
+def _fresh_process_run(target: _Target, feed: _Feed, seed: int, fit_blob: bytes, hash_seed: str) -> FingerprintLog:
+    """Runs the same protocol in a new interpreter; returns its fingerprints."""
+    with tempfile.TemporaryDirectory(prefix="keras-repro-audit-") as folder:
+        job_path, out_path = _write_job(folder, target, feed, seed, fit_blob)
+        code = "import sys; from keras_repro.audit import _child_main; sys.exit(_child_main(sys.argv[1:]))"
+        logger.info("audit: fresh process with PYTHONHASHSEED=%s", hash_seed)
+        try:
+            result = subprocess.run([sys.executable, "-c", code, job_path], env=_child_environment(hash_seed),
+                                    capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise ReproError(
+                f"The fresh-process run of the audit took more than {FRESH_PROCESS_TIMEOUT:.0f} s; lower "
+                "`steps`, or pass fresh_process=False. Received: fresh_process=True"
+            ) from None
+        if result.returncode != 0 or not os.path.exists(out_path):
+            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+            raise ReproError(
+                f"The fresh-process run of the audit failed (exit {result.returncode}). Its last lines:\n{tail}\n"
+                "Fix the error above, or pass fresh_process=False to audit in this process only. "
+                "Received: fresh_process=True"
+            )
+        return load_fingerprints(out_path)
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    """The fresh process: imports build_model, trains the same steps, saves the fingerprints."""
+    with open(argv[0], "rb") as handle:
+        job = pickle.load(handle)
+    sys.path[:0] = [p for p in job["sys_path"] if p not in sys.path]
+    build_model = _load_target(_Target(**job["target"]))
+    feed = _Feed.load(job["data"], pickle.loads(job["structure"]), job["kind"], job["batch_size"])
+    fit_kwargs, callbacks = pickle.loads(job["fit"])
+    log, _ = _run_once(build_model, feed, job["seed"], fit_kwargs, callbacks)
+    log.save(job["out"])
+    return 0
+
+
+def _pickled_fit_arguments(fit_kwargs: Mapping[str, Any], callbacks: Sequence[Any]) -> tuple[bytes | None, str]:
+    """(pickled fit arguments, "") for the fresh process, or (None, why they cannot be sent).
+
+    Called before training: Keras attaches the model to callbacks during fit.
+    """
+    try:
+        return pickle.dumps((dict(fit_kwargs), list(callbacks))), ""
+    except Exception as error:  # noqa: BLE001 - anything pickle refuses
+        return None, f"the fit arguments cannot be sent to another process ({type(error).__name__}: {error})"
+
+
+def _fresh_process_check(build_model: Callable[[], Any], feed: _Feed, seed: int, fit_arguments: tuple[bytes | None, str],
+                         reference: FingerprintLog) -> Check:
+    """Compares `reference` with a fresh process's run, or says why it cannot."""
+    hash_seed = _other_hash_seed()
+    description = f"this process against a fresh one with PYTHONHASHSEED={hash_seed}"
+    target, reason = _locate(build_model)
+    fit_blob, fit_reason = fit_arguments
+    if target is None or fit_blob is None:
+        return Check(FRESH_PROCESS, description, skipped=reason or fit_reason)
+    other = _fresh_process_run(target, feed, seed, fit_blob, hash_seed)
+    return Check(FRESH_PROCESS, description, _named(first_difference(reference, other), FRESH_PROCESS))
+
+
+# Public API -----------------------------------------------------------------------
+
+
+def audit(
+    build_model: Callable[[], Any],
+    x: Any,
+    y: Any = None,
+    *,
+    steps: int = 20,
+    batch_size: int = 32,
+    seed: int = 7,
+    fresh_process: bool = True,
+    **fit_kwargs: Any,
+) -> AuditReport:
+    """Trains the first `steps` steps again and again, and names where runs differ.
+
+    Runs `build_model()` and one epoch of `fit` on the first `steps` batches with
+    `SeedCallback(seed, every_n_batches=1)`: twice in this process
+    (`keras.backend.clear_session()` before each build) and, with `fresh_process`,
+    once in a new Python process with another `PYTHONHASHSEED`, which imports
+    `build_model` by its qualified name (or its module's file) and gets the data
+    through a temporary `.npz` file. The first run is the reference of both
+    comparisons. See the module docstring for what this can and cannot find.
+
+    Args:
+        build_model: A function of no arguments returning a compiled `keras.Model`.
+            For the fresh process it must be defined at module level in an
+            importable module or a script file (a script run as `__main__` is
+            imported again: keep its training under `if __name__ == "__main__":`).
+        x: The training input: arrays (or lists/dicts of them), or a `tf.data`
+            dataset, `PyDataset`, generator or torch `DataLoader` of batches.
+        y: The targets for array inputs, or None.
+        steps: Training steps to compare.
+        batch_size: Rows per step for array inputs.
+        seed: The `SeedCallback` seed of every run.
+        fresh_process: Also compare with a fresh process (skipped with a
+            `ReproWarning` when build_model cannot be imported there).
+        **fit_kwargs: More `fit` arguments (`shuffle`, `callbacks`,
+            `sample_weight`, `class_weight`...). `epochs`, `initial_epoch`,
+            `batch_size` and `steps_per_epoch` are set by the audit. `shuffle`
+            applies to arrays; the batches of other inputs are replayed in the
+            order they were read. For the fresh process they must pickle.
+
+    Returns:
+        An `AuditReport`; `print(report)` for a readable summary.
+
+    Raises:
+        ValueError: On bad arguments, or if build_model returns an uncompiled model.
+        ReproError: If the fresh-process run fails or times out.
+
+    Example:
+
+    >>> report = kr.audit(build_model, x, y, steps=20)   # doctest: +SKIP
+    >>> print(report)                                    # doctest: +SKIP
+    audit (20 steps, seed 7, backend tensorflow)
+    REPRODUCIBLE: the first 20 training steps are bit-identical (in-process, fresh process)
+    ...
+    """
+    if os.environ.get(CHILD_ENVIRONMENT_VARIABLE):
+        raise ReproError(
+            "audit() was called while the audit's fresh process imported build_model's module: put the "
+            "module's top-level code under `if __name__ == \"__main__\":`. Received: a nested audit() call"
+        )
+    if not callable(build_model):
+        raise TypeError(f"`build_model` must be a function returning a compiled keras.Model. Received: build_model={build_model!r}")
+    validate_options(batch_size, seed, steps=steps)
+    steps, batch_size, seed = int(steps), int(batch_size), int(seed)
+    kwargs, callbacks = _split_fit_kwargs(fit_kwargs, "audit")
+    feed = _prepare_feed(x, y, steps, batch_size, kwargs.pop("sample_weight", None))
+    fit_arguments = _pickled_fit_arguments(kwargs, callbacks) if fresh_process else (None, "")
+    first, model = _run_once(build_model, feed, seed, kwargs, callbacks)
+    hazards = find_hazards(model, x)
+    del model
+    second, _ = _run_once(build_model, feed, seed, kwargs, callbacks)
+    checks = [Check(IN_PROCESS, "two builds in this process", _named(first_difference(first, second), IN_PROCESS))]
+    if fresh_process:
+        check = _fresh_process_check(build_model, feed, seed, fit_arguments, first)
+        if check.skipped:
+            warnings.warn(f"audit: the fresh-process comparison was skipped: {check.skipped}.", ReproWarning, stacklevel=2)
+        checks.append(check)
+    else:
+        checks.append(Check(FRESH_PROCESS, "", skipped="not requested: fresh_process=False"))
+    divergence = next((c.divergence for c in checks if c.divergence is not None), None)
+    report = AuditReport(divergence is None, divergence, hazards, len(first.batches), tuple(checks), seed, _backend.name())
+    logger.info("%s", report)
+    return report
+
+
+def validate_checkpoint(checkpoint: str | os.PathLike) -> str:
+    """Returns the checkpoint's path if it is an existing `.keras` file, else raises."""
+    path = os.fspath(checkpoint)
+    if not path.endswith(".keras"):
+        raise ValueError(f"`checkpoint` must be a `.keras` file saved by model.save(). Received: checkpoint={path!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint '{path}' does not exist; pass the .keras file saved at the end of the "
+                                f"epoch before the one that diverged. Received: checkpoint={path!r}")
+    return path
+
+
+def bisect(
+    checkpoint: str | os.PathLike,
+    x: Any,
+    y: Any = None,
+    *,
+    epoch: int,
+    seed: int = 7,
+    batch_size: int = 32,
+    **fit_kwargs: Any,
+) -> BisectReport:
+    """Replays one epoch twice from a checkpoint and names the first batch where the replays differ.
+
+    For a run whose epoch `epoch` diverged while epoch `epoch - 1` matched: loads
+    the `.keras` checkpoint saved at the end of epoch `epoch - 1` (or before
+    training, for epoch 0) twice with `keras.models.load_model`, each time after
+    `keras.backend.clear_session()` and reseeding every global RNG from (seed,
+    epoch), and replays the epoch with `fit(initial_epoch=epoch, epochs=epoch + 1)`
+    and `SeedCallback(seed, every_n_batches=1)`.
+
+    A divergence names nondeterminism within this process (a step, a layer, a
+    kernel), by batch and variable. Identical replays mean the runs' divergence
+    came from elsewhere: another environment (compare the fingerprint files with
+    `keras-repro diff`), another process state (`keras-repro audit`), or state that
+    the checkpoint does not hold (the original run's RNG and data-order state
+    before the checkpoint; `DeterministicModel` and `SeedCallback` derive both
+    from (seed, epoch), so with them the replay is the original epoch).
+
+    Args:
+        checkpoint: The `.keras` file. Custom layers must be registered
+            (`keras.saving.register_keras_serializable`) or imported first.
+        x: The training input, as given to the original `fit`.
+        y: The targets, or None.
+        epoch: The 0-based epoch to replay (as Keras numbers it in callbacks).
+        seed: The `SeedCallback` seed (the original run's, to replay its epoch).
+        batch_size: Rows per batch for array inputs.
+        **fit_kwargs: More `fit` arguments, as in the original run (`shuffle`,
+            `validation_split`...).
+
+    Returns:
+        A `BisectReport`.
+
+    Example:
+
+    >>> report = kr.bisect("epoch_2.keras", x, y, epoch=3)   # doctest: +SKIP
+    >>> print(report.divergence)                             # doctest: +SKIP
+    replay: epoch 3, batch 17: non-trainable weights differ, first at 'noisy/drift' (values differ)
+    """
+    path = validate_checkpoint(checkpoint)
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ValueError(f"`epoch` must be an int >= 0 (the epoch to replay, 0-based). Received: epoch={epoch!r}")
+    epoch = int(epoch)
+    validate_options(batch_size, seed)
+    seed = int(seed)
+    kwargs, callbacks = _split_fit_kwargs(fit_kwargs, "bisect")
+    logs: list[FingerprintLog] = []
+    hazards: list[str] = []
+    for replay in range(2):
+        keras.backend.clear_session()
+        seed_everything(derive_seed(seed, "bisect", epoch))
+        model = keras.models.load_model(path)
+        if replay == 0:
+            hazards = find_hazards(model, x)
+        callback = SeedCallback(seed, every_n_batches=1, log_key=None)
+        model.fit(x, y, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
+                  callbacks=[callback, *callbacks], **kwargs)
+        logs.append(callback.log)
+        del model
+    divergence = _named(first_difference(*logs), REPLAY)
+    report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, seed)
+    logger.info("%s", report)
+    return report
+
+
+# Scripts (the command line) ------------------------------------------------------------
+
+
+def load_script(path: str | os.PathLike, required: Sequence[str]) -> Any:
+    """Imports a training script by path and checks it defines the functions `required`.
+
+    Args:
+        path: The `.py` file.
+        required: Names of functions it must define, e.g. ("build_model", "data").
+
+    Returns:
+        The module.
+
+    Raises:
+        ScriptError: If the file is missing, cannot be imported, or lacks a function.
+    """
+    path = os.fspath(path)
+    wanted = " and ".join(f"{name}()" for name in required)
+    if not os.path.isfile(path):
+        raise ScriptError(f"script '{path}' does not exist; pass a Python file that defines {wanted}. Received: script={path!r}")
+    try:
+        module = _import_path(path)
+    except Exception as error:  # noqa: BLE001 - any import failure is a bad script
+        raise ScriptError(f"cannot import script '{path}': {type(error).__name__}: {error}") from error
+    missing = [name for name in required if not callable(getattr(module, name, None))]
+    if missing:
+        raise ScriptError(
+            f"script '{path}' must define {wanted}; it has no {' or '.join(f'{m}()' for m in missing)}. "
+            f"Received: script={path!r}"
+        )
+    return module
+
+
+def script_data(module: Any) -> tuple[Any, Any]:
+    """(x, y) from a script's `data()`: a pair, or a dataset / array alone (y None)."""
+    try:
+        data = module.data()
+    except Exception as error:  # noqa: BLE001 - a failing data() is bad input for the CLI
+        raise ScriptError(f"data() of script '{module.__file__}' raised {type(error).__name__}: {error}") from error
+    if data is None:
+        raise ScriptError(f"data() of script '{module.__file__}' must return (x, y). Received: None")
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    return data, None
+
+
+def script_fit_kwargs(module: Any) -> dict[str, Any]:
+    """A script's optional `FIT_KWARGS` dict (more `fit` arguments, e.g. shuffle)."""
+    value = getattr(module, "FIT_KWARGS", None) or {}
+    if not isinstance(value, Mapping):
+        raise ScriptError(f"FIT_KWARGS of script '{module.__file__}' must be a dict. Received: {type(value).__name__}")
+    return dict(value)
