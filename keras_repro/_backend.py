@@ -6,6 +6,7 @@ small functions with the same meaning on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -32,8 +33,12 @@ def seed_backend(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def to_numpy(value: Any) -> np.ndarray:
-    """A host numpy view of a variable's current value (no copy on CPU where possible)."""
+def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
+    """A host numpy view of a variable's current value (no copy on CPU where possible).
+
+    `replica` picks the copy of a variable that devices hold one each of (see
+    `replica_devices`); a variable with a single copy ignores it.
+    """
     if isinstance(value, keras.Variable):
         value = value.value
     backend = name()
@@ -41,11 +46,89 @@ def to_numpy(value: Any) -> np.ndarray:
         import tensorflow as tf
 
         if isinstance(value, tf.distribute.DistributedValues):
-            value = value.values[0]
+            copies = value.values if _mirrored(value) else value.values[:1]
+            value = copies[replica] if replica < len(copies) else copies[0]
         return value.numpy()
     if backend == "torch":
         return value.detach().cpu().numpy()
+    if replica:
+        copies = _replicated_shards(value)
+        if replica < len(copies):
+            return np.asarray(copies[replica].data)
     return np.asarray(value)
+
+
+def replica_devices(value: Any) -> tuple[str, ...]:
+    """The devices that each hold their own copy of a variable, in replica order: the
+    components of a TensorFlow MirroredVariable, the shards of a fully replicated JAX
+    array. Empty when the variable has one copy (or copies that differ by design, such
+    as TensorFlow sync-on-read variables)."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(value, tf.distribute.DistributedValues) and _mirrored(value) and len(value.values) > 1:
+            return tuple(str(copy.device) for copy in value.values)
+        return ()
+    if backend == "jax":
+        return tuple(str(shard.device) for shard in _replicated_shards(value))
+    return ()
+
+
+def _mirrored(value: Any) -> bool:
+    """Whether a TensorFlow distributed variable keeps its copies equal (not sync-on-read)."""
+    import tensorflow as tf
+
+    return getattr(value, "synchronization", None) != tf.VariableSynchronization.ON_READ
+
+
+def _replicated_shards(value: Any) -> list:
+    """The per-device shards of a fully replicated JAX array on several devices, else []."""
+    sharding = getattr(value, "sharding", None)
+    shards = getattr(value, "addressable_shards", None) or []
+    if sharding is None or not getattr(sharding, "is_fully_replicated", False) or len(shards) < 2:
+        return []
+    return list(shards)
+
+
+def is_chief(model: Any = None) -> bool:
+    """Whether this process writes shared files (fingerprint references).
+
+    False only for the non-chief processes of a multi-worker run: on TensorFlow, every
+    task but "chief" (or worker 0 when the cluster has no chief) of the model's strategy's
+    cluster resolver; on JAX, every process but process 0. True otherwise.
+    """
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        resolver = getattr(strategy, "cluster_resolver", None)
+        task_type = getattr(resolver, "task_type", None)
+        if not task_type:
+            return True
+        if task_type == "chief":
+            return True
+        cluster = resolver.cluster_spec().as_dict()
+        return task_type == "worker" and int(resolver.task_id or 0) == 0 and "chief" not in cluster
+    if backend == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    if backend == "torch":
+        import torch.distributed as dist
+
+        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return True
+
+
+def distribution_scope(model: Any) -> contextlib.AbstractContextManager:
+    """The scope a model's variables must be created in: on TensorFlow, the scope of the
+    tf.distribute strategy the model was created under (as Keras builds it); else none."""
+    strategy = getattr(model, "_distribute_strategy", None) if name() == "tensorflow" else None
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def seed_state_max() -> int:

@@ -12,9 +12,16 @@ import keras
 import numpy as np
 
 from keras_repro import environment, store
-from keras_repro.compare import Divergence, compare_fingerprints
+from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
 from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReferenceFileError, ReproWarning
-from keras_repro.fingerprints import Fingerprint, fingerprint, seed_generators
+from keras_repro.fingerprints import (
+    Fingerprint,
+    fingerprint,
+    replica_devices,
+    replica_fingerprints,
+    replica_local_paths,
+    seed_generators,
+)
 from keras_repro.log import FingerprintLog, load_fingerprints
 from keras_repro.seeding import derive_seed, seed_everything, validate_seed, warn_if_hash_randomized
 from keras_repro import _backend
@@ -64,6 +71,11 @@ class SeedCallback(keras.callbacks.Callback):
         every_n_batches: Also fingerprint the state after every N-th batch, so a
             verify names the first divergent batch, not just the epoch. Costs a
             host read and hash of the weights per fingerprinted batch.
+        check_replicas: Where devices each hold a copy of the variables
+            (`tf.distribute` mirrored variables, replicated JAX arrays), check before
+            the first step and at every epoch end that all copies are equal, and
+            report the first replica and variable that drifted (as `on_mismatch` says),
+            in record mode too. Costs a host read and hash per copy.
 
     Attributes:
         log: The `FingerprintLog` of the last fit.
@@ -87,6 +99,7 @@ class SeedCallback(keras.callbacks.Callback):
         reset_layer_rng: bool = True,
         log_key: str | None = "fingerprint",
         every_n_batches: int | None = None,
+        check_replicas: bool = True,
     ) -> None:
         super().__init__()
         self.seed = validate_seed(seed)
@@ -106,6 +119,7 @@ class SeedCallback(keras.callbacks.Callback):
         ):
             raise ValueError(f"`every_n_batches` must be a positive int or None. Received: every_n_batches={every_n_batches!r}")
         self.every_n_batches = every_n_batches
+        self.check_replicas = bool(check_replicas)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -121,6 +135,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._first_epoch: int | None = None
         self._environment: dict[str, str] = {}
         self._warned_missing = False
+        self._chief = True
         self._release_lock()
 
     @property
@@ -141,11 +156,16 @@ class SeedCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._reset_state()
         warn_if_hash_randomized()
-        if self.mode == "auto":
+        self._chief = _backend.is_chief(self.model)
+        if self.mode == "auto" and not self._chief:
+            # Only the chief reads or writes the reference in "auto" mode, so workers of
+            # one run cannot resolve differently while the chief is writing it.
+            self.resolved_mode = "record"
+        elif self.mode == "auto":
             self.resolved_mode = "verify" if self.reference and os.path.exists(self.reference) else "record"
         else:
             self.resolved_mode = self.mode
-        if self.reference:
+        if self.reference and self._chief:
             self._lock = _acquire_lock(self.reference)
         if self.resolved_mode == "verify":
             self._expected = load_fingerprints(self.reference)
@@ -164,6 +184,7 @@ class SeedCallback(keras.callbacks.Callback):
             self._first_epoch = epoch
             _build_optimizer_early(self.model)
             self._initial = self._fingerprint(epoch)
+            self._check_replicas(epoch, "initial")
             self._check_initial(epoch)
             self._save()
 
@@ -183,6 +204,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._epochs.append(current)
         if logs is not None and self.log_key:
             logs[self.log_key] = current.digest
+        self._check_replicas(epoch, "epoch")
         if self.resolved_mode == "verify":
             expected = self._expected.epoch(epoch)
             if expected is None:
@@ -212,6 +234,17 @@ class SeedCallback(keras.callbacks.Callback):
         if callable(records):
             result = result.with_records(records(epoch))
         return result
+
+    def _check_replicas(self, epoch: int, stage: str) -> None:
+        """Reports the first variable whose copy on some replica drifted from replica 0's."""
+        if not self.check_replicas:
+            return
+        devices = replica_devices(self.model)
+        if len(devices) > 1:
+            found = replica_divergence(
+                replica_fingerprints(self.model), epoch, stage, replica_local_paths(self.model), devices
+            )
+            self._report(found)
 
     def _check_initial(self, epoch: int) -> None:
         """Compares the state before the first step with the reference."""
@@ -250,8 +283,8 @@ class SeedCallback(keras.callbacks.Callback):
             )
 
     def _save(self) -> None:
-        """Rewrites the reference atomically (record mode only)."""
-        if self.resolved_mode == "record" and self.reference:
+        """Rewrites the reference atomically (record mode, chief process only)."""
+        if self.resolved_mode == "record" and self.reference and self._chief:
             self.log.save(self.reference)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, part_differs
@@ -33,6 +33,8 @@ class Divergence:
         other_digest: The variable's digest in the other run, or None.
         reason: A short explanation ("values differ", "shape (3,) vs (4,)"...).
         batch: For `stage == "batch"`, the 0-based batch of `epoch`.
+        replica: For a difference between the copies devices hold of one variable
+            (`replica_divergence`), the replica whose copy differs from replica 0's.
     """
 
     epoch: int | None
@@ -44,14 +46,17 @@ class Divergence:
     other_digest: str | None = None
     reason: str = ""
     batch: int | None = None
+    replica: int | None = None
 
     def where(self) -> str:
-        """ "epoch 2", "epoch 2, batch 17" or the initial state of a fit."""
+        """ "epoch 2", "epoch 2, batch 17", "epoch 2, replica 1" or the initial state of a fit."""
         if self.stage == "initial":
-            return f"initial state (before the first step of epoch {self.epoch})"
-        if self.stage == "batch":
-            return f"epoch {self.epoch}, batch {self.batch}"
-        return f"epoch {self.epoch}"
+            text = f"initial state (before the first step of epoch {self.epoch})"
+        elif self.stage == "batch":
+            text = f"epoch {self.epoch}, batch {self.batch}"
+        else:
+            text = f"epoch {self.epoch}"
+        return text if self.replica is None else f"{text}, replica {self.replica}"
 
     def __str__(self) -> str:
         if self.stage == "missing":
@@ -220,6 +225,43 @@ def compare_fingerprints(
             if details is None:
                 return first
     return first
+
+
+def replica_divergence(
+    fingerprints: Mapping[int, Fingerprint],
+    epoch: int | None = None,
+    stage: str = "epoch",
+    ignore: Collection[str] = (),
+    devices: Sequence[str] = (),
+) -> Divergence | None:
+    """The first replica, and its first variable in `PARTS` order, whose state differs
+    from replica 0's, or None when every replica holds the same state.
+
+    Args:
+        fingerprints: {replica: fingerprint}, as `replica_fingerprints` returns.
+        epoch, stage: Where the fingerprints were taken, for the `Divergence`.
+        ignore: Paths of variables whose copies differ by design (`replica_local_paths`).
+        devices: Device names of the replicas, in replica order, for the message.
+    """
+    if 0 not in fingerprints:
+        return None
+    base = fingerprints[0]
+
+    def device(k: int) -> str:
+        return f" ({devices[k]})" if k < len(devices) else ""
+
+    for k in sorted(r for r in fingerprints if r != 0):
+        other = fingerprints[k]
+        if other.digest == base.digest:
+            continue
+        for mine, theirs in zip(base.records, other.records):
+            if mine.digest == theirs.digest or mine.path in ignore:
+                continue
+            reason = f"its copy on replica {k}{device(k)} differs from replica 0's{device(0)}"
+            return Divergence(epoch, stage, mine.part, mine.path, theirs.path, mine.digest, theirs.digest, reason, replica=k)
+        if len(base.records) != len(other.records):
+            return Divergence(epoch, stage, None, None, reason=f"replica {k} has {len(other.records)} variables, replica 0 {len(base.records)}", replica=k)
+    return None
 
 
 def first_batch_divergence(

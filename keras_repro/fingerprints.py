@@ -247,7 +247,7 @@ def summarize(array: np.ndarray) -> tuple[float, ...]:
     return (total, float(np.sqrt(squares)), low, high, float(nans), float(infs))
 
 
-def fingerprint(model: Any, summaries: bool = False) -> Fingerprint:
+def fingerprint(model: Any, summaries: bool = False, replica: int = 0) -> Fingerprint:
     """Fingerprints every variable of a Keras model and of its optimizer.
 
     Variables are read one at a time (a zero-copy host view on CPU), so extra memory
@@ -258,6 +258,8 @@ def fingerprint(model: Any, summaries: bool = False) -> Fingerprint:
         model: A built `keras.Model` (or any Keras layer).
         summaries: Also keep float summaries of each variable (`STAT_NAMES`), for
             comparisons within a tolerance. `SeedCallback` turns this on.
+        replica: Which device's copy to read of variables that each device holds a
+            copy of (`tf.distribute` mirrored variables, replicated JAX arrays).
 
     Returns:
         A `Fingerprint`; equal digests mean bit-identical state.
@@ -280,7 +282,7 @@ def fingerprint(model: Any, summaries: bool = False) -> Fingerprint:
         for part, variable in variables:
             index = counters.get(part, 0)
             counters[part] = index + 1
-            array = _backend.to_numpy(variable)
+            array = _backend.to_numpy(variable, replica)
             dtype = np.dtype(array.dtype).name
             header = f"{part}\0{index}\0{dtype}\0{tuple(array.shape)}\0".encode()
             digest = hash_array(array, header, executor)
@@ -292,6 +294,51 @@ def fingerprint(model: Any, summaries: bool = False) -> Fingerprint:
         if executor is not None:
             executor.shutdown(wait=True)
     return make_fingerprint(records)
+
+
+def replica_fingerprints(model: Any, summaries: bool = False) -> dict[int, Fingerprint]:
+    """{replica: fingerprint}: replica k's copy of every variable that devices each hold
+    a copy of (`tf.distribute` mirrored variables, replicated JAX arrays), and the single
+    value of the others. One entry, {0: ...}, when nothing is distributed. Replicas in
+    sync have equal digests, except for `replica_local_variables`.
+
+    Example:
+
+    >>> {k: fp.digest[:8] for k, fp in replica_fingerprints(model).items()}   # doctest: +SKIP
+    {0: '5e1c0b9a', 1: '5e1c0b9a'}
+    """
+    count = len(replica_devices(model)) or 1
+    return {replica: fingerprint(model, summaries, replica) for replica in range(count)}
+
+
+def replica_devices(model: Any) -> tuple[str, ...]:
+    """The devices of the replicas of a model's variables (replica k on the k-th), from the
+    variable with the most copies; empty when no variable has several copies."""
+    from keras_repro import _backend
+
+    found: tuple[str, ...] = ()
+    for _, variable in model_variables(model):
+        devices = _backend.replica_devices(variable)
+        if len(devices) > len(found):
+            found = devices
+    return found
+
+
+def replica_local_variables(model: Any) -> set[int]:
+    """ids of the variables whose replica copies differ by design: the moving statistics
+    of `BatchNormalization(synchronized=False)` layers (the default), which each replica
+    updates from its own part of the batch."""
+    local: set[int] = set()
+    for layer in model._flatten_layers():
+        if type(layer).__name__ == "BatchNormalization" and not getattr(layer, "synchronized", True):
+            local.update(id(v) for v in (getattr(layer, "moving_mean", None), getattr(layer, "moving_variance", None)) if v is not None)
+    return local
+
+
+def replica_local_paths(model: Any) -> set[str]:
+    """Display paths (as fingerprint records name them) of `replica_local_variables`."""
+    local = replica_local_variables(model)
+    return {_variable_path(v, "") for _, v in model_variables(model) if id(v) in local}
 
 
 def _variable_path(variable: Any, default: str) -> str:

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_repro import feeding
-from keras_repro._backend import input_hazards
+from keras_repro._backend import distribution_scope, input_hazards
 from keras_repro.callbacks import SeedCallback
 from keras_repro.errors import NondeterministicInputWarning, ReproError
 from keras_repro.fingerprints import VariableDigest
@@ -249,7 +249,8 @@ class DeterministicModel(keras.Model):
         """Builds an unbuilt model on a sample batch, then re-draws prebuilt layers."""
         if not self.built:
             sample = keras.tree.map_structure(lambda a: np.take(a, train_rows[:1], axis=0), x)
-            self(sample, training=False)
+            with distribution_scope(self):  # variables must be mirrored, as Keras would build them
+                self(sample, training=False)
         self._repro_maybe_reinitialize()
 
     def _repro_note_input_hazards(self, x: Any) -> None:
