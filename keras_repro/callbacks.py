@@ -167,6 +167,8 @@ class SeedCallback(keras.callbacks.Callback):
             self.resolved_mode = self.mode
         if self.reference and self._chief:
             self._lock = _acquire_lock(self.reference)
+            if self.resolved_mode == "record":
+                store.remove_stale_temporaries(self.reference)
         if self.resolved_mode == "verify":
             self._expected = load_fingerprints(self.reference)
             self._expected_batches = {(fp.epoch, fp.batch): fp for fp in self._expected.batches}

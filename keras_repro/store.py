@@ -1,7 +1,10 @@
 """The fingerprint file: an HDF5 file with a documented, versioned schema.
 
-Schema (format "keras_repro.fingerprints", version 1)::
+Schema (format "keras_repro.fingerprints", version 2)::
 
+    bytes 0-511             HDF5 user block (ignored by HDF5 tools): the text
+                            "keras_repro.fingerprints\nsha256 <64 hex>\n", padded
+                            with NUL bytes; the SHA-256 of every byte after it
     /                       attrs: format, format_version, seed (-1: none),
                                    created (ISO 8601 UTC), keras_repro_version
     /environment            attrs: {name: text}  (see keras_repro.environment)
@@ -26,16 +29,20 @@ Schema (format "keras_repro.fingerprints", version 1)::
 
 Every write goes to a temporary file in the same folder that is flushed, fsync'ed
 and renamed over the target (`os.replace`), so a crash leaves either the old file
-or the new one, never a mix. Every read checks the whole schema and recomputes
-each digest from its variables, so a damaged file raises `ReferenceFileError`
-instead of producing a wrong verdict.
+or the new one, never a mix. Every read first checks the user block's checksum
+over the whole file, before HDF5 parses a byte of it (the HDF5 library can loop
+forever or crash on some damaged files), then checks the whole schema and
+recomputes each digest from its variables, so a damaged or edited file raises
+`ReferenceFileError` instead of producing a wrong verdict or a hang.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -49,7 +56,9 @@ from keras_repro.fingerprints import PARTS, STAT_NAMES, Fingerprint, VariableDig
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "keras_repro.fingerprints"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the checksum user block; version 1 files (without it) are refused."""
+USER_BLOCK = 512
 _COLUMNS = ("path", "part", "dtype", "shape", "digest")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -73,14 +82,14 @@ def write_run(
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+        handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=folder)
         os.close(handle)
     except OSError as error:
         raise ReferenceFileError(
             path, f"cannot be written: {error.strerror or error}. Check that the folder exists and is writable"
         ) from error
     try:
-        with h5py.File(temporary, "w") as file:
+        with h5py.File(temporary, "w", userblock_size=USER_BLOCK) as file:
             file.attrs["format"] = FORMAT_NAME
             file.attrs["format_version"] = FORMAT_VERSION
             file.attrs["seed"] = -1 if seed is None else int(seed)
@@ -97,8 +106,8 @@ def write_run(
                 _write_fingerprint(group.create_group(f"{fingerprint.epoch:05d}"), fingerprint)
             if batches:
                 _write_batches(file.create_group("batches"), batches)
-        with open(temporary, "rb+") as handle_for_sync:
-            os.fsync(handle_for_sync.fileno())
+        seal(temporary)
+        os.chmod(temporary, _new_file_mode(target))
         os.replace(temporary, target)
         _fsync_folder(folder)
     except BaseException:
@@ -106,6 +115,74 @@ def write_run(
             os.unlink(temporary)
         raise
     logger.debug("Wrote %d epoch fingerprints to %s", len(epochs), target)
+
+
+def _temporary_prefix(target: str) -> str:
+    """The name prefix of `write_run`'s temporary files for `target`."""
+    return f".{os.path.basename(target)}."
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Deletes temporary files that writes of `path` left when their process was killed.
+
+    Call it only while holding the reference's lock (as `SeedCallback` does): then no
+    other write of `path` is under way. Returns the deleted paths.
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder, prefix = os.path.dirname(target), _temporary_prefix(target)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp") and len(name) > len(prefix) + 4:
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+            except OSError as error:  # another user's file, or gone already
+                logger.debug("Could not remove %s: %s", name, error)
+    if removed:
+        logger.info("Removed %d temporary file(s) left by an interrupted write of %s", len(removed), target)
+    return removed
+
+
+def _header(digest: str) -> bytes:
+    """The user block of a file whose bytes after it have SHA-256 `digest`."""
+    return f"{FORMAT_NAME}\nsha256 {digest}\n".encode("ascii").ljust(USER_BLOCK, b"\0")
+
+
+def _body_digest(handle: Any) -> str:
+    """SHA-256 (hex) of everything after the user block of an open binary file."""
+    handle.seek(USER_BLOCK)
+    hasher = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        hasher.update(block)
+    return hasher.hexdigest()
+
+
+def seal(path: str | os.PathLike) -> None:
+    """Writes the checksum user block of a file HDF5 created with a 512-byte user block,
+    and fsyncs it. `write_run` seals every file it writes; a file edited afterwards
+    (even with h5py) is refused by `read_run` until it is sealed again.
+    """
+    with open(path, "rb+") as handle:
+        digest = _body_digest(handle)
+        handle.seek(0)
+        handle.write(_header(digest))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _new_file_mode(target: str) -> int:
+    """The permissions the reference should get: those of the file it replaces, else
+    those of a normally created file (0o666 less the umask), not mkstemp's 0o600."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_folder(folder: str) -> None:
@@ -192,9 +269,36 @@ class _Reader:
             raise self.fail(f"cannot be read: {error.strerror or error}") from error
         if not head:
             raise self.fail("is empty (0 bytes); it was never written completely. Record it again")
-        if head != _HDF5_SIGNATURE:
+        self.check_seal()
+
+    def check_seal(self) -> None:
+        """Checks the user block's checksum of everything after it, so HDF5 only ever
+        parses bytes exactly as keras_repro wrote them."""
+        try:
+            with open(self.path, "rb") as handle:
+                head = handle.read(USER_BLOCK)
+                if head.startswith(_HDF5_SIGNATURE):
+                    raise self.fail(
+                        "is an HDF5 file without a keras_repro header: a file of another program, or a "
+                        f"fingerprint file older than format version {FORMAT_VERSION}. Pass a file "
+                        "recorded by this keras_repro, or record it again"
+                    )
+                if not head.startswith(f"{FORMAT_NAME}\n".encode()):
+                    raise self.fail(
+                        "is not a keras_repro fingerprint file (its first bytes are not a keras_repro "
+                        "header; the file may be damaged). Pass a file recorded by SeedCallback"
+                    )
+                stored = head[len(FORMAT_NAME) + 1 :].split(b"\n", 1)[0]
+                digest = stored[len(b"sha256 ") :].decode("ascii", "replace")
+                if head != _header(digest) or len(digest) != 64:
+                    raise self.fail("has a damaged keras_repro header (bytes 0-511). Record it again")
+                actual = _body_digest(handle)
+        except OSError as error:
+            raise self.fail(f"cannot be read: {error.strerror or error}") from error
+        if actual != digest:
             raise self.fail(
-                "is not an HDF5 file (wrong signature); pass a file written by keras_repro"
+                "is damaged or was changed after keras_repro wrote it: the SHA-256 of its contents does "
+                "not match the one in its header. Record it again, or restore it from a backup"
             )
 
     def attr(self, obj: Any, name: str, kinds: tuple[type, ...], where: str) -> Any:
@@ -259,6 +363,8 @@ class _Reader:
         layout = self.layout(group)
         if "batch" not in group or "variable_digests" not in group:
             raise self.fail(f"'{where}' lacks its 'batch' or 'variable_digests' dataset; the file is damaged")
+        if not isinstance(group["variable_digests"], h5py.Dataset) or not isinstance(group["batch"], h5py.Dataset):
+            raise self.fail(f"'{where}/variable_digests' or '{where}/batch' is not a dataset; the file is damaged")
         numbers = group["batch"][()]
         digests = self.column(group, "digest", len(numbers))
         raw = group["variable_digests"]
@@ -298,6 +404,8 @@ class _Reader:
             records.append(VariableDigest(path, part, dtype, dims, variable_digest, row_stats))
         metrics: dict[str, float] = {}
         if "metrics" in group:
+            if not isinstance(group["metrics"], h5py.Group):
+                raise self.fail(f"'{where}/metrics' is not a group; the file is damaged")
             for key, value in group["metrics"].attrs.items():
                 try:
                     metrics[key] = float(value)
@@ -322,7 +430,7 @@ class _Reader:
                 return self._read_open(file)
         except ReferenceFileError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as error:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, UnicodeDecodeError) as error:
             raise self.fail(f"is damaged and cannot be read: {type(error).__name__}: {error}") from None
 
     def _read_open(self, file: h5py.File) -> dict[str, Any]:
@@ -340,9 +448,14 @@ class _Reader:
                 f"uses format version {version}, newer than this keras_repro reads "
                 f"({FORMAT_VERSION}); upgrade keras_repro"
             )
-        if version < 1:
-            raise self.fail(f"has invalid format version {version}")
+        if version < FORMAT_VERSION:
+            raise self.fail(
+                f"has format version {version}, older than this keras_repro reads ({FORMAT_VERSION}); "
+                "record it again"
+            )
         seed = self.attr(file, "seed", (int,), "/")
+        if not (seed == -1 or 0 <= seed <= 2**32 - 1):
+            raise self.fail(f"has seed {seed}, outside [0, 2**32 - 1] (or -1 for none); the file is damaged")
         created = self.attr(file, "created", (str,), "/")
         environment = self._text_attrs(file, "environment")
         notes = self._text_attrs(file, "notes")
@@ -360,7 +473,15 @@ class _Reader:
             if not isinstance(file["batches"], h5py.Group):
                 raise self.fail("'/batches' is not a group; the file is damaged")
             for key in sorted(file["batches"]):
-                batches.extend(self.batches(file["batches"][key]))
+                found = self.batches(file["batches"][key])
+                if any(f"{b.epoch:05d}" != key for b in found):
+                    raise self.fail(f"'/batches/{key}' holds epoch {found[0].epoch}; the file is damaged")
+                batches.extend(found)
+        if initial is not None and epochs and initial.epoch != epochs[0].epoch:
+            raise self.fail(
+                f"'/initial' is labelled epoch {initial.epoch}, but the first recorded epoch is "
+                f"{epochs[0].epoch}; the file is damaged"
+            )
         return {
             "batches": batches,
             "seed": None if seed < 0 else seed,

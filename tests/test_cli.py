@@ -11,7 +11,7 @@ import pytest
 
 from keras_repro import SeedCallback
 from keras_repro.cli import main
-from tests.conftest import REPO, make_data, make_model
+from tests.conftest import REPO, make_data, make_model, edit_reference
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_diff_lists_environment_differences(runs, tmp_path, capsys):
     """Environment differences are listed next to the divergence."""
     changed = tmp_path / "changed.h5"
     shutil.copy(runs["c"], changed)
-    with h5py.File(changed, "r+") as file:
+    with edit_reference(changed) as file:
         file["environment"].attrs["keras"] = "9.9.9"
     assert main(["diff", str(runs["a"]), str(changed)]) == 1
     assert "keras: " in capsys.readouterr().out.split("environment differences")[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
@@ -11,7 +12,7 @@ import pytest
 
 from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints
 from keras_repro import store
-from tests.conftest import make_data, make_model
+from tests.conftest import make_data, make_model, edit_reference
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_empty_file(tmp_path):
 def test_not_hdf5(tmp_path):
     path = tmp_path / "text.h5"
     path.write_text("epoch,digest\n0,abc\n")
-    _expect(path, "not an HDF5 file")
+    _expect(path, "not a keras_repro fingerprint file", "first bytes")
 
 
 @pytest.mark.parametrize("keep", [8, 100, 0.5, 0.9])
@@ -115,42 +116,94 @@ def test_foreign_hdf5(tmp_path):
     path = tmp_path / "weights.h5"
     with h5py.File(path, "w") as file:
         file.create_dataset("kernel", data=np.zeros(3))
-    _expect(path, "not a keras_repro fingerprint file")
+    _expect(path, "HDF5 file without a keras_repro header", "another program")
+
+
+def test_written_files_carry_the_checksum_of_their_contents(recorded):
+    """The user block holds the SHA-256 of every byte after it, and HDF5 tools still read it."""
+    data = recorded.read_bytes()
+    header = data[: store.USER_BLOCK]
+    assert header.startswith(b"keras_repro.fingerprints\nsha256 ")
+    assert hashlib.sha256(data[store.USER_BLOCK :]).hexdigest().encode() in header
+    with h5py.File(recorded, "r") as file:
+        assert file.attrs["format"] == store.FORMAT_NAME
+        assert file.userblock_size == store.USER_BLOCK
+
+
+def test_edit_after_writing_is_refused_until_sealed(copy):
+    """An h5py edit (valid HDF5, wrong content) fails the checksum; sealing it again makes
+    the schema checks see it, which then name the edited field."""
+    with h5py.File(copy, "r+") as file:
+        file["epochs/00001"].attrs["epoch"] = 7
+    _expect(copy, "changed after keras_repro wrote it", "Record it again")
+    store.seal(copy)
+    _expect(copy, "holds epoch 7")
+
+
+def test_untouched_copy_passes_the_checksum(copy, recorded):
+    """The other direction: a byte-identical copy, and one sealed again unchanged, load."""
+    assert load_fingerprints(copy).compare(load_fingerprints(recorded)).identical
+    store.seal(copy)
+    assert load_fingerprints(copy).compare(load_fingerprints(recorded)).identical
+
+
+@pytest.mark.parametrize("offset", [0, 30, 60, 300, 511])
+def test_damaged_header_is_refused(copy, offset):
+    """Any byte of the user block changed: the magic, the digest or the padding."""
+    data = bytearray(copy.read_bytes())
+    data[offset] ^= 0x01
+    copy.write_bytes(bytes(data))
+    error = _expect(copy)
+    assert "header" in error.reason or "not a keras_repro" in error.reason
+
+
+def test_zeroed_header_is_refused(copy):
+    """HDF5 would find the superblock at byte 512 on its own; the missing header still fails."""
+    data = bytearray(copy.read_bytes())
+    data[: store.USER_BLOCK] = bytes(store.USER_BLOCK)
+    copy.write_bytes(bytes(data))
+    _expect(copy, "not a keras_repro fingerprint file")
+
+
+def test_older_format_version_is_refused(copy):
+    with edit_reference(copy) as file:
+        file.attrs["format_version"] = store.FORMAT_VERSION - 1
+    _expect(copy, f"format version {store.FORMAT_VERSION - 1}", "older", "record it again")
 
 
 def test_wrong_format_name(copy):
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         file.attrs["format"] = "something.else"
     _expect(copy, "has format 'something.else'")
 
 
 def test_future_version(copy):
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         file.attrs["format_version"] = store.FORMAT_VERSION + 1
     _expect(copy, f"format version {store.FORMAT_VERSION + 1}", "upgrade keras_repro")
 
 
 def test_wrong_attribute_type(copy):
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         file.attrs["format_version"] = "one"
     _expect(copy, "'format_version' has type str")
 
 
 def test_missing_dataset(copy):
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         del file["epochs/00001/digest"]
     _expect(copy, "dataset '/epochs/00001/digest' is missing")
 
 
 def test_missing_epochs_group(copy):
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         del file["epochs"]
     _expect(copy, "'/epochs' is missing")
 
 
 def test_changed_variable_digest_is_caught(copy):
     """A flipped digest no longer matches the stored total: damaged, not a silent pass."""
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         digests = file["epochs/00002/digest"][()]
         digests[0] = b"0" * 64
         del file["epochs/00002/digest"]
@@ -159,20 +212,20 @@ def test_changed_variable_digest_is_caught(copy):
 
 
 def test_wrong_column_type(copy):
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         del file["initial/part"]
         file["initial"].create_dataset("part", data=np.zeros(len(file["initial/path"])))
     _expect(copy, "expected text")
 
 
 def test_mismatched_epoch_label(copy):
-    with h5py.File(copy, "r+") as file:
+    with edit_reference(copy) as file:
         file["epochs/00001"].attrs["epoch"] = 7
     _expect(copy, "holds epoch 7")
 
 
 def test_flipped_bytes_never_escape_as_other_exceptions(recorded, tmp_path):
-    """Flipping bytes anywhere gives either a valid read or ReferenceFileError, nothing else."""
+    """Flipping bytes anywhere gives ReferenceFileError (the checksum covers every byte), nothing else."""
     data = bytearray(recorded.read_bytes())
     rng = np.random.default_rng(0)
     outcomes = set()
@@ -188,4 +241,4 @@ def test_flipped_bytes_never_escape_as_other_exceptions(recorded, tmp_path):
         except ReferenceFileError as error:
             assert str(path) in str(error)
             outcomes.add("error")
-    assert "error" in outcomes
+    assert outcomes == {"error"}
