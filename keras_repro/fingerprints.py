@@ -5,8 +5,8 @@ bytes in little-endian order. Variable *paths* are stored for display but are no
 hashed: Keras numbers auto-generated layer names per process ("dense" in one
 process is "dense_3" in another), so hashing them would make identical training
 look different. Bytes are hashed in chunks of `CHUNK_BYTES`; each chunk's SHA-256
-feeds the variable digest, so large variables are hashed on all cores without
-copying (hashlib releases the GIL), one variable at a time.
+feeds the variable digest, so variables are hashed on all cores without copying
+(hashlib releases the GIL).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -173,18 +174,28 @@ def make_fingerprint(
 
 def hash_array(array: np.ndarray, header: bytes, executor: Any = None) -> str:
     """Hex digest of `header` and the array's little-endian bytes, chunk by chunk."""
+    array, chunks = _chunks(array)
+    if executor is not None and len(chunks) > 1:
+        chunk_digests = list(executor.map(_sha256, chunks))
+    else:
+        chunk_digests = [_sha256(chunk) for chunk in chunks]
+    return _combine(header, array.nbytes, chunk_digests)
+
+
+def _chunks(array: np.ndarray) -> tuple[np.ndarray, list[memoryview]]:
+    """The little-endian, contiguous array (a view when it already is) and its byte chunks."""
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     array = np.ascontiguousarray(array)
     buffer = memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
-    chunks = [buffer[i : i + CHUNK_BYTES] for i in range(0, len(buffer), CHUNK_BYTES)]
-    if executor is not None and len(chunks) > 1:
-        chunk_digests = list(executor.map(_sha256, chunks))
-    else:
-        chunk_digests = [_sha256(chunk) for chunk in chunks]
+    return array, [buffer[i : i + CHUNK_BYTES] for i in range(0, len(buffer), CHUNK_BYTES)]
+
+
+def _combine(header: bytes, nbytes: int, chunk_digests: Iterable[bytes]) -> str:
+    """A variable's hex digest from its header, size and the raw digests of its chunks."""
     hasher = hashlib.sha256(header)
-    hasher.update(len(buffer).to_bytes(8, "little"))
+    hasher.update(nbytes.to_bytes(8, "little"))
     for chunk_digest in chunk_digests:
         hasher.update(chunk_digest)
     return hasher.hexdigest()
@@ -216,8 +227,39 @@ def model_variables(model: Any) -> list[tuple[str, Any]]:
 
 
 def _workers() -> int:
-    """Threads used to hash the chunks of one large variable."""
+    """Threads that hash chunks in parallel."""
     return max(1, min(8, os.cpu_count() or 1))
+
+
+PARALLEL_MIN_BYTES = 1 << 20
+"""Below this many bytes in all, a fingerprint hashes on the calling thread only."""
+
+IN_FLIGHT_MIN_BYTES = 8 * CHUNK_BYTES
+"""Host bytes read before they are hashed as one batch, at least (see `fingerprint`):
+enough for a small model to be hashed on all cores in one go."""
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _shared_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The hashing threads, started once per process (a thread pool per call costs more
+    than hashing a small model)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(_workers(), thread_name_prefix="keras_repro-hash")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: start a new pool when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def summarize(array: np.ndarray) -> tuple[float, ...]:
@@ -250,9 +292,10 @@ def summarize(array: np.ndarray) -> tuple[float, ...]:
 def fingerprint(model: Any, summaries: bool = False, replica: int = 0) -> Fingerprint:
     """Fingerprints every variable of a Keras model and of its optimizer.
 
-    Variables are read one at a time (a zero-copy host view on CPU), so extra memory
-    stays below the size of the largest variable. Large variables are hashed on all
-    cores.
+    Variables are read in batches of at most max(largest variable, 32 MiB) bytes as
+    host views (no copy on CPU), and each batch is hashed in 4 MiB chunks on all
+    cores. Extra memory is therefore nil on CPU and bounded by that batch size where
+    reading copies (an accelerator).
 
     Args:
         model: A built `keras.Model` (or any Keras layer).
@@ -274,25 +317,44 @@ def fingerprint(model: Any, summaries: bool = False, replica: int = 0) -> Finger
 
     variables = model_variables(model)
     rng_paths = seed_generator_paths(model)
+    sizes = [_nbytes(variable) for _, variable in variables]
+    pool = _shared_pool() if _workers() > 1 and sum(sizes) >= PARALLEL_MIN_BYTES else None
+    budget = max([IN_FLIGHT_MIN_BYTES, *sizes])
     records: list[VariableDigest] = []
+    batch: list[tuple[bytes, np.ndarray, list[memoryview], VariableDigest]] = []
+    batch_bytes = 0
+
+    def hash_batch() -> None:
+        # Read first, then hash the whole batch while this thread waits: hashing threads
+        # that had to take the GIL back from a busy reader would wait a switch interval
+        # (5 ms) per chunk.
+        nonlocal batch_bytes
+        chunks = [chunk for _, _, item_chunks, _ in batch for chunk in item_chunks]
+        digests = pool.map(_sha256, chunks) if pool is not None else map(_sha256, chunks)
+        if summaries:  # computed while the threads hash
+            batch[:] = [(h, a, c, dataclasses.replace(r, stats=summarize(a))) for h, a, c, r in batch]
+        digests = iter(list(digests))
+        for header, array, item_chunks, record in batch:
+            chunk_digests = [next(digests) for _ in item_chunks]
+            records.append(dataclasses.replace(record, digest=_combine(header, array.nbytes, chunk_digests)))
+        batch.clear()
+        batch_bytes = 0
+
     counters: dict[str, int] = {}
-    large = any(_nbytes(v) > CHUNK_BYTES for _, v in variables)
-    executor = concurrent.futures.ThreadPoolExecutor(_workers()) if large else None
-    try:
-        for part, variable in variables:
-            index = counters.get(part, 0)
-            counters[part] = index + 1
-            array = _backend.to_numpy(variable, replica)
-            dtype = np.dtype(array.dtype).name
-            header = f"{part}\0{index}\0{dtype}\0{tuple(array.shape)}\0".encode()
-            digest = hash_array(array, header, executor)
-            stats = summarize(array) if summaries else None
-            del array
-            path = rng_paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
-            records.append(VariableDigest(path, part, dtype, tuple(array_shape(variable)), digest, stats))
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True)
+    for position, (part, variable) in enumerate(variables):
+        index = counters.get(part, 0)
+        counters[part] = index + 1
+        if batch and batch_bytes + sizes[position] > budget:
+            hash_batch()
+        value = _backend.to_numpy(variable, replica)
+        dtype, shape = np.dtype(value.dtype).name, tuple(int(d) for d in value.shape)
+        header = f"{part}\0{index}\0{dtype}\0{shape}\0".encode()
+        array, chunks = _chunks(value)  # at least 1-d, so the shape comes from `value`
+        path = rng_paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
+        batch.append((header, array, chunks, VariableDigest(path, part, dtype, shape, "", None)))
+        batch_bytes += array.nbytes
+    if batch:
+        hash_batch()
     return make_fingerprint(records)
 
 

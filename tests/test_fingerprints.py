@@ -147,6 +147,56 @@ def test_large_variable_uses_chunks(monkeypatch):
     assert fingerprint(model).digest != first.digest  # the chunk size is part of the definition
 
 
+def _by_definition(part, index, value):
+    """A variable digest computed from the documented definition, with hashlib only."""
+    value = np.asarray(value)
+    raw = value.astype(value.dtype.newbyteorder("<")).tobytes()
+    header = f"{part}\0{index}\0{value.dtype.name}\0{tuple(value.shape)}\0".encode()
+    hasher = hashlib.sha256(header + len(raw).to_bytes(8, "little"))
+    for start in range(0, len(raw), fp_module.CHUNK_BYTES):
+        hasher.update(hashlib.sha256(raw[start : start + fp_module.CHUNK_BYTES]).digest())
+    return hasher.hexdigest()
+
+
+def test_every_record_follows_the_definition():
+    """Each variable digest (scalars included: the optimizer's iteration and learning rate)
+    equals one computed independently from (part, index, dtype, shape, bytes)."""
+    model = _trained()
+    result = fingerprint(model)
+    counters = {}
+    expected = []
+    for part, variable in fp_module.model_variables(model):
+        index = counters.setdefault(part, 0)
+        counters[part] += 1
+        value = keras.ops.convert_to_numpy(variable)
+        expected.append((part, tuple(value.shape), _by_definition(part, index, value)))
+    got = {(r.part, r.shape, r.digest) for r in result.records}
+    assert got == set(expected)
+    assert any(shape == () for _, shape, _ in expected)  # scalars are covered
+
+
+@pytest.mark.parametrize("workers, chunk, in_flight", [(1, 1 << 22, 1 << 23), (2, 64, 1), (3, 256, 1 << 30)])
+def test_threads_chunks_and_queue_depth_do_not_change_digests(monkeypatch, workers, chunk, in_flight):
+    """Sequential, threaded with a tiny in-flight budget (one variable at a time) or with an
+    unbounded one: the same records as the definition computed by hand."""
+    model = _trained()
+    monkeypatch.setattr(fp_module, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(fp_module, "_workers", lambda: workers)
+    monkeypatch.setattr(fp_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(fp_module, "IN_FLIGHT_MIN_BYTES", in_flight)
+    monkeypatch.setattr(fp_module, "_pool", None)
+    result = fingerprint(model, summaries=True)
+    expected = {}
+    counters = {}
+    for part, variable in fp_module.model_variables(model):
+        index = counters.setdefault(part, 0)
+        counters[part] += 1
+        value = keras.ops.convert_to_numpy(variable)
+        expected[_by_definition(part, index, value)] = (part, tuple(value.shape), fp_module.summarize(value))
+    assert {r.digest: (r.part, r.shape, r.stats) for r in result.records} == expected
+    assert len(result.records) == len(expected)
+
+
 def test_with_records_and_without():
     """Adding a data record changes the digest; removing it restores it."""
     model = _trained()
