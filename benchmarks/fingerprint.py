@@ -2,7 +2,7 @@
 
 Models
 ------
-For each size in `--sizes` (millions of model parameters, default 1,10,25), two
+For each size in `--sizes` (millions of model parameters, default 1,10,25,100), two
 `keras.Sequential` models of float32 Dense layers are built:
 
     balanced   Input(w) -> 4 x Dense(w), w chosen so 4 * (w*w + w) ~= size:
@@ -61,7 +61,7 @@ The script is a report: it prints PASS/FAIL and always exits 0.
 
 Usage::
 
-    python benchmarks/fingerprint.py [--sizes 1,10,25] [--repeats 5] [--weights-only]
+    python benchmarks/fingerprint.py [--sizes 1,10,25,100] [--repeats 5] [--weights-only]
 """
 
 from __future__ import annotations
@@ -567,8 +567,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--sizes",
-        default="1,10,25",
-        help="millions of model parameters (default 1,10,25)",
+        default="1,10,25,100",
+        help="millions of model parameters (default 1,10,25,100)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per model (default 5)")
     parser.add_argument(

@@ -119,6 +119,9 @@ class SeedCallback(keras.callbacks.Callback):
         ):
             raise ValueError(f"`every_n_batches` must be a positive int or None. Received: every_n_batches={every_n_batches!r}")
         self.every_n_batches = every_n_batches
+        # Keras runs batch hooks in a thread, overlapping the next steps, only for callbacks
+        # that say they are safe; a batch fingerprint must read the state of its own batch.
+        self.async_safe = every_n_batches is None
         self.check_replicas = bool(check_replicas)
         self._reset_state()
 
