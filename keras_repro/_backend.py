@@ -48,10 +48,10 @@ def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
         if isinstance(value, tf.distribute.DistributedValues):
             copies = value.values if _mirrored(value) else value.values[:1]
             value = copies[replica] if replica < len(copies) else copies[0]
-        # `.numpy()` copies; `np.asarray` of a read tensor is a view of its buffer on CPU,
-        # so a fingerprint never holds more than one extra variable in memory.
-        read = getattr(value, "read_value", None)
-        return np.asarray(read() if read is not None else value)
+        # `.numpy()` copies; `np.asarray` of the tensor `value()` reads (one ReadVariableOp;
+        # `read_value()` adds an Identity op) is a view of the variable's buffer on CPU.
+        read = getattr(value, "value", None)
+        return np.asarray(read() if callable(read) else value)
     if backend == "torch":
         return value.detach().cpu().numpy()
     if replica:

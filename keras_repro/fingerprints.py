@@ -231,7 +231,7 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-PARALLEL_MIN_BYTES = 1 << 20
+PARALLEL_MIN_BYTES = 1 << 23
 """Below this many bytes in all, a fingerprint hashes on the calling thread only."""
 
 IN_FLIGHT_MIN_BYTES = 8 * CHUNK_BYTES

@@ -219,3 +219,14 @@ def test_repeated_paths_are_disambiguated():
     """Two variables with one path both appear in `.variables`."""
     records = [fp_module.VariableDigest("a/b", "trainable", "float32", (), d * 64) for d in "01"]
     assert list(make_fingerprint(records).variables) == ["a/b", "a/b#2"]
+
+
+def test_reads_are_zero_copy_views_on_cpu():
+    """Fingerprinting adds no memory on CPU: two reads of a variable share its buffer (a copy
+    per read would hold an extra largest-variable in memory, as `.numpy()` does on TF)."""
+    from keras_repro import _backend
+
+    model = _trained()
+    for _, variable in fp_module.model_variables(model):
+        if int(np.prod(variable.shape)) > 0:
+            assert np.shares_memory(_backend.to_numpy(variable), _backend.to_numpy(variable)), variable.path
