@@ -284,9 +284,10 @@ def details(rows: list[dict[str, Any]]) -> list[str]:
             continue
         plain = ", ".join(f"{t:.3f}" for t in row["plain_s"])
         repro = ", ".join(f"{t:.3f}" for t in row["repro_s"])
+        best = min(row["repro_s"]) / min(row["plain_s"])
         lines.append(
             f"  {row['backend']} {row['backend_version']} (Keras {row['keras']}, {row['rows']} rows, "
-            f"{row['repeats']} repeats): A [{plain}]  B [{repro}]"
+            f"{row['repeats']} repeats): A [{plain}]  B [{repro}]  ratio of minimums {best:.3f}"
         )
     return lines
 
