@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -362,3 +363,222 @@ def sync_model_state(model: Any) -> None:
     """
     if name() == "jax" and getattr(model, "_jax_state", None) is not None:
         model.jax_state_sync()
+
+
+def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
+    """A function returning the batch checksum lanes (`keras_repro.checksums`) of these
+    variables, uint32 of shape (variables, 2), computed on their devices in one
+    compiled call (JAX, TensorFlow), with a few vectorized torch ops (PyTorch tensors
+    on an accelerator), or in NumPy over zero-copy views (PyTorch on CPU, faster there
+    than torch's integer ops).
+
+    Falls back to reading the variables to the host (`to_numpy`) where the compiled
+    form cannot run, e.g. on TensorFlow distributed variables. With `model`, the JAX
+    form reads the trainer's current state mid-epoch instead of syncing it back into
+    the variables (which would cost a write per variable and a state rebuild before the
+    next step); without it, call `sync_model_state` first.
+    """
+    from keras_repro import checksums
+
+    def on_host() -> np.ndarray:
+        return np.stack([checksums.lanes(to_numpy(v, replica)) for v in variables]) if variables else _no_lanes()
+
+    if not variables:
+        return _no_lanes
+    backend = name()
+    try:
+        if backend == "tensorflow":
+            compiled = _tf_checksum_function(variables)
+        elif backend == "jax" and not replica:
+            compiled = _jax_checksum_function(variables, model)
+        elif backend == "torch" and any(v.value.device.type != "cpu" for v in variables):
+            compiled = _torch_checksum_function(variables)
+        else:
+            return on_host
+        compiled()  # compile now, and find out whether it runs here
+    except Exception as error:  # noqa: BLE001 - any failure means: use the host path
+        logger.debug("batch checksums on the host: the %s form failed (%s)", backend, error)
+        return on_host
+    return compiled
+
+
+def _no_lanes() -> np.ndarray:
+    return np.zeros((0, 2), np.uint32)
+
+
+_checksum_runners: dict[str, Any] = {}
+"""One compiled checksum function per backend, made on first use. It is reused for
+every model: JAX and TensorFlow compile it once per layout (shapes and dtypes) and
+cache that, so only the first fit with a given model shape pays the compilation."""
+
+
+def _tf_checksum_function(variables: list) -> Callable[[], np.ndarray]:
+    import tensorflow as tf
+
+    if any(isinstance(v.value, tf.distribute.DistributedValues) for v in variables):
+        raise TypeError("distributed variables")
+    if "tensorflow" not in _checksum_runners:
+        _checksum_runners["tensorflow"] = _tf_checksum_runner()
+    run = _checksum_runners["tensorflow"]
+    handles = [v.value for v in variables]
+    return lambda: np.asarray(run(handles))
+
+
+def _tf_checksum_runner() -> Any:
+    import tensorflow as tf
+
+    from keras_repro import checksums
+
+    u32 = tf.uint32
+
+    def words(value: Any) -> Any:
+        size = value.dtype.size
+        if value.dtype == tf.bool:
+            value = tf.cast(value, u32)
+        elif size == 1:
+            value = tf.cast(tf.bitcast(value, tf.uint8) if value.dtype != tf.uint8 else value, u32)
+        elif size == 2:
+            value = tf.cast(tf.bitcast(value, tf.uint16) if value.dtype != tf.uint16 else value, u32)
+        elif value.dtype != u32:
+            value = tf.bitcast(value, u32)  # 8-byte elements become (low, high) pairs
+        return tf.reshape(value, [-1])
+
+    def fmix(h: Any) -> Any:
+        shift = tf.bitwise.right_shift
+        h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
+        h = h * tf.constant(checksums.FMIX_1, u32)
+        h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(13, u32)))
+        h = h * tf.constant(checksums.FMIX_2, u32)
+        return tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
+
+    def lanes(value: Any) -> Any:
+        w = words(tf.convert_to_tensor(value))
+        positions = tf.cast(tf.range(tf.size(w)), u32) * tf.constant(checksums.PHI, u32)
+        return tf.stack([tf.reduce_sum(w), tf.reduce_sum(fmix(w + positions))])
+
+    @tf.function(jit_compile=True, autograph=False)
+    def run(values: list) -> Any:
+        return tf.stack([lanes(v) for v in values])
+
+    return run
+
+
+def _jax_checksum_function(variables: list, model: Any = None) -> Callable[[], np.ndarray]:
+    if "jax" not in _checksum_runners:
+        _checksum_runners["jax"] = _jax_checksum_runner()
+    run = _checksum_runners["jax"]
+    values = _jax_current_values(variables, model)
+    return lambda: np.asarray(run(values()))
+
+
+def _jax_current_values(variables: list, model: Any) -> Callable[[], list]:
+    """A function returning the variables' current arrays: from the JAX trainer's state
+    while it holds them (mid-epoch), else from the variables."""
+    slots: dict[int, tuple[str, int]] = {}
+    if model is not None:
+        optimizer = getattr(model, "optimizer", None)
+        groups = (
+            ("trainable_variables", model.trainable_variables),
+            ("non_trainable_variables", model.non_trainable_variables),
+            ("optimizer_variables", optimizer.variables if optimizer is not None else []),
+        )
+        for key, group in groups:
+            for index, variable in enumerate(group):
+                slots.setdefault(id(variable), (key, index))
+    places = [slots.get(id(v)) for v in variables]
+
+    def values() -> list:
+        state = getattr(model, "_jax_state", None)
+        if not state or getattr(model, "_jax_state_synced", True):
+            return [v.value for v in variables]
+        if any(place is None or state.get(place[0]) is None for place in places):
+            model.jax_state_sync()  # a variable outside the state: read them all synced
+            return [v.value for v in variables]
+        return [state[key][index] for key, index in places]
+
+    return values
+
+
+def _jax_checksum_runner() -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    from keras_repro import checksums
+
+    u32 = jnp.uint32
+
+    def words(value: Any) -> Any:
+        if value.dtype == jnp.bool_:
+            value = value.astype(u32)
+        elif value.dtype.itemsize == 1:
+            value = jax.lax.bitcast_convert_type(value, jnp.uint8).astype(u32)
+        elif value.dtype.itemsize == 2:
+            value = jax.lax.bitcast_convert_type(value, jnp.uint16).astype(u32)
+        else:
+            value = jax.lax.bitcast_convert_type(value, u32)
+        return value.reshape(-1)
+
+    def fmix(h: Any) -> Any:
+        h = h ^ (h >> u32(16))
+        h = h * u32(checksums.FMIX_1)
+        h = h ^ (h >> u32(13))
+        h = h * u32(checksums.FMIX_2)
+        return h ^ (h >> u32(16))
+
+    def lanes(value: Any) -> Any:
+        w = words(value)
+        positions = jnp.arange(w.size, dtype=u32) * u32(checksums.PHI)
+        return jnp.stack([w.sum(dtype=u32), fmix(w + positions).sum(dtype=u32)])
+
+    return jax.jit(lambda values: jnp.stack([lanes(v) for v in values]))
+
+
+def _torch_checksum_function(variables: list) -> Callable[[], np.ndarray]:
+    import torch
+
+    from keras_repro import checksums
+
+    # torch lacks unsigned 32-bit arithmetic on some devices: compute in int32, whose
+    # products and sums wrap around to the same bits, shift logically by masking the
+    # sign extension off, and sum in int64, keeping the low 32 bits.
+    def signed(constant: int) -> int:
+        return constant - (1 << 32) if constant >= 1 << 31 else constant
+
+    def words(value: Any) -> Any:
+        value = value.detach().contiguous().reshape(-1)
+        size = value.element_size()
+        if value.dtype == torch.bool or size == 1:
+            return value.view(torch.uint8).to(torch.int32)
+        if size == 2:
+            return value.view(torch.int16).to(torch.int32) & 0xFFFF
+        return value.view(torch.int32)
+
+    def shifted(h: Any, bits: int) -> Any:
+        return (h >> bits) & ((1 << (32 - bits)) - 1)
+
+    cache: dict[str, Any] = {}
+
+    def run() -> np.ndarray:
+        with torch.no_grad():
+            values = [words(v.value) for v in variables]
+            w = torch.cat(values)
+            if "positions" not in cache:  # the layout is fixed: compute the positions once
+                cache["sizes"] = [int(v.numel()) for v in values]
+                positions = torch.cat([torch.arange(n, dtype=torch.int64) for n in cache["sizes"]])
+                positions = (positions * checksums.PHI) & 0xFFFFFFFF
+                cache["positions"] = torch.where(positions >= 1 << 31, positions - (1 << 32), positions).to(
+                    device=w.device, dtype=torch.int32
+                )
+            h = w + cache["positions"]
+            h = h ^ shifted(h, 16)
+            h = h * signed(checksums.FMIX_1)
+            h = h ^ shifted(h, 13)
+            h = h * signed(checksums.FMIX_2)
+            h = h ^ shifted(h, 16)
+            sums = [
+                torch.stack([a.sum(dtype=torch.int64), b.sum(dtype=torch.int64)])
+                for a, b in zip(w.split(cache["sizes"]), h.split(cache["sizes"]))
+            ]
+            return (torch.stack(sums).cpu().numpy() & 0xFFFFFFFF).astype(np.uint32)
+
+    return run

@@ -267,14 +267,22 @@ def replica_divergence(
 def first_batch_divergence(
     reference: Sequence[Fingerprint], other: Sequence[Fingerprint], epoch: int
 ) -> Divergence | None:
-    """The first batch of `epoch` whose fingerprints differ (exactly), if both runs have batches."""
+    """The first batch of `epoch` whose fingerprints differ (exactly), if both runs have
+    batches made the same way (checksums, or SHA-256 in files of format version 2)."""
     mine = {fp.batch: fp for fp in reference if fp.epoch == epoch}
     theirs = {fp.batch: fp for fp in other if fp.epoch == epoch}
     for batch in sorted(set(mine) & set(theirs)):
+        if _digest_widths(mine[batch]) != _digest_widths(theirs[batch]):
+            return None
         found = compare_fingerprints(mine[batch], theirs[batch], epoch, "batch")
         if found is not None:
             return found
     return None
+
+
+def _digest_widths(fingerprint: Fingerprint) -> set[int]:
+    """The lengths of a fingerprint's variable digests: which method made them."""
+    return {len(record.digest) for record in fingerprint.records}
 
 
 def compare_runs(

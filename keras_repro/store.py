@@ -1,6 +1,6 @@
 """The fingerprint file: an HDF5 file with a documented, versioned schema.
 
-Schema (format "keras_repro.fingerprints", version 2)::
+Schema (format "keras_repro.fingerprints", version 3)::
 
     bytes 0-511             HDF5 user block (ignored by HDF5 tools): the text
                             "keras_repro.fingerprints\nsha256 <64 hex>\n", padded
@@ -22,10 +22,12 @@ Schema (format "keras_repro.fingerprints", version 2)::
                                      max, nan count, inf count; not in the digest)
                             /metrics attrs: {name: float}
 
-    batch group             attrs: epoch (int)
+    batch group             attrs: epoch (int), method (utf-8): "checksum64-v1"
+                              (see keras_repro.checksums; version 2 files: "sha256")
                             path, part, dtype, shape: as above (same for every batch)
                             batch (int64, B), digest (64 ASCII hex bytes, B),
-                            variable_digests (uint8, B x rows x 32: raw SHA-256)
+                            variable_digests (uint8, B x rows x W: each variable's
+                              raw digest; W = 8 for checksum64-v1, 32 for sha256)
 
 Every write goes to a temporary file in the same folder that is flushed, fsync'ed
 and renamed over the target (`os.replace`), so a crash leaves either the old file
@@ -56,8 +58,16 @@ from keras_repro.fingerprints import PARTS, STAT_NAMES, Fingerprint, VariableDig
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "keras_repro.fingerprints"
-FORMAT_VERSION = 2
-"""Version 2 added the checksum user block; version 1 files (without it) are refused."""
+FORMAT_VERSION = 3
+"""Version 3 stores batch fingerprints as on-device checksums (`keras_repro.checksums`);
+version 2 added the checksum user block. Version 1 files (without it) are refused."""
+
+MIN_FORMAT_VERSION = 2
+"""The oldest version read: version 2 files differ only in their batch fingerprints
+(SHA-256, method "sha256")."""
+
+BATCH_METHODS = {"sha256": 32, "checksum64-v1": 8}
+"""Batch fingerprint methods this version reads, and their per-variable digest bytes."""
 USER_BLOCK = 512
 _COLUMNS = ("path", "part", "dtype", "shape", "digest")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -237,11 +247,13 @@ def _write_batches(group: h5py.Group, batches: list[Fingerprint]) -> None:
     for epoch, items in by_epoch.items():
         sub = group.create_group(f"{epoch:05d}")
         sub.attrs["epoch"] = epoch
+        width = len(items[0].records[0].digest) // 2 if items[0].records else 8
+        sub.attrs["method"] = next((m for m, w in BATCH_METHODS.items() if w == width), f"unknown-{width}")
         _write_layout(sub, items[0].records)
         sub.create_dataset("batch", data=np.array([fp.batch for fp in items], dtype=np.int64))
         sub.create_dataset("digest", data=np.array([fp.digest.encode("ascii") for fp in items], dtype="S64"))
         raw = np.array([[bytearray.fromhex(r.digest) for r in fp.records] for fp in items], dtype=np.uint8)
-        sub.create_dataset("variable_digests", data=raw.reshape(len(items), len(items[0].records), 32))
+        sub.create_dataset("variable_digests", data=raw.reshape(len(items), len(items[0].records), width))
 
 
 class _Reader:
@@ -249,6 +261,7 @@ class _Reader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
+        self.version = FORMAT_VERSION
 
     def fail(self, reason: str) -> ReferenceFileError:
         """The error to raise for `reason`."""
@@ -280,7 +293,7 @@ class _Reader:
                 if head.startswith(_HDF5_SIGNATURE):
                     raise self.fail(
                         "is an HDF5 file without a keras_repro header: a file of another program, or a "
-                        f"fingerprint file older than format version {FORMAT_VERSION}. Pass a file "
+                        f"fingerprint file older than format version {MIN_FORMAT_VERSION}. Pass a file "
                         "recorded by this keras_repro, or record it again"
                     )
                 if not head.startswith(f"{FORMAT_NAME}\n".encode()):
@@ -360,6 +373,13 @@ class _Reader:
         if not isinstance(group, h5py.Group):
             raise self.fail(f"'{where}' is not a group; the file is damaged")
         epoch = self.attr(group, "epoch", (int,), where)
+        method = self.attr(group, "method", (str,), where) if "method" in group.attrs or self.version > 2 else "sha256"
+        if method not in BATCH_METHODS:
+            raise self.fail(
+                f"'{where}' holds batch fingerprints of method '{method}', which this keras_repro does "
+                f"not know (it reads {', '.join(BATCH_METHODS)}); upgrade keras_repro"
+            )
+        width = BATCH_METHODS[method]
         layout = self.layout(group)
         if "batch" not in group or "variable_digests" not in group:
             raise self.fail(f"'{where}' lacks its 'batch' or 'variable_digests' dataset; the file is damaged")
@@ -368,7 +388,7 @@ class _Reader:
         numbers = group["batch"][()]
         digests = self.column(group, "digest", len(numbers))
         raw = group["variable_digests"]
-        if raw.shape != (len(numbers), len(layout), 32) or raw.dtype != np.uint8:
+        if raw.shape != (len(numbers), len(layout), width) or raw.dtype != np.uint8:
             raise self.fail(f"dataset '{where}/variable_digests' has shape {raw.shape}; the file is damaged")
         raw = raw[()]
         result = []
@@ -442,15 +462,15 @@ class _Reader:
         name = self.attr(file, "format", (str,), "/")
         if name != FORMAT_NAME:
             raise self.fail(f"has format '{name}', expected '{FORMAT_NAME}'")
-        version = self.attr(file, "format_version", (int,), "/")
+        version = self.version = self.attr(file, "format_version", (int,), "/")
         if version > FORMAT_VERSION:
             raise self.fail(
                 f"uses format version {version}, newer than this keras_repro reads "
                 f"({FORMAT_VERSION}); upgrade keras_repro"
             )
-        if version < FORMAT_VERSION:
+        if version < MIN_FORMAT_VERSION:
             raise self.fail(
-                f"has format version {version}, older than this keras_repro reads ({FORMAT_VERSION}); "
+                f"has format version {version}, older than this keras_repro reads ({MIN_FORMAT_VERSION}); "
                 "record it again"
             )
         seed = self.attr(file, "seed", (int,), "/")

@@ -341,7 +341,11 @@ def _structural_variants():
         ("batches-raw-shape", "error", lambda f: _replace(
             f["batches/00000"], "variable_digests", f["batches/00000/variable_digests"][()][:, :-1])),
         ("batches-raw-byte", "error", lambda f: _replace(
-            f["batches/00000"], "variable_digests", f["batches/00000/variable_digests"][()] ^ np.eye(1, 32, 5, dtype=np.uint8))),
+            f["batches/00000"], "variable_digests", f["batches/00000/variable_digests"][()] ^ np.eye(1, 8, 5, dtype=np.uint8))),
+        ("batches-method-unknown", "error", set_attr("batches/00000", "method", "crc32")),
+        ("batches-method-missing", "error", del_attr("batches/00000", "method")),
+        ("batches-method-number", "error", set_attr("batches/00001", "method", 3)),
+        ("batches-method-sha256", "error", set_attr("batches/00001", "method", "sha256")),
         ("batches-digest-changed", "error", _set_row("batches/00002/digest", 1, b"0" * 64)),
         ("batches-path-missing", "error", delete("batches/00002/path")),
     ]

@@ -167,8 +167,8 @@ def test_zeroed_header_is_refused(copy):
 
 def test_older_format_version_is_refused(copy):
     with edit_reference(copy) as file:
-        file.attrs["format_version"] = store.FORMAT_VERSION - 1
-    _expect(copy, f"format version {store.FORMAT_VERSION - 1}", "older", "record it again")
+        file.attrs["format_version"] = store.MIN_FORMAT_VERSION - 1
+    _expect(copy, f"format version {store.MIN_FORMAT_VERSION - 1}", "older", "record it again")
 
 
 def test_wrong_format_name(copy):
@@ -242,3 +242,47 @@ def test_flipped_bytes_never_escape_as_other_exceptions(recorded, tmp_path):
             assert str(path) in str(error)
             outcomes.add("error")
     assert outcomes == {"error"}
+
+
+@pytest.fixture(scope="module")
+def with_batches(tmp_path_factory):
+    """A real fingerprint file with batch checksums."""
+    path = tmp_path_factory.mktemp("store_batches") / "batches.h5"
+    model = make_model(7)
+    x, y = make_data()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[SeedCallback(7, path, every_n_batches=2)])
+    return path
+
+
+def test_batch_checksums_round_trip(with_batches, tmp_path):
+    log = load_fingerprints(with_batches)
+    assert log.batches and all(len(r.digest) == 16 for fp in log.batches for r in fp.records)
+    with h5py.File(with_batches, "r") as file:
+        assert {g.attrs["method"] for g in file["batches"].values()} == {"checksum64-v1"}
+        assert file["batches/00000/variable_digests"].shape[2] == 8
+    log.save(tmp_path / "again.h5")
+    assert load_fingerprints(tmp_path / "again.h5").batches == log.batches
+
+
+def test_unknown_batch_method_is_refused(with_batches, tmp_path):
+    target = tmp_path / "copy.h5"
+    shutil.copy(with_batches, target)
+    with edit_reference(target) as file:
+        file["batches/00000"].attrs["method"] = "crc128"
+    _expect(target, "method 'crc128'", "upgrade keras_repro")
+
+
+def test_batch_method_that_does_not_match_the_digest_width_is_refused(with_batches, tmp_path):
+    target = tmp_path / "copy.h5"
+    shutil.copy(with_batches, target)
+    with edit_reference(target) as file:
+        file["batches/00001"].attrs["method"] = "sha256"
+    _expect(target, "variable_digests' has shape", "damaged")
+
+
+def test_format_3_requires_the_batch_method(with_batches, tmp_path):
+    target = tmp_path / "copy.h5"
+    shutil.copy(with_batches, target)
+    with edit_reference(target) as file:
+        del file["batches/00000"].attrs["method"]
+    _expect(target, "'method'")

@@ -127,3 +127,68 @@ def test_every_n_batches_validation():
     """every_n_batches must be a positive int."""
     with pytest.raises(ValueError, match="every_n_batches"):
         kr.SeedCallback(1, every_n_batches=0)
+
+
+def test_same_seed_verify_compares_batch_checksums_without_building_fingerprints(tmp_path, monkeypatch):
+    """A matching batch costs an array comparison: no per-variable records are built and
+    compared unless the checksums differ."""
+    from keras_repro import callbacks
+
+    path = tmp_path / "run.h5"
+    _fit([kr.SeedCallback(5, path, every_n_batches=1)])
+    stages = []
+    real = callbacks.compare_fingerprints
+    monkeypatch.setattr(callbacks, "compare_fingerprints", lambda *a, **k: stages.append(a[3:4]) or real(*a, **k))
+    _fit([kr.SeedCallback(5, path, every_n_batches=1)])
+    assert stages and ("batch",) not in stages
+    stages.clear()
+    with pytest.raises(kr.FingerprintMismatch):
+        _fit([NudgeAtBatch(0, 2), kr.SeedCallback(5, path, every_n_batches=1)])
+    assert stages[-1] == ("batch",)
+
+
+class LegacyBatchCallback(kr.SeedCallback):
+    """Records SHA-256 batch fingerprints, as keras_repro did before format version 3."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._sha256_batches = True
+
+
+def _as_format_2(path):
+    """Labels a file recorded with SHA-256 batches as format version 2, as that version wrote it."""
+    from tests.conftest import edit_reference
+
+    with edit_reference(path) as file:
+        file.attrs["format_version"] = 2
+        for group in file["batches"].values():
+            assert group.attrs["method"] == "sha256"
+            del group.attrs["method"]
+
+
+def test_reference_with_sha256_batches_still_verifies_batch_by_batch(tmp_path):
+    """A format-2 reference (SHA-256 batch fingerprints) is verified with SHA-256 batches,
+    and still names the first divergent batch and variable."""
+    path = tmp_path / "old.h5"
+    _fit([LegacyBatchCallback(5, path, every_n_batches=1)])
+    _as_format_2(path)
+    log = kr.load_fingerprints(path)
+    assert len(log.batches) == 16 and all(len(r.digest) == 64 for r in log.batches[0].records)
+    _fit([kr.SeedCallback(5, path, every_n_batches=1)])  # same seed: passes
+    nudge = NudgeAtBatch(1, 3)
+    with pytest.raises(kr.FingerprintMismatch) as info:
+        _fit([nudge, kr.SeedCallback(5, path, every_n_batches=1)])
+    found = info.value.divergence
+    assert (found.stage, found.epoch, found.batch, found.variable) == ("batch", 1, 3, nudge.path)
+
+
+def test_offline_compare_skips_batches_made_by_different_methods(tmp_path):
+    """SHA-256 and checksum batch fingerprints cannot be compared: the epoch is named instead
+    of a spurious batch difference."""
+    old, new, nudged = tmp_path / "old.h5", tmp_path / "new.h5", tmp_path / "nudged.h5"
+    _fit([LegacyBatchCallback(5, old, every_n_batches=1)])
+    _fit([kr.SeedCallback(5, new, every_n_batches=1)])
+    _fit([NudgeAtBatch(0, 5), kr.SeedCallback(5, nudged, every_n_batches=1)])
+    assert kr.load_fingerprints(old).compare(kr.load_fingerprints(new)).identical
+    found = kr.load_fingerprints(old).compare(kr.load_fingerprints(nudged)).first_divergence
+    assert (found.stage, found.epoch, found.batch) == ("epoch", 0, None)

@@ -1,0 +1,180 @@
+"""Batch checksums: a 64-bit integer check of every variable, computed where it lives.
+
+A batch fingerprint (`SeedCallback(every_n_batches=N)`) must cost little next to a
+training step, so it does not copy weights to the host and hash them with SHA-256 as
+the epoch fingerprint does. Each variable is reduced on its device, in one compiled
+call for the whole model, to two 32-bit lanes over its words:
+
+    word w_i   each element's bits as an unsigned 32-bit integer: 4-byte elements as
+               they are, 8-byte elements as two words (low, then high), 1- and 2-byte
+               elements zero-extended; i counts words in row-major order
+    lane 0     sum of w_i                                  (mod 2**32)
+    lane 1     sum of fmix32(w_i + i * 0x9E3779B9)         (mod 2**32)
+
+`fmix32` is MurmurHash3's finalizer (a bijection of 32-bit integers). Integer sums are
+exact and do not depend on the order of the additions, so every device and backend
+gets the same lanes for the same bits. Lane 0 changes whenever a single element
+changes; any other difference goes unnoticed only if both lanes cancel, which for
+differences that are not built to do so happens about once in 2**32 compared
+variables. The epoch fingerprint (SHA-256 of every byte) still checks the same state
+at the end of the epoch: a batch check locates a divergence, the epoch check proves
+its absence.
+
+`lanes` below is the definition, in NumPy; `keras_repro._backend.checksum_function`
+computes the same on each backend, and the tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from keras_repro.fingerprints import (
+    PARTS,
+    Fingerprint,
+    VariableDigest,
+    make_fingerprint,
+    model_variables,
+    seed_generator_paths,
+)
+
+METHOD = "checksum64-v1"
+"""Name of this definition, stored with batch fingerprints (see `store`)."""
+
+PHI = 0x9E3779B9
+FMIX_1 = 0x85EBCA6B
+FMIX_2 = 0xC2B2AE35
+DIGEST_BYTES = 8
+"""Bytes of a variable's batch digest: lane 0 then lane 1, each little-endian."""
+
+
+def words(array: np.ndarray) -> np.ndarray:
+    """The array's words as defined above: a flat uint32 array."""
+    array = np.ascontiguousarray(array).reshape(-1)
+    size = array.dtype.itemsize
+    if array.dtype.kind not in "biufc" or size not in (1, 2, 4, 8):
+        raise TypeError(f"cannot checksum an array of dtype {array.dtype}")
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    if size == 1:
+        return little.view(np.uint8).astype(np.uint32)
+    if size == 2:
+        return little.view("<u2").astype(np.uint32)
+    return little.view("<u4").astype(np.uint32, copy=False)
+
+
+def fmix32(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, element-wise (uint32 in, uint32 out)."""
+    h = values.astype(np.uint32)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(FMIX_1)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(FMIX_2)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+CHUNK_WORDS = 1 << 16
+"""Words mixed at a time by `lanes` (256 KiB: the working set stays in the CPU cache)."""
+
+
+def lanes(array: np.ndarray) -> np.ndarray:
+    """The two checksum lanes of one array (uint32, shape (2,)): the definition.
+
+    Example:
+
+    >>> lanes(np.array([1.0], np.float32))
+    array([1065353216, 2980753846], dtype=uint32)
+    """
+    w = words(array)
+    plain = mixed = 0
+    scratch = np.empty(min(w.size, CHUNK_WORDS), np.uint32)
+    for start in range(0, w.size, CHUNK_WORDS):
+        chunk = w[start : start + CHUNK_WORDS]
+        h = np.arange(start, start + chunk.size, dtype=np.uint32)  # positions i
+        np.multiply(h, np.uint32(PHI), out=h)
+        np.add(h, chunk, out=h)
+        _fmix32_inplace(h, scratch[: chunk.size])
+        plain += int(chunk.sum(dtype=np.uint32))  # wraps around: the sum mod 2**32
+        mixed += int(h.sum(dtype=np.uint32))
+    return np.array([plain & 0xFFFFFFFF, mixed & 0xFFFFFFFF], dtype=np.uint32)
+
+
+def _fmix32_inplace(h: np.ndarray, scratch: np.ndarray) -> None:
+    """`fmix32` over a uint32 buffer, in place (`scratch` has its size)."""
+    for shift, factor in ((16, FMIX_1), (13, FMIX_2), (16, None)):
+        np.right_shift(h, np.uint32(shift), out=scratch)
+        np.bitwise_xor(h, scratch, out=h)
+        if factor is not None:
+            np.multiply(h, np.uint32(factor), out=h)
+
+
+def lanes_to_digest(pair: Sequence[int] | np.ndarray) -> str:
+    """A variable's batch digest (hex) from its two lanes."""
+    return np.asarray(pair, dtype="<u4").tobytes().hex()
+
+
+def digest_to_lanes(digest: str) -> np.ndarray:
+    """The two lanes (uint32) of a batch digest."""
+    return np.frombuffer(bytes.fromhex(digest), dtype="<u4").astype(np.uint32)
+
+
+class BatchChecksums:
+    """Computes a model's batch fingerprints, compiled once per fit.
+
+    Args:
+        model: A built Keras model whose optimizer is built (the variables checked are
+            fixed when this object is made, as `fingerprints.model_variables` lists them).
+        replica: Which copy of replicated variables to read.
+
+    Example:
+
+    >>> checks = BatchChecksums(model)                                   # doctest: +SKIP
+    >>> checks.fingerprint(checks.compute(), epoch=0, batch=9).digest    # doctest: +SKIP
+    '2b0f...'
+    """
+
+    def __init__(self, model: Any, replica: int = 0) -> None:
+        from keras_repro import _backend
+
+        variables = model_variables(model)
+        paths = seed_generator_paths(model)
+        self._templates: list[VariableDigest] = []
+        counters: dict[str, int] = {}
+        for part, variable in variables:
+            index = counters.get(part, 0)
+            counters[part] = index + 1
+            path = paths.get(id(variable)) or str(getattr(variable, "path", None) or f"{part}_{index}")
+            shape = tuple(int(d) for d in variable.shape)
+            dtype = np.dtype(str(getattr(variable, "dtype", "float32"))).name
+            self._templates.append(VariableDigest(path, part, dtype, shape, ""))
+        # Rows in the order of a fingerprint's records (by part), so stored and computed
+        # lanes compare as arrays.
+        self._order = sorted(range(len(variables)), key=lambda i: PARTS.index(variables[i][0]))
+        self._templates = [self._templates[i] for i in self._order]
+        self._compute = _backend.checksum_function([variables[i][1] for i in self._order], replica, model)
+
+    def compute(self) -> np.ndarray:
+        """The lanes of every variable now: uint32, shape (variables, 2), rows in the
+        order of the fingerprint's records. Mid-epoch on JAX this reads the trainer's
+        state; no `sync_model_state` is needed."""
+        return self._compute()
+
+    def fingerprint(self, values: np.ndarray, epoch: int | None = None, batch: int | None = None) -> Fingerprint:
+        """A batch `Fingerprint` from lanes that `compute` returned."""
+        records = [
+            VariableDigest(t.path, t.part, t.dtype, t.shape, lanes_to_digest(pair))
+            for t, pair in zip(self._templates, values)
+        ]
+        return make_fingerprint(records, epoch, None, batch)
+
+
+def expected_lanes(fingerprint: Fingerprint) -> np.ndarray | None:
+    """The lanes (variables, 2) stored in a batch fingerprint, or None if it holds other digests."""
+    if not fingerprint.records or any(len(r.digest) != 2 * DIGEST_BYTES for r in fingerprint.records):
+        return None
+    try:
+        return np.stack([digest_to_lanes(r.digest) for r in fingerprint.records])
+    except ValueError:
+        return None

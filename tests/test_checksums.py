@@ -1,0 +1,189 @@
+"""Tests for batch checksums: the definition, its detection power, and the backends."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from keras_repro import _backend, checksums
+from keras_repro.fingerprints import PARTS, fingerprint, model_variables
+
+MASK = 0xFFFFFFFF
+
+
+def _fmix32(h: int) -> int:
+    """MurmurHash3's finalizer on Python ints: written independently of the library."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & MASK
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & MASK
+    return h ^ (h >> 16)
+
+
+def _lanes_by_hand(words: list[int]) -> list[int]:
+    return [
+        sum(words) & MASK,
+        sum(_fmix32((w + i * 0x9E3779B9) & MASK) for i, w in enumerate(words)) & MASK,
+    ]
+
+
+def test_lanes_match_the_definition_computed_by_hand():
+    words = [0, 1, 2, 0xFFFFFFFF, 0x80000000, 12345]
+    assert checksums.lanes(np.array(words, np.uint32)).tolist() == _lanes_by_hand(words)
+    # MurmurHash3's published finalizer values pin fmix32 itself.
+    assert _fmix32(0) == 0 and checksums.fmix32(np.array([0], np.uint32))[0] == 0
+    assert checksums.fmix32(np.array([1], np.uint32))[0] == _fmix32(1) == 0x514E28B7
+
+
+@pytest.mark.parametrize(
+    ("array", "words"),
+    [
+        (np.array([1.0], np.float32), [0x3F800000]),
+        (np.array([1.0], np.float64), [0x00000000, 0x3FF00000]),  # low word, then high
+        (np.array([2**32 + 7], np.int64), [7, 1]),
+        (np.array([1.0], np.float16), [0x3C00]),  # zero-extended
+        (np.array([-1], np.int8), [0xFF]),
+        (np.array([True, False]), [1, 0]),
+        (np.array([[1, 2], [3, 4]], np.int32), [1, 2, 3, 4]),  # row-major
+        (np.array([1.0], np.dtype(">f4")), [0x3F800000]),  # byte order does not matter
+    ],
+)
+def test_words_of_each_dtype(array, words):
+    assert checksums.words(array).tolist() == words
+    assert checksums.lanes(array).tolist() == _lanes_by_hand(words)
+
+
+def test_unsupported_dtype_is_a_clear_error():
+    with pytest.raises(TypeError, match="cannot checksum an array of dtype"):
+        checksums.words(np.array(["a"]))
+
+
+def test_any_single_bit_flip_changes_both_lanes():
+    rng = np.random.default_rng(0)
+    array = rng.standard_normal(1000).astype(np.float32)
+    base = checksums.lanes(array)
+    bits = array.view(np.uint32)
+    for _ in range(200):
+        changed = bits.copy()
+        changed[rng.integers(array.size)] ^= np.uint32(1) << np.uint32(rng.integers(32))
+        moved = checksums.lanes(changed.view(np.float32))
+        assert moved[0] != base[0] and moved[1] != base[1]
+
+
+def test_differences_that_cancel_in_the_sum_are_caught_by_the_mixed_lane():
+    """Two values one ulp up and down, or two values swapped, keep lane 0; lane 1 moves."""
+    array = np.linspace(-1, 1, 64, dtype=np.float32)
+    base = checksums.lanes(array)
+    ulps = array.copy()
+    ulps[3] = np.nextafter(ulps[3], np.float32(np.inf))
+    ulps[40] = np.nextafter(ulps[40], np.float32(-np.inf))
+    swapped = array.copy()
+    swapped[[5, 9]] = swapped[[9, 5]]
+    for changed in (ulps, swapped):
+        moved = checksums.lanes(changed)
+        if changed is swapped:
+            assert moved[0] == base[0]
+        assert moved[1] != base[1]
+    assert np.array_equal(checksums.lanes(array.copy()), base)
+
+
+def test_digest_round_trip():
+    pair = np.array([1, 0xFFFFFFFF], np.uint32)
+    digest = checksums.lanes_to_digest(pair)
+    assert digest == "01000000ffffffff" and len(digest) == 2 * checksums.DIGEST_BYTES
+    assert checksums.digest_to_lanes(digest).tolist() == pair.tolist()
+
+
+def _trained_model():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.3),
+            keras.layers.GaussianNoise(0.1),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((16, 6), "float32"), np.zeros((16, 2), "float32"), batch_size=8, verbose=0)
+    return model
+
+
+def test_backend_checksums_equal_the_definition():
+    """The compiled form of the active backend gives the NumPy definition's lanes for every
+    variable: float weights, BatchNorm statistics, integer counters, SeedGenerator states."""
+    model = _trained_model()
+    variables = [v for _, v in sorted(model_variables(model), key=lambda pv: PARTS.index(pv[0]))]
+    dtypes = {str(v.dtype) for v in variables}
+    assert len(dtypes) >= 2, dtypes  # floats and integers both covered
+    expected = np.stack([checksums.lanes(_backend.to_numpy(v)) for v in variables])
+    computed = checksums.BatchChecksums(model).compute()
+    assert computed.dtype == np.uint32 and computed.shape == (len(variables), 2)
+    assert np.array_equal(computed, expected)
+    # ...and follows the state: one ulp on one weight moves exactly that row.
+    kernel = model.layers[-1].kernel
+    value = np.array(_backend.to_numpy(kernel))
+    value.flat[0] = np.nextafter(value.flat[0], np.float32(np.inf))
+    kernel.assign(value)
+    moved = checksums.BatchChecksums(model).compute()
+    changed_rows = np.flatnonzero((moved != computed).any(axis=1)).tolist()
+    assert changed_rows == [next(i for i, v in enumerate(variables) if v is kernel)]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch device form runs on the torch backend")
+def test_torch_device_form_equals_the_definition():
+    """The torch-ops form (used for tensors on accelerators) computed here on CPU tensors."""
+    model = _trained_model()
+    variables = [v for _, v in model_variables(model)]
+    expected = np.stack([checksums.lanes(_backend.to_numpy(v)) for v in variables])
+    assert np.array_equal(_backend._torch_checksum_function(variables)(), expected)
+
+
+def test_batch_fingerprint_records_name_each_variable():
+    model = _trained_model()
+    checks = checksums.BatchChecksums(model)
+    fp = checks.fingerprint(checks.compute(), epoch=1, batch=4)
+    assert (fp.epoch, fp.batch) == (1, 4)
+    assert [r.path for r in fp.records] == list(fp.variables)
+    assert all(len(d) == 16 for d in fp.variables.values())
+    assert np.array_equal(checksums.expected_lanes(fp), checks.compute())
+    # Same variables, in the same order, as the epoch fingerprint's records.
+    assert [(r.path, r.part, r.shape) for r in fp.records] == [
+        (r.path, r.part, r.shape) for r in fingerprint(model).records
+    ]
+
+
+class _CheckAgainstDefinition(keras.callbacks.Callback):
+    """After SeedCallback's batch checksum, syncs the model and recomputes the lanes from
+    the variables with the NumPy definition."""
+
+    def __init__(self, seed_callback):
+        super().__init__()
+        self.seed_callback, self.results, self.lanes = seed_callback, [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        _backend.sync_model_state(self.model)
+        ordered = sorted(model_variables(self.model), key=lambda pv: PARTS.index(pv[0]))
+        expected = np.stack([checksums.lanes(_backend.to_numpy(v)) for _, v in ordered])
+        computed = self.seed_callback._batch_lanes[-1][2]
+        self.results.append(np.array_equal(computed, expected))
+        self.lanes.append(computed)
+
+
+def test_mid_epoch_checksums_are_of_the_current_state():
+    """During a fit (where JAX keeps the state outside the variables) every batch checksum
+    equals the definition applied to that batch's state, and the state moves each batch."""
+    import keras_repro as kr
+
+    model = _trained_model()
+    seed_callback = kr.SeedCallback(3, every_n_batches=1)
+    check = _CheckAgainstDefinition(seed_callback)
+    x, y = np.random.default_rng(0).random((48, 6), "float32"), np.zeros((48, 2), "float32")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[seed_callback, check])
+    assert len(check.results) == 12 and all(check.results)
+    trainable = [i for i, r in enumerate(seed_callback.log.batches[0].records) if r.part == "trainable"]
+    for before, after in zip(check.lanes, check.lanes[1:]):
+        assert not np.array_equal(before[trainable], after[trainable])
