@@ -25,7 +25,7 @@ The backend is the one Keras picks (KERAS_BACKEND). Always exits 0: it is a repo
 
 Usage::
 
-    python benchmarks/batch_fingerprint.py [--repeats 5] [--rows 8000]
+    python benchmarks/batch_fingerprint.py [--repeats 5] [--rows 8000] [--hidden 128]
 """
 
 from __future__ import annotations
@@ -61,20 +61,20 @@ def make_data(rows: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((rows, 28, 28), dtype=np.float32), rng.integers(0, 10, rows).astype("int32")
 
 
-def build() -> keras.Model:
+def build(hidden: int = 128) -> keras.Model:
     """The compiled MLP."""
     model = kr.DeterministicSequential(
-        [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)],
+        [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(10)],
         seed=SEED,
     )
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
 
-def time_fit(every: int | None, x: np.ndarray, y: np.ndarray) -> float:
+def time_fit(every: int | None, x: np.ndarray, y: np.ndarray, hidden: int = 128) -> float:
     """Seconds spent in one fit of a fresh model."""
     keras.backend.clear_session()
-    model = build()
+    model = build(hidden)
     if every is None:
         callbacks = []
     elif every == 0:
@@ -90,20 +90,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", type=int, default=8000)
+    parser.add_argument("--hidden", type=int, default=128, help="hidden units (128: the MNIST-shaped MLP of the target)")
     args = parser.parse_args()
     x, y = make_data(args.rows)
-    warmup = {name: time_fit(every, x, y) for name, every in VARIANTS.items()}
+    warmup = {name: time_fit(every, x, y, args.hidden) for name, every in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):
         for name, every in VARIANTS.items():
-            times[name].append(time_fit(every, x, y))
+            times[name].append(time_fit(every, x, y, args.hidden))
     base = statistics.median(times["none"])
     print(
         f"batch fingerprint overhead | {os.cpu_count()} cpu, {platform.platform()} | keras {keras.__version__}, "
-        f"backend {keras.backend.backend()} | {args.rows} rows, {args.rows // 32 + 1} batches/epoch, 2 epochs, "
+        f"backend {keras.backend.backend()} | Dense({args.hidden}): {build(args.hidden).count_params():,} parameters | {args.rows} rows, {args.rows // 32 + 1} batches/epoch, 2 epochs, "
         f"{args.repeats} repeats"
     )
-    print(f"reproduce: python benchmarks/batch_fingerprint.py --repeats {args.repeats} --rows {args.rows}")
+    print(f"reproduce: python benchmarks/batch_fingerprint.py --repeats {args.repeats} --rows {args.rows} --hidden {args.hidden}")
     print(f"{'variant':<8}  {'median fit (s)':>14}  {'ratio':>6}  target")
     for name in VARIANTS:
         median = statistics.median(times[name])

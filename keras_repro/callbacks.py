@@ -72,8 +72,10 @@ class SeedCallback(keras.callbacks.Callback):
         every_n_batches: Also fingerprint the state after every N-th batch, so a
             verify names the first divergent batch, not just the epoch. A batch
             fingerprint is a 64-bit integer checksum of each variable computed on
-            its device in one compiled call (`keras_repro.checksums`), so it is
-            cheap; the epoch fingerprint still hashes every byte.
+            its device in one compiled call (`keras_repro.checksums`): no copy to
+            the host, but still a pass over every weight, which on CPU costs about
+            as much as a small model's step (see benchmarks/batch_fingerprint.py).
+            The epoch fingerprint still hashes every byte.
         check_replicas: Where devices each hold a copy of the variables
             (`tf.distribute` mirrored variables, replicated JAX arrays), check before
             the first step and at every epoch end that all copies are equal, and
