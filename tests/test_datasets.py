@@ -22,9 +22,9 @@ def test_digits_are_the_real_dataset():
     assert len(counts) == 10 and counts.min() > 170
 
 
-def test_digits_match_scikit_learn_when_available():
-    """The shipped copy equals scikit-learn's bundled digits, if installed."""
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+def test_digits_match_scikit_learn():
+    """The shipped copy equals scikit-learn's bundled digits (the test extra installs it)."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="pip install '.[test]' installs scikit-learn")
     reference = sklearn_datasets.load_digits()
     images, labels = load_digits()
     np.testing.assert_array_equal(images, reference.images)

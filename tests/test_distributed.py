@@ -113,8 +113,9 @@ def test_mirrored_fit_records_then_verifies_in_a_new_process(mirrored_reference)
     assert len(recorded.epochs) == 3
     orders = [next(r.digest for r in fp.part("data") if r.path == "order") for fp in recorded.epochs]
     assert len(set(orders)) == 3  # the owned order changes every epoch under the strategy
+    assert recorded.batches and {len(r.digest) for fp in recorded.batches for r in fp.records} == {16}
     verify = _run("mirrored.py", "fit", folder, 7)
-    assert (verify["MODE"], verify["DIVERGENCE"]) == ("verify", "None")
+    assert (verify["MODE"], verify["DIVERGENCE"]) == ("verify", "None")  # batch checksums too
     assert verify["EPOCHS"] == record["EPOCHS"] and verify["INITIAL"] == record["INITIAL"]
     assert verify["MIRRORED_INITIAL"] == record["MIRRORED_INITIAL"]
 
@@ -190,6 +191,7 @@ def test_jax_data_parallel_records_then_verifies_in_a_new_process(tmp_path):
     assert (record["MODE"], record["DIVERGENCE"]) == ("record", "None")
     copies = record["REPLICA_DIGESTS"].split()
     assert len(copies) == 2 and copies[0] == copies[1]
+    assert load_fingerprints(tmp_path / "jax.h5").batches
     verify = _run("jax_data_parallel.py", tmp_path, 7, env=env)
     assert (verify["MODE"], verify["DIVERGENCE"]) == ("verify", "None")
     assert verify["EPOCHS"] == record["EPOCHS"] and verify["INITIAL"] == record["INITIAL"]

@@ -23,7 +23,7 @@ def main(folder: str, seed: int) -> None:
     kernel = model.layers[-1].kernel.value
     common.emit("KERNEL_DEVICES", len(kernel.sharding.device_set), kernel.sharding.is_fully_replicated)
     x, y = common.data()
-    callback = kr.SeedCallback(seed, os.path.join(folder, "jax.h5"))
+    callback = kr.SeedCallback(seed, os.path.join(folder, "jax.h5"), every_n_batches=2)
     try:
         model.fit(x, y, epochs=3, callbacks=[callback], **common.FIT)
     except kr.FingerprintMismatch as error:

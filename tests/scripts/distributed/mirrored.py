@@ -2,7 +2,7 @@
 built and compiled under the strategy's scope, fit on arrays with a SeedCallback.
 
 Run as: python tests/scripts/distributed/mirrored.py MODE FOLDER SEED
-  fit      fit 3 epochs with SeedCallback(SEED, FOLDER/mirrored.h5) ("auto" mode)
+  fit      fit 3 epochs with SeedCallback(SEED, FOLDER/mirrored.h5, every_n_batches=2) ("auto" mode)
   checks   as `fit`, then: the initial weights against a model built without the
            strategy; reinitialize_weights on scrambled per-device copies; the data
            order of the fit against explicit per-epoch datasets and per-epoch fits
@@ -42,7 +42,7 @@ def fit(folder: str, seed: int, checks: bool) -> None:
     common.emit("MIRRORED_INITIAL", kr.fingerprint(model).parts["trainable"])
     common.emit("INITIAL_COPIES_EQUAL", common.tf_copies_equal(model))
     x, y = common.data()
-    callback = kr.SeedCallback(seed, os.path.join(folder, "mirrored.h5"))
+    callback = kr.SeedCallback(seed, os.path.join(folder, "mirrored.h5"), every_n_batches=2)
     try:
         model.fit(x, y, epochs=EPOCHS, callbacks=[callback], **common.FIT)
     except kr.FingerprintMismatch as error:
