@@ -8,13 +8,14 @@ call for the whole model, to two 32-bit lanes over its words:
     word w_i   each element's bits as an unsigned 32-bit integer: 4-byte elements as
                they are, 8-byte elements as two words (low, then high), 1- and 2-byte
                elements zero-extended; i counts words in row-major order
-    lane 0     sum of w_i                                  (mod 2**32)
-    lane 1     sum of fmix32(w_i + i * 0x9E3779B9)         (mod 2**32)
+    lane 0     sum of w_i
+    lane 1     sum of fmix32(w_i + i * 0x9E3779B9)
+               (all arithmetic on unsigned 32-bit integers, mod 2**32)
 
 `fmix32` is MurmurHash3's finalizer (a bijection of 32-bit integers). Integer sums are
 exact and do not depend on the order of the additions, so every device and backend
-gets the same lanes for the same bits. Lane 0 changes whenever a single element
-changes; any other difference goes unnoticed only if both lanes cancel, which for
+gets the same lanes for the same bits. Lane 0 changes whenever a single word changes
+(one float32 value, or half of a float64); any other difference goes unnoticed only if both lanes cancel, which for
 differences that are not built to do so happens about once in 2**32 compared
 variables. The epoch fingerprint (SHA-256 of every byte) still checks the same state
 at the end of the epoch: a batch check locates a divergence, the epoch check proves
