@@ -7,6 +7,7 @@ small functions with the same meaning on every backend.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -380,11 +381,12 @@ def checksum_function(variables: list, replica: int = 0, model: Any = None) -> C
     """
     from keras_repro import checksums
 
-    def on_host() -> np.ndarray:
-        return np.stack([checksums.lanes(to_numpy(v, replica)) for v in variables]) if variables else _no_lanes()
-
     if not variables:
-        return _no_lanes
+        return lambda: np.zeros((0, 2), np.uint32)
+
+    def on_host() -> np.ndarray:
+        return np.stack([checksums.lanes(to_numpy(v, replica)) for v in variables])
+
     backend = name()
     try:
         if backend == "tensorflow":
@@ -402,28 +404,20 @@ def checksum_function(variables: list, replica: int = 0, model: Any = None) -> C
     return compiled
 
 
-def _no_lanes() -> np.ndarray:
-    return np.zeros((0, 2), np.uint32)
-
-
-_checksum_runners: dict[str, Any] = {}
-"""One compiled checksum function per backend, made on first use. It is reused for
-every model: JAX and TensorFlow compile it once per layout (shapes and dtypes) and
-cache that, so only the first fit with a given model shape pays the compilation."""
-
-
 def _tf_checksum_function(variables: list) -> Callable[[], np.ndarray]:
     import tensorflow as tf
 
     if any(isinstance(v.value, tf.distribute.DistributedValues) for v in variables):
         raise TypeError("distributed variables")
-    if "tensorflow" not in _checksum_runners:
-        _checksum_runners["tensorflow"] = _tf_checksum_runner()
-    run = _checksum_runners["tensorflow"]
+    run = _tf_checksum_runner()
     handles = [v.value for v in variables]
     return lambda: np.asarray(run(handles))
 
 
+# One compiled checksum function per backend (`functools.cache`), reused for every model:
+# JAX and TensorFlow compile it once per layout (shapes and dtypes) and keep that, so only
+# the first fit with a given model shape pays the compilation.
+@functools.cache
 def _tf_checksum_runner() -> Any:
     import tensorflow as tf
 
@@ -464,9 +458,7 @@ def _tf_checksum_runner() -> Any:
 
 
 def _jax_checksum_function(variables: list, model: Any = None) -> Callable[[], np.ndarray]:
-    if "jax" not in _checksum_runners:
-        _checksum_runners["jax"] = _jax_checksum_runner()
-    run = _checksum_runners["jax"]
+    run = _jax_checksum_runner()
     values = _jax_current_values(variables, model)
     return lambda: np.asarray(run(values()))
 
@@ -499,6 +491,7 @@ def _jax_current_values(variables: list, model: Any) -> Callable[[], list]:
     return values
 
 
+@functools.cache
 def _jax_checksum_runner() -> Any:
     import jax
     import jax.numpy as jnp

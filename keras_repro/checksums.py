@@ -36,6 +36,8 @@ from keras_repro.fingerprints import (
     PARTS,
     Fingerprint,
     VariableDigest,
+    _variable_path,
+    array_shape,
     make_fingerprint,
     model_variables,
     seed_generator_paths,
@@ -67,12 +69,8 @@ def words(array: np.ndarray) -> np.ndarray:
 
 def fmix32(values: np.ndarray) -> np.ndarray:
     """MurmurHash3's 32-bit finalizer, element-wise (uint32 in, uint32 out)."""
-    h = values.astype(np.uint32)
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(FMIX_1)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(FMIX_2)
-    h ^= h >> np.uint32(16)
+    h = values.astype(np.uint32)  # a copy
+    _fmix32_inplace(h, np.empty_like(h))
     return h
 
 
@@ -146,10 +144,9 @@ class BatchChecksums:
         for part, variable in variables:
             index = counters.get(part, 0)
             counters[part] = index + 1
-            path = paths.get(id(variable)) or str(getattr(variable, "path", None) or f"{part}_{index}")
-            shape = tuple(int(d) for d in variable.shape)
-            dtype = np.dtype(str(getattr(variable, "dtype", "float32"))).name
-            self._templates.append(VariableDigest(path, part, dtype, shape, ""))
+            path = paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
+            dtype = np.dtype(str(variable.dtype)).name
+            self._templates.append(VariableDigest(path, part, dtype, array_shape(variable), ""))
         # Rows in the order of a fingerprint's records (by part), so stored and computed
         # lanes compare as arrays.
         self._order = sorted(range(len(variables)), key=lambda i: PARTS.index(variables[i][0]))
@@ -175,7 +172,4 @@ def expected_lanes(fingerprint: Fingerprint) -> np.ndarray | None:
     """The lanes (variables, 2) stored in a batch fingerprint, or None if it holds other digests."""
     if not fingerprint.records or any(len(r.digest) != 2 * DIGEST_BYTES for r in fingerprint.records):
         return None
-    try:
-        return np.stack([digest_to_lanes(r.digest) for r in fingerprint.records])
-    except ValueError:
-        return None
+    return np.stack([digest_to_lanes(r.digest) for r in fingerprint.records])

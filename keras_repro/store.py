@@ -52,6 +52,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from keras_repro import checksums
 from keras_repro.errors import ReferenceFileError
 from keras_repro.fingerprints import PARTS, STAT_NAMES, Fingerprint, VariableDigest, make_fingerprint
 
@@ -66,7 +67,7 @@ MIN_FORMAT_VERSION = 2
 """The oldest version read: version 2 files differ only in their batch fingerprints
 (SHA-256, method "sha256")."""
 
-BATCH_METHODS = {"sha256": 32, "checksum64-v1": 8}
+BATCH_METHODS = {"sha256": 32, checksums.METHOD: checksums.DIGEST_BYTES}
 """Batch fingerprint methods this version reads, and their per-variable digest bytes."""
 USER_BLOCK = 512
 _COLUMNS = ("path", "part", "dtype", "shape", "digest")
@@ -247,7 +248,7 @@ def _write_batches(group: h5py.Group, batches: list[Fingerprint]) -> None:
     for epoch, items in by_epoch.items():
         sub = group.create_group(f"{epoch:05d}")
         sub.attrs["epoch"] = epoch
-        width = len(items[0].records[0].digest) // 2 if items[0].records else 8
+        width = len(items[0].records[0].digest) // 2 if items[0].records else checksums.DIGEST_BYTES
         sub.attrs["method"] = next((m for m, w in BATCH_METHODS.items() if w == width), f"unknown-{width}")
         _write_layout(sub, items[0].records)
         sub.create_dataset("batch", data=np.array([fp.batch for fp in items], dtype=np.int64))

@@ -264,25 +264,27 @@ def test_batch_checksums_round_trip(with_batches, tmp_path):
     assert load_fingerprints(tmp_path / "again.h5").batches == log.batches
 
 
-def test_unknown_batch_method_is_refused(with_batches, tmp_path):
+@pytest.fixture
+def batches_copy(with_batches, tmp_path):
+    """A private copy of the file with batch checksums, to damage."""
     target = tmp_path / "copy.h5"
     shutil.copy(with_batches, target)
-    with edit_reference(target) as file:
+    return target
+
+
+def test_unknown_batch_method_is_refused(batches_copy):
+    with edit_reference(batches_copy) as file:
         file["batches/00000"].attrs["method"] = "crc128"
-    _expect(target, "method 'crc128'", "upgrade keras_repro")
+    _expect(batches_copy, "method 'crc128'", "upgrade keras_repro")
 
 
-def test_batch_method_that_does_not_match_the_digest_width_is_refused(with_batches, tmp_path):
-    target = tmp_path / "copy.h5"
-    shutil.copy(with_batches, target)
-    with edit_reference(target) as file:
+def test_batch_method_that_does_not_match_the_digest_width_is_refused(batches_copy):
+    with edit_reference(batches_copy) as file:
         file["batches/00001"].attrs["method"] = "sha256"
-    _expect(target, "variable_digests' has shape", "damaged")
+    _expect(batches_copy, "variable_digests' has shape", "damaged")
 
 
-def test_format_3_requires_the_batch_method(with_batches, tmp_path):
-    target = tmp_path / "copy.h5"
-    shutil.copy(with_batches, target)
-    with edit_reference(target) as file:
+def test_format_3_requires_the_batch_method(batches_copy):
+    with edit_reference(batches_copy) as file:
         del file["batches/00000"].attrs["method"]
-    _expect(target, "'method'")
+    _expect(batches_copy, "'method'")

@@ -104,13 +104,20 @@ def test_verify_names_the_first_divergent_batch(tmp_path):
     path = tmp_path / "run.h5"
     _fit([kr.SeedCallback(5, path, every_n_batches=1)])
     assert len(kr.load_fingerprints(path).batches) == 16
+    message = _verify_passes_then_names_a_nudge_at_epoch_1_batch_3(path)
+    assert "epoch 1, batch 3: trainable weights differ" in message
+
+
+def _verify_passes_then_names_a_nudge_at_epoch_1_batch_3(path):
+    """Verifies against `path` with the same seed (passes), then with one ulp injected after
+    batch 3 of epoch 1, which must be named with its variable; returns the error message."""
     _fit([kr.SeedCallback(5, path, every_n_batches=1)])  # same seed: passes
     nudge = NudgeAtBatch(1, 3)
     with pytest.raises(kr.FingerprintMismatch) as info:
         _fit([nudge, kr.SeedCallback(5, path, every_n_batches=1)])
     found = info.value.divergence
     assert (found.stage, found.epoch, found.batch, found.variable) == ("batch", 1, 3, nudge.path)
-    assert "epoch 1, batch 3: trainable weights differ" in str(info.value)
+    return str(info.value)
 
 
 def test_offline_compare_names_the_batch(tmp_path):
@@ -174,12 +181,7 @@ def test_reference_with_sha256_batches_still_verifies_batch_by_batch(tmp_path):
     _as_format_2(path)
     log = kr.load_fingerprints(path)
     assert len(log.batches) == 16 and all(len(r.digest) == 64 for r in log.batches[0].records)
-    _fit([kr.SeedCallback(5, path, every_n_batches=1)])  # same seed: passes
-    nudge = NudgeAtBatch(1, 3)
-    with pytest.raises(kr.FingerprintMismatch) as info:
-        _fit([nudge, kr.SeedCallback(5, path, every_n_batches=1)])
-    found = info.value.divergence
-    assert (found.stage, found.epoch, found.batch, found.variable) == ("batch", 1, 3, nudge.path)
+    _verify_passes_then_names_a_nudge_at_epoch_1_batch_3(path)
 
 
 def test_offline_compare_skips_batches_made_by_different_methods(tmp_path):
