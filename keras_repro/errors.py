@@ -7,6 +7,13 @@ library raises) and the built-in type that best describes it (so existing
 
 from __future__ import annotations
 
+import sys
+import warnings
+
+_NOT_USER_CODE = ("keras_repro", "keras", "tensorflow", "jax", "jaxlib", "torch", "optree", "absl", "tree",
+                  "threading", "concurrent", "contextlib", "runpy")
+"""Top-level packages whose frames a warning skips to point at the user's line."""
+
 
 class ReproError(Exception):
     """Base class of every exception raised by keras_repro."""
@@ -37,13 +44,16 @@ class FingerprintMismatch(ReproError, AssertionError):
     Attributes:
         divergence: The `keras_repro.compare.Divergence` that was found.
         reference: The path of the reference file, or None.
+        cause: The likely cause (`keras_repro.diagnosis`), or None.
     """
 
-    def __init__(self, divergence: object, reference: object = None) -> None:
+    def __init__(self, divergence: object, reference: object = None, cause: str | None = None) -> None:
         self.divergence = divergence
         self.reference = None if reference is None else str(reference)
+        self.cause = cause
         where = f" (reference: '{self.reference}')" if self.reference else ""
-        super().__init__(f"Run is not reproducible{where}: {divergence}")
+        why = f". Likely cause: {cause}" if cause else ""
+        super().__init__(f"Run is not reproducible{where}: {divergence}{why}")
 
 
 class ReproWarning(UserWarning):
@@ -60,3 +70,18 @@ class HashRandomizationWarning(ReproWarning):
 
 class NondeterministicInputWarning(ReproWarning):
     """An input pipeline that keras_repro cannot reorder is known to be nondeterministic."""
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """`warnings.warn` at the user's line: the first caller outside keras_repro and the
+    frameworks it runs inside (Keras' fit loop, TensorFlow, JAX, torch), so a warning
+    raised in a callback points at the user's `fit(...)`, not at library code.
+
+    Example:
+
+    >>> warn("reference is incomplete", ReproWarning)   # doctest: +SKIP
+    """
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _NOT_USER_CODE:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)

@@ -26,6 +26,9 @@ class FingerprintLog:
         path: The file it was read from, or None.
         created: When the file was written (ISO 8601, UTC).
         batches: Batch fingerprints (`SeedCallback(every_n_batches=...)`), in order.
+        planned_epochs: One past the last epoch the recording fit planned (the
+            `epochs` of `fit`, counted from epoch 0), or None when unknown (files of
+            keras_repro 0.1). A fit stopped early by a callback plans no further.
 
     Example:
 
@@ -42,6 +45,29 @@ class FingerprintLog:
     path: str | None = None
     created: str | None = None
     batches: tuple[Fingerprint, ...] = ()
+    planned_epochs: int | None = None
+
+    @property
+    def first_epoch(self) -> int | None:
+        """The epoch the recording started at (0, or k for a fit resumed at epoch k)."""
+        if self.initial is not None:
+            return self.initial.epoch
+        return self.epochs[0].epoch if self.epochs else None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every planned epoch was recorded (False: the recording was interrupted).
+
+        Example:
+
+        >>> load_fingerprints("run.h5").complete   # doctest: +SKIP
+        True
+        """
+        if self.planned_epochs is None:
+            return True
+        first = self.first_epoch or 0
+        recorded = {fp.epoch for fp in self.epochs}
+        return all(epoch in recorded for epoch in range(first, self.planned_epochs))
 
     def epoch(self, number: int) -> Fingerprint | None:
         """The fingerprint at the end of epoch `number`, or None."""
@@ -83,6 +109,7 @@ class FingerprintLog:
             notes=self.notes,
             created=self.created,
             batches=list(self.batches),
+            planned_epochs=self.planned_epochs,
         )
 
     def to_dataframe(self, variables: bool = False) -> Any:
@@ -150,4 +177,5 @@ def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
         path=os.fspath(path),
         created=data["created"],
         batches=tuple(data["batches"]),
+        planned_epochs=data["planned_epochs"],
     )

@@ -10,11 +10,10 @@ import os
 import random
 import struct
 import sys
-import warnings
 
 import numpy as np
 
-from keras_repro.errors import HashRandomizationWarning
+from keras_repro.errors import HashRandomizationWarning, warn
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +29,8 @@ def validate_seed(seed: object, name: str = "seed") -> int:
         )
     if not 0 <= int(seed) <= MAX_SEED:
         raise ValueError(
-            f"`{name}` must be an integer in [0, {MAX_SEED}]; use "
-            f"`keras_repro.derive_seed(...)` to fold a larger value into range. "
-            f"Received: {name}={seed}"
+            f"`{name}` must be an integer in [0, {MAX_SEED}]; fold a larger value into range "
+            f"with `keras_repro.derive_seed({seed})`. Received: {name}={seed}"
         )
     return int(seed)
 
@@ -60,10 +58,11 @@ def derive_seed(seed: int, *keys: int | str | bytes) -> int:
 
     Pure and stable: the result depends only on the arguments, never on
     `PYTHONHASHSEED`, the platform or the process (SHA-256, not `hash()`).
-    Different keys give statistically independent seeds.
+    Different keys give statistically independent seeds. The base seed may be any
+    int, so `derive_seed(value)` also folds a larger value into [0, 2**32 - 1].
 
     Args:
-        seed: The base seed, an int in [0, 2**32 - 1].
+        seed: The base seed, an int (a seed in [0, 2**32 - 1], or any larger value).
         *keys: ints, strs or bytes that name what the seed is for, e.g.
             `("order", epoch)`.
 
@@ -76,9 +75,14 @@ def derive_seed(seed: int, *keys: int | str | bytes) -> int:
     True
     >>> derive_seed(7, "order", 3) == derive_seed(7, "order", 4)
     False
+    >>> 0 <= derive_seed(2**64) <= MAX_SEED
+    True
     """
-    seed = validate_seed(seed)
-    digest = hashlib.sha256(b"keras_repro.derive_seed\x00" + _encode_key(seed))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(
+            f"`seed` must be an integer. Received: seed={seed!r} (of type {type(seed).__name__})"
+        )
+    digest = hashlib.sha256(b"keras_repro.derive_seed\x00" + _encode_key(int(seed)))
     for key in keys:
         digest.update(_encode_key(key))
     return int.from_bytes(digest.digest()[:4], "big")
@@ -115,14 +119,13 @@ def warn_if_hash_randomized() -> bool:
     """Warns once per process when string hashing is randomized; returns whether it is."""
     randomized = hash_randomization_enabled()
     if randomized:
-        warnings.warn(
+        warn(
             "This interpreter runs with string hash randomization (PYTHONHASHSEED was not "
             "set before Python started), so iteration order over sets of strings can change "
             "between runs. Setting os.environ['PYTHONHASHSEED'] inside the program has no "
             "effect on the running interpreter: start it with `PYTHONHASHSEED=0 python ...` "
             "or `keras-repro run -- python ...`.",
             HashRandomizationWarning,
-            stacklevel=3,
         )
     return randomized
 

@@ -6,7 +6,10 @@ Schema (format "keras_repro.fingerprints", version 3)::
                             "keras_repro.fingerprints\nsha256 <64 hex>\n", padded
                             with NUL bytes; the SHA-256 of every byte after it
     /                       attrs: format, format_version, seed (-1: none),
-                                   created (ISO 8601 UTC), keras_repro_version
+                                   created (ISO 8601 UTC), keras_repro_version,
+                                   planned_epochs (optional: the epoch count the
+                                   recording fit planned; fewer epochs recorded
+                                   means an interrupted recording)
     /environment            attrs: {name: text}  (see keras_repro.environment)
     /notes                  attrs: {topic: text}  (e.g. nondeterministic inputs)
     /initial                fingerprint group, optional: state before the first step
@@ -70,7 +73,6 @@ MIN_FORMAT_VERSION = 2
 BATCH_METHODS = {"sha256": 32, checksums.METHOD: checksums.DIGEST_BYTES}
 """Batch fingerprint methods this version reads, and their per-variable digest bytes."""
 USER_BLOCK = 512
-_COLUMNS = ("path", "part", "dtype", "shape", "digest")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -84,14 +86,18 @@ def write_run(
     notes: Mapping[str, str] | None = None,
     created: str | None = None,
     batches: list[Fingerprint] | None = None,
+    planned_epochs: int | None = None,
 ) -> None:
     """Writes a whole run to `path` atomically (temporary file + fsync + rename).
 
     Raises:
-        ReferenceFileError: If the folder is missing or not writable.
+        ReferenceFileError: If `path` is a folder, or its folder is missing or not
+            writable, or the write fails (a full disk); the previous file is kept.
     """
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise ReferenceFileError(path, "is a folder; pass the path of a file in it, such as 'run.h5'")
     try:
         handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=folder)
         os.close(handle)
@@ -108,6 +114,8 @@ def write_run(
             from keras_repro.version import __version__
 
             file.attrs["keras_repro_version"] = __version__
+            if planned_epochs is not None:
+                file.attrs["planned_epochs"] = int(planned_epochs)
             _write_attrs(file.create_group("environment"), environment)
             _write_attrs(file.create_group("notes"), notes or {})
             if initial is not None:
@@ -121,9 +129,13 @@ def write_run(
         os.chmod(temporary, _new_file_mode(target))
         os.replace(temporary, target)
         _fsync_folder(folder)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError) and not isinstance(error, ReferenceFileError):
+            raise ReferenceFileError(
+                path, f"cannot be written: {error.strerror or error}; the previous file is unchanged"
+            ) from error
         raise
     logger.debug("Wrote %d epoch fingerprints to %s", len(epochs), target)
 
@@ -276,44 +288,42 @@ class _Reader:
             )
         if os.path.isdir(self.path):
             raise self.fail("is a folder, not a fingerprint file")
-        try:
-            with open(self.path, "rb") as handle:
-                head = handle.read(8)
-        except OSError as error:
-            raise self.fail(f"cannot be read: {error.strerror or error}") from error
-        if not head:
+        if not self._read(lambda handle: handle.read(8)):
             raise self.fail("is empty (0 bytes); it was never written completely. Record it again")
         self.check_seal()
 
     def check_seal(self) -> None:
         """Checks the user block's checksum of everything after it, so HDF5 only ever
         parses bytes exactly as keras_repro wrote them."""
-        try:
-            with open(self.path, "rb") as handle:
-                head = handle.read(USER_BLOCK)
-                if head.startswith(_HDF5_SIGNATURE):
-                    raise self.fail(
-                        "is an HDF5 file without a keras_repro header: a file of another program, or a "
-                        f"fingerprint file older than format version {MIN_FORMAT_VERSION}. Pass a file "
-                        "recorded by this keras_repro, or record it again"
-                    )
-                if not head.startswith(f"{FORMAT_NAME}\n".encode()):
-                    raise self.fail(
-                        "is not a keras_repro fingerprint file (its first bytes are not a keras_repro "
-                        "header; the file may be damaged). Pass a file recorded by SeedCallback"
-                    )
-                stored = head[len(FORMAT_NAME) + 1 :].split(b"\n", 1)[0]
-                digest = stored[len(b"sha256 ") :].decode("ascii", "replace")
-                if head != _header(digest) or len(digest) != 64:
-                    raise self.fail("has a damaged keras_repro header (bytes 0-511). Record it again")
-                actual = _body_digest(handle)
-        except OSError as error:
-            raise self.fail(f"cannot be read: {error.strerror or error}") from error
-        if actual != digest:
+        head = self._read(lambda handle: handle.read(USER_BLOCK))
+        if head.startswith(_HDF5_SIGNATURE):
+            raise self.fail(
+                "is an HDF5 file without a keras_repro header: a file of another program, or a "
+                f"fingerprint file older than format version {MIN_FORMAT_VERSION}. Pass a file "
+                "recorded by this keras_repro, or record it again"
+            )
+        if not head.startswith(f"{FORMAT_NAME}\n".encode()):
+            raise self.fail(
+                "is not a keras_repro fingerprint file (its first bytes are not a keras_repro "
+                "header; the file may be damaged). Pass a file recorded by SeedCallback"
+            )
+        stored = head[len(FORMAT_NAME) + 1 :].split(b"\n", 1)[0]
+        digest = stored[len(b"sha256 ") :].decode("ascii", "replace")
+        if head != _header(digest) or len(digest) != 64:
+            raise self.fail("has a damaged keras_repro header (bytes 0-511). Record it again")
+        if self._read(_body_digest) != digest:
             raise self.fail(
                 "is damaged or was changed after keras_repro wrote it: the SHA-256 of its contents does "
                 "not match the one in its header. Record it again, or restore it from a backup"
             )
+
+    def _read(self, reader: Any) -> Any:
+        """`reader(handle)` of the file opened for binary reading; OSError becomes our error."""
+        try:
+            with open(self.path, "rb") as handle:
+                return reader(handle)
+        except OSError as error:
+            raise self.fail(f"cannot be read: {error.strerror or error}") from None
 
     def attr(self, obj: Any, name: str, kinds: tuple[type, ...], where: str) -> Any:
         """A validated attribute."""
@@ -478,6 +488,9 @@ class _Reader:
         if not (seed == -1 or 0 <= seed <= 2**32 - 1):
             raise self.fail(f"has seed {seed}, outside [0, 2**32 - 1] (or -1 for none); the file is damaged")
         created = self.attr(file, "created", (str,), "/")
+        planned = self.attr(file, "planned_epochs", (int,), "/") if "planned_epochs" in file.attrs else None
+        if planned is not None and planned < 1:
+            raise self.fail(f"has planned_epochs {planned}, expected a positive count; the file is damaged")
         environment = self._text_attrs(file, "environment")
         notes = self._text_attrs(file, "notes")
         initial = self.fingerprint(file["initial"], "/initial") if "initial" in file else None
@@ -512,6 +525,7 @@ class _Reader:
             "initial": initial,
             "epochs": epochs,
             "format_version": version,
+            "planned_epochs": planned,
         }
 
     def _text_attrs(self, file: h5py.File, name: str) -> dict[str, str]:
@@ -529,7 +543,7 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         {"seed", "created", "environment", "notes", "initial", "epochs", "batches",
-        "format_version"}.
+        "format_version", "planned_epochs"}.
 
     Raises:
         ReferenceFileError: naming the file and what is wrong with it.
