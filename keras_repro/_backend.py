@@ -63,6 +63,20 @@ def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
     return np.asarray(value)
 
 
+def data_to_numpy(value: Any) -> np.ndarray:
+    """A host NumPy copy of input data of any kind (NumPy, TensorFlow, JAX or torch
+    arrays), whatever the backend."""
+    return np.array(keras.ops.convert_to_numpy(value))
+
+
+def child_determinism_environment() -> dict[str, str]:
+    """Environment variables that turn on, in a child process, the deterministic kernels
+    this process has on (TensorFlow's op determinism has no other way across processes)."""
+    if name() == "tensorflow" and _tf_op_determinism_enabled() is True:
+        return {"TF_DETERMINISTIC_OPS": "1"}
+    return {}
+
+
 def replica_devices(value: Any) -> tuple[str, ...]:
     """The devices that each hold their own copy of a variable, in replica order: the
     components of a TensorFlow MirroredVariable, the shards of a fully replicated JAX
@@ -296,7 +310,8 @@ def native_ordered_input(data: tuple, rows_for_epoch: Any, num_rows: int, batch_
 
     rows = tf.Variable(rows_for_epoch(0), trainable=False, dtype=tf.int64, name="keras_repro_rows")
     full, rest = divmod(num_rows, batch_size)
-    tensors = tf.nest.map_structure(tf.convert_to_tensor, data)
+    # tf.data packs Python lists into one tensor: list inputs (several model inputs) become tuples.
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, keras.tree.lists_to_tuples(data))
 
     @tf.autograph.experimental.do_not_convert
     def batches(_):

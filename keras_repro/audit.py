@@ -41,51 +41,31 @@ What they can and cannot find:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib
-import importlib.util
 import itertools
 import logging
 import os
 import pickle
-import subprocess
-import sys
-import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
-from keras_repro import _backend
+from keras_repro import _backend, child
 from keras_repro.callbacks import SeedCallback
+from keras_repro.child import CHILD_ENVIRONMENT_VARIABLE, map_leaves
 from keras_repro.compare import Divergence, compare_fingerprints
-from keras_repro.errors import ReproError, ReproWarning
-from keras_repro.log import FingerprintLog, load_fingerprints
+from keras_repro.errors import ReproError, ReproWarning, warn
+from keras_repro.log import FingerprintLog
 from keras_repro.model import DeterministicModel, _is_arrays
-from keras_repro.seeding import (
-    MAX_SEED,
-    _startup_environment_value,
-    derive_seed,
-    hash_randomization_enabled,
-    seed_everything,
-    validate_seed,
-)
+from keras_repro.seeding import derive_seed, hash_randomization_enabled, seed_everything, validate_seed
 
 logger = logging.getLogger(__name__)
 
 IN_PROCESS, FRESH_PROCESS, REPLAY = "in-process", "fresh process", "replay"
 """The names of the comparisons, as `AuditDivergence.comparison` gives them."""
 
-FRESH_PROCESS_TIMEOUT = 900.0
-"""Seconds the fresh-process run may take before the audit gives up on it."""
-
-CHILD_ENVIRONMENT_VARIABLE = "KERAS_REPRO_AUDIT_CHILD"
-"""Set in the fresh process, so an `audit()` run by importing a script fails clearly."""
-
 _RESERVED = ("x", "y", "epochs", "initial_epoch", "batch_size", "steps_per_epoch")
-_SCRIPT_PREFIX = "_keras_repro_script_"
 
 
 class ScriptError(ReproError, ValueError):
@@ -320,31 +300,6 @@ def _device_hazards() -> list[str]:
 # Data -----------------------------------------------------------------------------
 
 
-def _map_leaves(value: Any, function: Callable[[Any], Any]) -> Any:
-    """Applies `function` to every leaf of nested dicts, lists and tuples; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        return {key: _map_leaves(item, function) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_leaves(item, function) for item in value)
-    return function(value)
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """A host NumPy copy of an array, a TF or JAX tensor, or a torch tensor."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Leaf:
-    """Where an array goes in a saved payload's structure."""
-
-    index: int
-
-
 class _Replay(keras.utils.PyDataset):
     """The same batches, in the same order, every time."""
 
@@ -387,31 +342,12 @@ class _Feed:
             kwargs = {k: v for k, v in fit_kwargs.items() if k != "shuffle"}
             model.fit(_Replay(self.parts), epochs=1, shuffle=False, callbacks=callbacks, **kwargs)
 
-    def save(self, path: str) -> Any:
-        """Writes the arrays to a `.npz` file; returns the structure `load` needs."""
-        leaves: list[np.ndarray] = []
-
-        def place(array: Any) -> _Leaf:
-            leaves.append(np.asarray(array))
-            return _Leaf(len(leaves) - 1)
-
-        structure = _map_leaves(self.parts, place)
-        np.savez(path, **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)})
-        return structure
-
-    @classmethod
-    def load(cls, path: str, structure: Any, kind: str, batch_size: int) -> _Feed:
-        """Reads a feed written by `save`."""
-        with np.load(path, allow_pickle=False) as arrays:
-            parts = _map_leaves(structure, lambda leaf: arrays[f"leaf_{leaf.index}"])
-        return cls(kind, parts, batch_size)
-
 
 def _prepare_feed(x: Any, y: Any, steps: int, batch_size: int, sample_weight: Any) -> _Feed:
     """The data of `steps` steps: arrays cut to `steps * batch_size` rows, or the first batches."""
     if _is_arrays(x):
         rows = steps * batch_size
-        cut = lambda value: _map_leaves(value, lambda a: _to_numpy(a)[:rows])  # noqa: E731
+        cut = lambda value: map_leaves(value, lambda a: _backend.data_to_numpy(a)[:rows])  # noqa: E731
         parts = (cut(x), cut(y), cut(sample_weight))
         if not min((len(leaf) for leaf in keras.tree.flatten(parts[0])), default=0):
             raise ValueError(f"`x` has no rows to train on. Received: x with shape {getattr(x, 'shape', '?')}")
@@ -422,7 +358,7 @@ def _prepare_feed(x: Any, y: Any, steps: int, batch_size: int, sample_weight: An
             f"y=None and no sample_weight. Received: y={type(y).__name__}"
         )
     batches = tuple(
-        tuple(_map_leaves(part, _to_numpy) for part in keras.utils.unpack_x_y_sample_weight(batch))
+        tuple(map_leaves(part, _backend.data_to_numpy) for part in keras.utils.unpack_x_y_sample_weight(batch))
         for batch in _first_batches(x, steps)
     )
     if not batches:
@@ -550,190 +486,27 @@ def _named(divergence: Divergence | None, comparison: str) -> AuditDivergence | 
     return AuditDivergence(**values, comparison=comparison)
 
 
-# The fresh process -----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Target:
-    """How a fresh process finds build_model: a module name and/or a file, and a qualified name."""
-
-    module: str | None
-    path: str | None
-    qualname: str
-
-
-def _resolve(module: Any, qualname: str) -> Any:
-    """`module.<qualname>`, following dots."""
-    value = module
-    for part in qualname.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _locate(function: Any) -> tuple[_Target | None, str]:
-    """(target, "") if a fresh process can import `function`, else (None, why not)."""
-    qualname = getattr(function, "__qualname__", None)
-    module_name = getattr(function, "__module__", None)
-    if not qualname or not module_name:
-        return None, f"build_model ({function!r}) has no qualified name a fresh process could import"
-    if "<" in qualname:
-        return None, f"build_model ('{qualname}') is a local function or a lambda; define it at module level"
-    module = sys.modules.get(module_name)
-    try:
-        found = module is not None and _resolve(module, qualname) is function
-    except AttributeError:
-        found = False
-    if not found:
-        return None, f"'{module_name}.{qualname}' does not name build_model in its loaded module"
-    path = getattr(module, "__file__", None)
-    path = os.path.abspath(path) if path and path.endswith(".py") and os.path.isfile(path) else None
-    spec = getattr(module, "__spec__", None)
-    import_name = spec.name if spec is not None and spec.name not in (None, "__main__") else None
-    if import_name is None and path is None:
-        return None, (
-            f"build_model is defined in '{module_name}', which has no source file a fresh process could "
-            "import (a notebook or an interactive session?); define it in a module or a script file"
-        )
-    return _Target(import_name, path, qualname), ""
-
-
-def _import_path(path: str) -> Any:
-    """Imports a Python file as a module of its own (once per process), its folder on sys.path."""
-    path = os.path.abspath(path)
-    name = _SCRIPT_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:12]
-    if name in sys.modules:
-        return sys.modules[name]
-    folder = os.path.dirname(path)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"'{path}' is not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _load_target(target: _Target) -> Any:
-    """build_model, imported as `_locate` described it (in the fresh process)."""
-    module = None
-    if target.module and not target.module.startswith(_SCRIPT_PREFIX):
-        try:
-            module = importlib.import_module(target.module)
-        except ImportError:
-            module = None
-        source = getattr(module, "__file__", None)
-        if module is not None and target.path and source and os.path.realpath(source) != os.path.realpath(target.path):
-            module = None  # another module of the same name: use the file
-    if module is None:
-        if not target.path:
-            raise ReproError(f"The fresh process cannot import module '{target.module}'. Received: target={target}")
-        module = _import_path(target.path)
-    return _resolve(module, target.qualname)
-
-
-def _other_hash_seed() -> str:
-    """A PYTHONHASHSEED other than this process's."""
-    value = (_startup_environment_value("PYTHONHASHSEED") or "").strip()
-    if value.isdigit():
-        return str((int(value) + 1) % (MAX_SEED + 1))
-    return "1"
-
-
-def _write_job(folder: str, target: _Target, feed: _Feed, seed: int, fit_blob: bytes) -> tuple[str, str]:
-    """Writes the data (`.npz`) and the job of a fresh-process run; returns (job, output) paths."""
-    data_path, job_path, out_path = (os.path.join(folder, name) for name in ("data.npz", "job.pkl", "run.h5"))
-    structure = feed.save(data_path)
-    job = {
-        "target": dataclasses.asdict(target),
-        "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
-        "data": data_path,
-        "structure": pickle.dumps(structure),
-        "kind": feed.kind,
-        "batch_size": feed.batch_size,
-        "seed": seed,
-        "fit": fit_blob,  # unpickled after sys.path is set: it may hold the user's classes
-        "out": out_path,
-    }
-    with open(job_path, "wb") as handle:
-        pickle.dump(job, handle)
-    return job_path, out_path
-
-
-def _child_environment(hash_seed: str) -> dict[str, str]:
-    """This process's environment, with another PYTHONHASHSEED and the same backend."""
-    env = dict(os.environ, PYTHONHASHSEED=hash_seed, KERAS_BACKEND=_backend.name())
-    env[CHILD_ENVIRONMENT_VARIABLE] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if _backend.determinism_state().get("tf_op_determinism") is True:
-        env["TF_DETERMINISTIC_OPS"] = "1"
-    return env
-
-
-def _fresh_process_run(target: _Target, feed: _Feed, seed: int, fit_blob: bytes, hash_seed: str) -> FingerprintLog:
-    """Runs the same protocol in a new interpreter; returns its fingerprints."""
-    with tempfile.TemporaryDirectory(prefix="keras-repro-audit-") as folder:
-        job_path, out_path = _write_job(folder, target, feed, seed, fit_blob)
-        code = "import sys; from keras_repro.audit import _child_main; sys.exit(_child_main(sys.argv[1:]))"
-        logger.info("audit: fresh process with PYTHONHASHSEED=%s", hash_seed)
-        try:
-            result = subprocess.run([sys.executable, "-c", code, job_path], env=_child_environment(hash_seed),
-                                    capture_output=True, text=True, timeout=FRESH_PROCESS_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            raise ReproError(
-                f"The fresh-process run of the audit took more than {FRESH_PROCESS_TIMEOUT:.0f} s; lower "
-                "`steps`, or pass fresh_process=False. Received: fresh_process=True"
-            ) from None
-        if result.returncode != 0 or not os.path.exists(out_path):
-            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
-            raise ReproError(
-                f"The fresh-process run of the audit failed (exit {result.returncode}). Its last lines:\n{tail}\n"
-                "Fix the error above, or pass fresh_process=False to audit in this process only. "
-                "Received: fresh_process=True"
-            )
-        return load_fingerprints(out_path)
-
-
-def _child_main(argv: Sequence[str]) -> int:
-    """The fresh process: imports build_model, trains the same steps, saves the fingerprints."""
-    with open(argv[0], "rb") as handle:
-        job = pickle.load(handle)
-    sys.path[:0] = [p for p in job["sys_path"] if p not in sys.path]
-    build_model = _load_target(_Target(**job["target"]))
-    feed = _Feed.load(job["data"], pickle.loads(job["structure"]), job["kind"], job["batch_size"])
-    fit_kwargs, callbacks = pickle.loads(job["fit"])
-    log, _ = _run_once(build_model, feed, job["seed"], fit_kwargs, callbacks)
-    log.save(job["out"])
-    return 0
-
-
-def _pickled_fit_arguments(fit_kwargs: Mapping[str, Any], callbacks: Sequence[Any]) -> tuple[bytes | None, str]:
-    """(pickled fit arguments, "") for the fresh process, or (None, why they cannot be sent).
-
-    Called before training: Keras attaches the model to callbacks during fit.
-    """
-    try:
-        return pickle.dumps((dict(fit_kwargs), list(callbacks))), ""
-    except Exception as error:  # noqa: BLE001 - anything pickle refuses
-        return None, f"the fit arguments cannot be sent to another process ({type(error).__name__}: {error})"
-
-
 def _fresh_process_check(build_model: Callable[[], Any], feed: _Feed, seed: int, fit_arguments: tuple[bytes | None, str],
                          reference: FingerprintLog) -> Check:
     """Compares `reference` with a fresh process's run, or says why it cannot."""
-    hash_seed = _other_hash_seed()
+    hash_seed = child.other_hash_seed()
     description = f"this process against a fresh one with PYTHONHASHSEED={hash_seed}"
-    target, reason = _locate(build_model)
+    target, reason = child.locate(build_model)
     fit_blob, fit_reason = fit_arguments
     if target is None or fit_blob is None:
         return Check(FRESH_PROCESS, description, skipped=reason or fit_reason)
-    other = _fresh_process_run(target, feed, seed, fit_blob, hash_seed)
+    payload = {"target": target, "kind": feed.kind, "batch_size": feed.batch_size, "seed": seed, "fit": fit_blob}
+    other = child.run("keras_repro.audit:_child_task", payload, feed.parts, "the audit", hash_seed)
     return Check(FRESH_PROCESS, description, _named(first_difference(reference, other), FRESH_PROCESS))
+
+
+def _child_task(payload: Mapping[str, Any], parts: Any) -> FingerprintLog:
+    """The fresh process of an audit: imports build_model, trains the same steps."""
+    build_model = child.load_target(payload["target"])
+    feed = _Feed(payload["kind"], parts, payload["batch_size"])
+    fit_kwargs, callbacks = pickle.loads(payload["fit"])  # after sys.path is set: it may hold the user's classes
+    log, _ = _run_once(build_model, feed, payload["seed"], fit_kwargs, callbacks)
+    return log
 
 
 # Public API -----------------------------------------------------------------------
@@ -805,7 +578,7 @@ def audit(
     steps, batch_size, seed = int(steps), int(batch_size), int(seed)
     kwargs, callbacks = _split_fit_kwargs(fit_kwargs, "audit")
     feed = _prepare_feed(x, y, steps, batch_size, kwargs.pop("sample_weight", None))
-    fit_arguments = _pickled_fit_arguments(kwargs, callbacks) if fresh_process else (None, "")
+    fit_arguments = child.pickled((kwargs, callbacks), "fit arguments") if fresh_process else (None, "")
     first, model = _run_once(build_model, feed, seed, kwargs, callbacks)
     hazards = find_hazards(model, x)
     del model
@@ -814,7 +587,7 @@ def audit(
     if fresh_process:
         check = _fresh_process_check(build_model, feed, seed, fit_arguments, first)
         if check.skipped:
-            warnings.warn(f"audit: the fresh-process comparison was skipped: {check.skipped}.", ReproWarning, stacklevel=2)
+            warn(f"audit: the fresh-process comparison was skipped: {check.skipped}.", ReproWarning)
         checks.append(check)
     else:
         checks.append(Check(FRESH_PROCESS, "", skipped="not requested: fresh_process=False"))
@@ -929,7 +702,7 @@ def load_script(path: str | os.PathLike, required: Sequence[str]) -> Any:
     if not os.path.isfile(path):
         raise ScriptError(f"script '{path}' does not exist; pass a Python file that defines {wanted}. Received: script={path!r}")
     try:
-        module = _import_path(path)
+        module = child.import_path(path)
     except Exception as error:  # noqa: BLE001 - any import failure is a bad script
         raise ScriptError(f"cannot import script '{path}': {type(error).__name__}: {error}") from error
     missing = [name for name in required if not callable(getattr(module, name, None))]

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import Any
 
-import filelock
 import keras
 import numpy as np
 
-from keras_repro import environment, store
+from keras_repro import _backend, environment
 from keras_repro.checksums import BatchChecksums, expected_lanes
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
-from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReferenceFileError, ReproWarning
+from keras_repro.diagnosis import likely_cause
+from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
 from keras_repro.fingerprints import (
     Fingerprint,
     fingerprint,
@@ -23,14 +22,17 @@ from keras_repro.fingerprints import (
     replica_local_paths,
     seed_generators,
 )
-from keras_repro.log import FingerprintLog, load_fingerprints
+from keras_repro.fit_context import EpochClock, FitContext
+from keras_repro.log import FingerprintLog
+from keras_repro.recording import ReferenceSession, describe, epoch_span, mode_for
+from keras_repro.reference import ReferenceFile, lock_path, normalize_path
 from keras_repro.seeding import derive_seed, seed_everything, validate_seed, warn_if_hash_randomized
-from keras_repro import _backend
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "record", "verify")
 ON_MISMATCH = ("raise", "warn")
+
+__all__ = ["SeedCallback", "lock_path", "reset_layer_rng"]
 
 
 def reset_layer_rng(model: Any, seed: int, epoch: int) -> int:
@@ -52,23 +54,33 @@ class SeedCallback(keras.callbacks.Callback):
     at the start of every epoch it reseeds again from (seed, epoch) and resets
     every layer `SeedGenerator` (Dropout, noise, augmentation) from (seed, epoch,
     layer), so masks depend on the epoch alone, not on history. At every epoch
-    end it fingerprints the model, puts the digest in `logs` (so it lands in
-    `History`) and records it or checks it against the reference.
+    end it fingerprints the model, adds the digest to the fit's `History`
+    (`history.history["fingerprint"]`) and records it or checks it against the
+    reference.
 
-    Epochs are numbered as Keras numbers them in callbacks: from 0.
+    Epochs are numbered as Keras numbers them in callbacks, from 0, except that a
+    fit starting at epoch 0 on a model that already trained k epochs in this
+    process (a second `fit`, as notebooks do) continues the numbering at k: the
+    two fits are recorded and verified as one longer run.
 
     Args:
         seed: An int in [0, 2**32 - 1].
-        reference: Path of the fingerprint file (`.h5`), or None to keep the
-            fingerprints in memory only (`callback.log`).
-        mode: "record" writes `reference` (replacing it atomically); "verify"
-            compares with it (it must exist); "auto" verifies when the file
-            exists, else records.
+        reference: Path of the fingerprint file (`.h5`; `~` is expanded and missing
+            folders are created when recording), or None to keep the fingerprints in
+            memory only (`callback.log`).
+        mode: "auto" (default) records when the file is missing; when it exists,
+            verifies the epochs it holds and records those it lacks after them (so an
+            interrupted recording is completed and a continued fit extends it).
+            "record" writes the file (replacing another run's; a continued fit extends
+            its own run's). "verify" only compares: the file must exist, is never
+            written, and may be read-only.
         on_mismatch: "raise" stops training with `FingerprintMismatch` at the end
             of the first epoch that differs (or before the first step when the
             initial state differs); "warn" warns once and goes on.
         reset_layer_rng: Reset layer SeedGenerators at every epoch start (default).
-        log_key: The `logs` key that receives the digest, or None for none.
+        log_key: The key of the fit's `History` that receives every epoch's digest,
+            or None for none. The digest is not put in the epoch's `logs`, which
+            progress bars, CSVLogger and TensorBoard expect to hold numbers.
         every_n_batches: Also fingerprint the state after every N-th batch, so a
             verify names the first divergent batch, not just the epoch. A batch
             fingerprint is a 64-bit integer checksum of each variable computed on
@@ -85,14 +97,18 @@ class SeedCallback(keras.callbacks.Callback):
     Attributes:
         log: The `FingerprintLog` of the last fit.
         divergence: The first `Divergence` found by the last verify, or None.
-        resolved_mode: "record" or "verify", once a fit has started.
+        resolved_mode: "record" or "verify" once a fit has begun its first epoch;
+            "extend" when a verify went on to record epochs its reference lacked.
+        verified_epochs: The epochs of the last fit checked against the reference.
+        recorded_epochs: The epochs of the last fit written to the reference.
+        summary: One sentence saying what the last fit did with the reference.
 
     Example:
 
     >>> cb = SeedCallback(seed=7, reference="run.h5")          # doctest: +SKIP
     >>> model.fit(x, y, epochs=3, callbacks=[cb])              # doctest: +SKIP
-    >>> cb.resolved_mode                                       # doctest: +SKIP
-    'record'
+    >>> cb.resolved_mode, cb.summary                           # doctest: +SKIP
+    ('record', "recorded epochs 0-2 to 'run.h5'")
     """
 
     def __init__(
@@ -108,14 +124,12 @@ class SeedCallback(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self.seed = validate_seed(seed)
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        self.mode = mode_for(mode)
         if on_mismatch not in ON_MISMATCH:
             raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}. Received: on_mismatch={on_mismatch!r}")
         if mode == "verify" and reference is None:
             raise ValueError("mode='verify' needs a `reference` file to compare with. Received: reference=None")
-        self.reference = None if reference is None else os.fspath(reference)
-        self.mode = mode
+        self.reference = normalize_path(reference)
         self.on_mismatch = on_mismatch
         self.reset_layer_rng = bool(reset_layer_rng)
         self.log_key = log_key
@@ -128,13 +142,20 @@ class SeedCallback(keras.callbacks.Callback):
         # that say they are safe; a batch fingerprint must read the state of its own batch.
         self.async_safe = every_n_batches is None
         self.check_replicas = bool(check_replicas)
+        self._handed: FitContext | None = None
+        self._session: ReferenceSession | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
         """Forgets everything about a previous fit, so the instance can be reused."""
-        self.resolved_mode: str | None = None
+        if self._session is not None:
+            self._session.close()
+        self._session = None
+        self._provisional_mode_value: str | None = None
         self.divergence: Divergence | None = None
-        self._expected: FingerprintLog | None = None
+        self.verified_epochs: tuple[int, ...] = ()
+        self.recorded_epochs: tuple[int, ...] = ()
+        self._context: FitContext | None = None
         self._initial: Fingerprint | None = None
         self._epochs: list[Fingerprint] = []
         self._batches: list[Fingerprint] = []
@@ -147,8 +168,11 @@ class SeedCallback(keras.callbacks.Callback):
         self._first_epoch: int | None = None
         self._environment: dict[str, str] = {}
         self._warned_missing = False
-        self._chief = True
-        self._release_lock()
+
+    def use_fit_context(self, context: FitContext) -> None:
+        """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
+        data-order records and notes. Other models get a default context."""
+        self._handed = context
 
     @property
     def log(self) -> FingerprintLog:
@@ -158,52 +182,71 @@ class SeedCallback(keras.callbacks.Callback):
             batches=tuple(self._batch_fingerprints()),
         )
 
+    @property
+    def resolved_mode(self) -> str | None:
+        """ "record", "verify" or "extend" (see the class docstring); None before a fit."""
+        if self._session is not None and self._session.resolved_mode is not None:
+            return self._session.resolved_mode
+        return self._provisional_mode_value
+
+    @property
+    def summary(self) -> str:
+        """What the last fit did with the reference, in one sentence."""
+        recorded = self.recorded_epochs if self.reference else [fp.epoch for fp in self._epochs]
+        return describe(self._session, self.verified_epochs, recorded)
+
     def _notes(self) -> dict[str, str]:
-        """Notes from the model (e.g. nondeterministic inputs), recorded with the run."""
-        notes = getattr(self.model, "_repro_notes", None) if self.model is not None else None
-        return dict(notes or {})
+        """Notes recorded with the run (e.g. nondeterministic inputs, kept weights)."""
+        return dict(self._context.notes) if self._context is not None else {}
 
     # Keras hooks -----------------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._reset_state()
         warn_if_hash_randomized()
-        self._chief = _backend.is_chief(self.model)
-        if self.mode == "auto" and not self._chief:
-            # Only the chief reads or writes the reference in "auto" mode, so workers of
-            # one run cannot resolve differently while the chief is writing it.
-            self.resolved_mode = "record"
-        elif self.mode == "auto":
-            self.resolved_mode = "verify" if self.reference and os.path.exists(self.reference) else "record"
-        else:
-            self.resolved_mode = self.mode
-        if self.reference and self._chief:
-            self._lock = _acquire_lock(self.reference)
-            if self.resolved_mode == "record":
-                store.remove_stale_temporaries(self.reference)
-        if self.resolved_mode == "verify":
-            self._expected = load_fingerprints(self.reference)
-            self._expected_batches = {(fp.epoch, fp.batch): fp for fp in self._expected.batches}
-            self._expected_lanes = {key: expected_lanes(fp) for key, fp in self._expected_batches.items()}
-            # A reference recorded before batch checksums holds SHA-256 batch fingerprints.
-            self._sha256_batches = any(lanes is None for lanes in self._expected_lanes.values())
-            self._release_lock()  # the reference is in memory; readers need no lock
+        self._context, self._handed = self._handed or FitContext(EpochClock(self.model)), None
+        chief = _backend.is_chief(self.model)
+        self._session = ReferenceSession(
+            ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief
+        )
+        self._provisional_mode_value = self._provisional_mode(chief)
         seed_everything(derive_seed(self.seed, "fit"))
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
 
+    def _provisional_mode(self, chief: bool) -> str:
+        """The mode as known before the first epoch (refined when it begins)."""
+        if self.mode != "auto":
+            return self.mode
+        return "verify" if chief and self.reference and os.path.exists(self.reference) else "record"
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._epoch = epoch
+        epoch = self._epoch = self._context.clock.epoch(epoch)
         seed_everything(derive_seed(self.seed, "epoch", epoch))
         if self.reset_layer_rng:
             reset_layer_rng(self.model, self.seed, epoch)
         if self._first_epoch is None:
-            self._first_epoch = epoch
-            _build_optimizer_early(self.model)
-            self._initial = self._fingerprint(epoch)
-            self._check_replicas(epoch, "initial")
-            self._check_initial(epoch)
-            self._save()
+            self._begin(epoch)
+
+    def _begin(self, epoch: int) -> None:
+        """Before the first step: fingerprint the initial state, open the reference, check."""
+        self._first_epoch = epoch
+        _build_optimizer_early(self.model)
+        self._initial = self._fingerprint(epoch)
+        planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1
+        self._session.begin(epoch, max(planned_end, epoch + 1))
+        if self._session.expected is not None:
+            self._load_expected_batches(self._session.expected)
+        self._check_replicas(epoch, "initial")
+        self._check_initial(epoch)
+        self._session.save(self.log)
+
+    def _load_expected_batches(self, expected: FingerprintLog) -> None:
+        """Indexes the reference's batch fingerprints for `on_train_batch_end`."""
+        self._expected_batches = {(fp.epoch, fp.batch): fp for fp in expected.batches}
+        self._expected_lanes = {key: expected_lanes(fp) for key, fp in self._expected_batches.items()}
+        # A reference recorded before batch checksums holds SHA-256 batch fingerprints.
+        self._sha256_batches = any(lanes is None for lanes in self._expected_lanes.values())
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if not self.every_n_batches or (batch + 1) % self.every_n_batches:
@@ -226,33 +269,39 @@ class SeedCallback(keras.callbacks.Callback):
             self._report(compare_fingerprints(self._expected_batches[key], current, self._epoch, "batch"))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._context.clock.finished(epoch)
+        epoch = self._epoch
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         current = self._fingerprint(epoch, summaries=True).with_epoch(epoch, metrics)
         self._epochs.append(current)
-        if logs is not None and self.log_key:
-            logs[self.log_key] = current.digest
         self._check_replicas(epoch, "epoch")
-        if self.resolved_mode == "verify":
-            expected = self._expected.epoch(epoch)
-            if expected is None:
-                self._warn_missing(epoch)
-            else:
-                self._report(compare_fingerprints(expected, current, epoch))
-        self._save()
+        expected = self._session.expected_epoch(epoch)
+        if expected is not None:
+            self.verified_epochs += (epoch,)
+            self._report(compare_fingerprints(expected, current, epoch))
+        elif self._session.record_from is None and self._session.expected is not None:
+            self._warn_missing(epoch)
+        self._add_to_history(current.digest)
+        self._session.save(self.log, epoch)
+        self.recorded_epochs = tuple(self._session.recorded([fp.epoch for fp in self._epochs]))
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self._release_lock()
-        if self.resolved_mode == "verify" and self.divergence is None:
-            logger.info("SeedCallback: %d epochs verified against %s", len(self._epochs), self.reference)
+        if self._session is None:
+            return
+        last = self._epochs[-1].epoch if self._epochs else None
+        if last is not None and getattr(self.model, "stop_training", False):
+            self._session.save(self.log, last, stopped_early=True)  # the run plans no further epochs
+        self._session.close()
+        if self.reference:
+            logger.info("SeedCallback: %s", self.summary)
 
     # helpers -----------------------------------------------------------------------
 
-    def _release_lock(self) -> None:
-        """Releases the reference's lock, if this callback holds it."""
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.release()
-        self._lock = None
+    def _add_to_history(self, digest: str) -> None:
+        """Adds the epoch's digest to this fit's History (not to `logs`)."""
+        history = getattr(self.model, "history", None)
+        if self.log_key and isinstance(history, keras.callbacks.History):
+            history.history.setdefault(self.log_key, []).append(digest)
 
     def _batch_fingerprints(self) -> list[Fingerprint]:
         """The batch fingerprints so far (made from their checksums on first use)."""
@@ -262,12 +311,8 @@ class SeedCallback(keras.callbacks.Callback):
         return self._batches
 
     def _fingerprint(self, epoch: int, summaries: bool = True) -> Fingerprint:
-        """The model's fingerprint, with the data-order records a DeterministicModel adds."""
-        result = fingerprint(self.model, summaries=summaries).with_epoch(epoch)
-        records = getattr(self.model, "_repro_data_records", None)
-        if callable(records):
-            result = result.with_records(records(epoch))
-        return result
+        """The model's fingerprint, with the data-order records of the fit's context."""
+        return fingerprint(self.model, summaries=summaries).with_epoch(epoch).with_records(self._context.data_records(epoch))
 
     def _check_replicas(self, epoch: int, stage: str) -> None:
         """Reports the first variable whose copy on some replica drifted from replica 0's."""
@@ -281,69 +326,56 @@ class SeedCallback(keras.callbacks.Callback):
             self._report(found)
 
     def _check_initial(self, epoch: int) -> None:
-        """Compares the state before the first step with the reference."""
-        if self.resolved_mode != "verify":
-            return
-        if epoch == 0:
-            expected, ignore = self._expected.initial, ()
-        else:
-            # A resumed fit starts from the state at the end of epoch k-1, except for
-            # that epoch's data order and the layer RNG state, which was just reset.
-            expected, ignore = self._expected.epoch(epoch - 1), ("data", "rng")
+        """Compares the state before the first step with the reference (or, recording a
+        continued run, decides whether the file's earlier epochs belong to it)."""
+        expected, ignore = self._session.initial_reference()
         if expected is None:
-            logger.info("Reference has no state before epoch %d; initial state not verified", epoch)
+            if self._session.expected is not None:
+                logger.info("Reference has no state before epoch %d; initial state not verified", epoch)
             return
-        self._report(compare_fingerprints(expected, self._initial, epoch, "initial", ignore=ignore))
+        found = compare_fingerprints(expected, self._initial, epoch, "initial", ignore=ignore)
+        if self._session.expected is None:
+            self._session.keep_base(found is None)
+        else:
+            self._report(found)
 
     def _report(self, divergence: Divergence | None) -> None:
-        """Raises or warns about the first divergence."""
+        """Raises or warns about the first divergence; a verify then stops extending its file."""
         if divergence is None or self.divergence is not None:
             return
         self.divergence = divergence
-        error = FingerprintMismatch(divergence, self.reference)
+        self._session.stop_extending()
+        expected = self._session.expected
+        cause = likely_cause(
+            divergence,
+            reference_seed=expected.seed if expected is not None else None,
+            seed=self.seed,
+            reference_environment=expected.environment if expected is not None else {},
+            environment=self._environment,
+            deterministic_model=getattr(self.model, "_repro_seed", None) is not None,
+            resumed_at=self._first_epoch,
+        ) if divergence.replica is None else None
+        error = FingerprintMismatch(divergence, self.reference, cause)
         if self.on_mismatch == "raise":
+            self._session.close()  # Keras skips on_train_end after an exception
             raise error
-        warnings.warn(str(error), FingerprintMismatchWarning, stacklevel=2)
+        warn(str(error), FingerprintMismatchWarning)
 
     def _warn_missing(self, epoch: int) -> None:
         """Warns once that the reference is shorter than this run."""
-        if not self._warned_missing:
-            self._warned_missing = True
-            warnings.warn(
-                f"Reference '{self.reference}' has no epoch {epoch}; epochs from {epoch} on are "
-                "not verified. Record a longer reference to check them.",
-                ReproWarning,
-                stacklevel=2,
-            )
-
-    def _save(self) -> None:
-        """Rewrites the reference atomically (record mode, chief process only)."""
-        if self.resolved_mode == "record" and self.reference and self._chief:
-            self.log.save(self.reference)
-
-
-def lock_path(reference: str) -> str:
-    """The lock file that guards a reference: `.NAME.lock` beside it."""
-    folder, name = os.path.split(os.path.abspath(reference))
-    return os.path.join(folder, f".{name}.lock")
-
-
-def _acquire_lock(reference: str) -> filelock.FileLock:
-    """Takes the reference's lock without waiting; a clear error if another process holds it."""
-    lock = filelock.FileLock(lock_path(reference))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise ReferenceFileError(
-            reference,
-            f"is being recorded by another process (it holds '{lock.lock_file}'). Wait for that "
-            "fit to finish, or record to another file",
-        ) from None
-    except OSError as error:
-        raise ReferenceFileError(
-            reference, f"cannot be locked ({error.strerror or error}); check that the folder exists and is writable"
-        ) from None
-    return lock
+        if self._warned_missing:
+            return
+        self._warned_missing = True
+        expected = self._session.expected
+        state = "" if expected.complete else (
+            f" (it is incomplete: its recording stopped after {epoch_span([fp.epoch for fp in expected.epochs])} "
+            f"of {expected.planned_epochs} planned)"
+        )
+        warn(
+            f"Reference '{self.reference}' has no epoch {epoch}{state}; epochs from {epoch} on are not "
+            "verified. Record a longer reference to check them (mode='auto' extends it).",
+            ReproWarning,
+        )
 
 
 def _build_optimizer_early(model: Any) -> None:

@@ -85,7 +85,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"file:     {args.file}")
     print(f"created:  {log.created}")
     print(f"seed:     {log.seed if log.seed is not None else '-'}")
-    print(f"epochs:   {len(log.epochs)}")
+    print(f"epochs:   {len(log.epochs)}{_planned(log)}")
     print()
     print("environment:")
     for key, value in log.environment.items():
@@ -97,8 +97,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _planned(log) -> str:
+    """ " of 5 planned (incomplete: ...)" for `show`, or "" for a complete recording."""
+    if log.complete:
+        return ""
+    last = log.epochs[-1].epoch if log.epochs else None
+    stopped = f"after epoch {last}" if last is not None else "before its first epoch ended"
+    return (f" of {log.planned_epochs - (log.first_epoch or 0)} planned (incomplete: the recording stopped "
+            f"{stopped}; a fit with SeedCallback(mode='auto') verifies it and records the rest)")
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     """`keras-repro diff A B`."""
+    from keras_repro.diagnosis import likely_cause
     from keras_repro.environment import differences
 
     reference, other = _load(args.a), _load(args.b)
@@ -107,6 +118,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"identical: {len(comparison.epochs_compared)} epochs compared")
         return EXIT_OK
     print(f"differ: {comparison.first_divergence}")
+    cause = likely_cause(comparison.first_divergence, reference_seed=reference.seed, seed=other.seed,
+                         reference_environment=reference.environment, environment=other.environment)
+    print(f"likely cause: {cause}")
     changed = differences(dict(reference.environment), dict(other.environment))
     if changed:
         print("environment differences (likely explanation):")

@@ -280,6 +280,13 @@ def first_batch_divergence(
     return None
 
 
+def _start(initial: Fingerprint | None, epochs: Sequence[Fingerprint]) -> int:
+    """The epoch a run starts at: its initial state's label, else its first epoch."""
+    if initial is not None and initial.epoch is not None:
+        return initial.epoch
+    return min((fp.epoch for fp in epochs), default=0)
+
+
 def _digest_widths(fingerprint: Fingerprint) -> set[int]:
     """The lengths of a fingerprint's variable digests: which method made them."""
     return {len(record.digest) for record in fingerprint.records}
@@ -298,24 +305,36 @@ def compare_runs(
     """Compares two runs: their initial states, then every epoch in order.
 
     When an epoch differs and both runs kept batch fingerprints for it, the first
-    differing batch is reported instead of the epoch.
+    differing batch is reported instead of the epoch. A run resumed at epoch k
+    (its initial state is labelled k) is compared from epoch k on: its initial state
+    with the other run's state at the end of epoch k - 1 (less the data order and the
+    layer RNG state), then epochs k, k + 1, ...
     """
     if rtol < 0 or atol < 0:
         raise ValueError(f"Tolerances must be >= 0. Received: rtol={rtol}, atol={atol}")
     details: list[VariableComparison] = []
     first: Divergence | None = None
     identical = True
-    if reference_initial is not None and other_initial is not None and reference_initial.epoch == other_initial.epoch:
-        before = len(details)
-        found = compare_fingerprints(
-            reference_initial, other_initial, reference_initial.epoch, "initial", rtol=rtol, atol=atol, details=details
-        )
-        identical = identical and all(d.status == IDENTICAL for d in details[before:])
-        first = first or found
     ref_by_epoch = {fp.epoch: fp for fp in reference_epochs}
     other_by_epoch = {fp.epoch: fp for fp in other_epochs}
+    ref_start, other_start = _start(reference_initial, reference_epochs), _start(other_initial, other_epochs)
+    start = max(ref_start, other_start)
+    # The states before `start`: the initial states, or for a run resumed later than the
+    # other, its initial state against the other's state at the end of the epoch before
+    # (less that epoch's data order and the layer RNG state, which are reset).
+    if ref_start == other_start:
+        pair, ignore = (reference_initial, other_initial), ()
+    elif other_start > ref_start:
+        pair, ignore = (ref_by_epoch.get(start - 1), other_initial), ("data", "rng")
+    else:
+        pair, ignore = (reference_initial, other_by_epoch.get(start - 1)), ("data", "rng")
+    if pair[0] is not None and pair[1] is not None:
+        before = len(details)
+        found = compare_fingerprints(*pair, start, "initial", ignore=ignore, rtol=rtol, atol=atol, details=details)
+        identical = identical and all(d.status == IDENTICAL for d in details[before:]) and found is None
+        first = first or found
     common = tuple(sorted(set(ref_by_epoch) & set(other_by_epoch)))
-    for epoch in sorted(set(ref_by_epoch) | set(other_by_epoch)):
+    for epoch in sorted(e for e in set(ref_by_epoch) | set(other_by_epoch) if e >= start):
         if epoch not in other_by_epoch or epoch not in ref_by_epoch:
             side = "the reference" if epoch in ref_by_epoch else "the other run"
             identical = False
@@ -326,4 +345,5 @@ def compare_runs(
         identical = identical and all(d.status == IDENTICAL for d in details[before:]) and found is None
         if found is not None and first is None:
             first = first_batch_divergence(reference_batches, other_batches, epoch) or found
+    common = tuple(e for e in common if e >= start)
     return Comparison(identical and first is None, first, common, tuple(details), rtol, atol)

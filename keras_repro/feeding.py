@@ -10,6 +10,7 @@ import numpy as np
 
 from keras_repro import _backend
 from keras_repro.fingerprints import VariableDigest, data_record
+from keras_repro.fit_context import EpochClock
 from keras_repro.ordering import epoch_order
 
 
@@ -66,21 +67,23 @@ class OrderedBatches(keras.utils.PyDataset):
 
 
 class _EpochSetter(keras.callbacks.Callback):
-    """Sets the input's order at each epoch start (Keras calls it before iterating)."""
+    """Sets the input's order at each epoch start (Keras calls it before iterating), for
+    the epoch as the fit's clock numbers it."""
 
-    def __init__(self, set_epoch: Any) -> None:
+    def __init__(self, set_epoch: Any, clock: EpochClock) -> None:
         super().__init__()
         self._set_epoch = set_epoch
+        self._clock = clock
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._set_epoch(epoch)
+        self._set_epoch(self._clock.epoch(epoch))
 
 
-def ordered_input(data: tuple, feed: EpochFeed) -> tuple[Any, keras.callbacks.Callback]:
+def ordered_input(data: tuple, feed: EpochFeed, clock: EpochClock) -> tuple[Any, keras.callbacks.Callback]:
     """The input to pass to `fit` and the callback that switches its order per epoch."""
     native = _backend.native_ordered_input(data, feed.rows, len(feed.train_rows), feed.batch_size)
     if native is not None:
         dataset, set_epoch = native
-        return dataset, _EpochSetter(set_epoch)
+        return dataset, _EpochSetter(set_epoch, clock)
     batches = OrderedBatches(data, feed)
-    return batches, _EpochSetter(batches.set_epoch)
+    return batches, _EpochSetter(batches.set_epoch, clock)

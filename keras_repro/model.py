@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import inspect
 import logging
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,24 +14,26 @@ import numpy as np
 from keras_repro import feeding
 from keras_repro._backend import distribution_scope, input_hazards
 from keras_repro.callbacks import SeedCallback
-from keras_repro.errors import NondeterministicInputWarning, ReproError
-from keras_repro.fingerprints import VariableDigest
-from keras_repro.ordering import split_indices
+from keras_repro.errors import NondeterministicInputWarning, ReproError, ReproWarning, warn
+from keras_repro.fit_context import EpochClock, FitContext
+from keras_repro.ordering import SPLIT_MODES, split_indices
 from keras_repro.seeding import derive_seed, seed_everything, validate_seed
 
 logger = logging.getLogger(__name__)
 
-_RESTORING_SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar("keras_repro_restoring_seed", default=None)
+_RESTORING: contextvars.ContextVar[dict | None] = contextvars.ContextVar("keras_repro_restoring", default=None)
 
 
 @contextlib.contextmanager
-def _restoring(seed: int | None) -> Iterator[None]:
-    """While a saved model is rebuilt, constructors without a seed take this one."""
-    token = _RESTORING_SEED.set(seed)
+def _restoring(arguments: dict) -> Iterator[None]:
+    """While a saved model is rebuilt, its constructor takes these arguments (seed,
+    keep_weights) when the caller gives none, and stays quiet: its weights are about
+    to be loaded."""
+    token = _RESTORING.set(arguments)
     try:
         yield
     finally:
-        _RESTORING_SEED.reset(token)
+        _RESTORING.reset(token)
 
 
 def _functional_arguments(args: tuple, kwargs: dict) -> bool:
@@ -41,53 +41,96 @@ def _functional_arguments(args: tuple, kwargs: dict) -> bool:
     return len(args) == 2 or (len(args) == 1 and "outputs" in kwargs) or "inputs" in kwargs
 
 
-def reinitialize_weights(model: keras.Model, seed: int) -> int:
-    """Re-draws every top-level layer's weights from its own initializers, seeded
-    from (seed, layer position) alone; returns how many layers were re-drawn.
+def redraw_layer(layer: Any, seed: int, index: int) -> None:
+    """Re-draws one layer's weights from its own initializers, seeded from (seed, index).
 
-    Each layer is rebuilt from its config (`from_config` + `build_from_config`)
-    after seeding, and its fresh weights are copied into the model, so initial
-    weights no longer depend on what was drawn before the layers were built.
-    Initializers given an explicit seed keep it.
+    The layer is rebuilt from its config (`from_config` + `build_from_config`) after
+    seeding, and the fresh weights are copied into it, so its initial weights no longer
+    depend on what was drawn before it was built. Initializers given an explicit seed
+    keep it.
+
+    Raises:
+        ReproError: If the layer cannot be rebuilt from its config, or rebuilt it has
+            other weights.
+    """
+    try:
+        build_config = layer.get_build_config()
+        seed_everything(derive_seed(seed, "init", index))
+        twin = layer.__class__.from_config(layer.get_config())
+        if build_config:
+            twin.build_from_config(build_config)
+    except Exception as error:  # noqa: BLE001 - any layer may fail; say which, and what to do
+        raise ReproError(
+            f"DeterministicModel cannot re-initialize layer '{layer.name}' "
+            f"({type(layer).__name__}) from its config: {error}. Give the layer a "
+            "get_config() that rebuilds it, keep its weights (keep_weights=['"
+            f"{layer.name}']), or subclass DeterministicModel and create the layer in __init__ "
+            "after super().__init__(seed=...)."
+        ) from error
+    if [tuple(w.shape) for w in twin.weights] != [tuple(w.shape) for w in layer.weights]:
+        raise ReproError(
+            f"DeterministicModel cannot re-initialize layer '{layer.name}': rebuilt from its "
+            f"config it has other weights. Keep its weights (keep_weights=['{layer.name}']), or "
+            "create it in a DeterministicModel subclass instead."
+        )
+    for target, source in zip(layer.weights, twin.weights):
+        target.assign(source)
+
+
+def reinitialize_weights(model: keras.Model, seed: int) -> int:
+    """Re-draws every top-level layer's weights from its initializers, seeded from (seed,
+    layer position), as a `DeterministicModel` does when it is created; returns how many
+    layers were re-drawn.
+
+    Example:
+
+    >>> reinitialize_weights(model, seed=7)   # doctest: +SKIP
+    3
     """
     count = 0
     for index, layer in enumerate(model.layers):
-        if not layer.weights:
-            continue
-        try:
-            build_config = layer.get_build_config()
-            seed_everything(derive_seed(seed, "init", index))
-            twin = layer.__class__.from_config(layer.get_config())
-            if build_config:
-                twin.build_from_config(build_config)
-        except Exception as error:  # noqa: BLE001 - any layer may fail; say which, and what to do
-            raise ReproError(
-                f"DeterministicModel cannot re-initialize layer '{layer.name}' "
-                f"({type(layer).__name__}) from its config: {error}. Give the layer a "
-                "get_config() that rebuilds it, or subclass DeterministicModel and create "
-                "the layer in __init__ after super().__init__(seed=...)."
-            ) from error
-        if [tuple(w.shape) for w in twin.weights] != [tuple(w.shape) for w in layer.weights]:
-            raise ReproError(
-                f"DeterministicModel cannot re-initialize layer '{layer.name}': rebuilt from its "
-                "config it has other weights. Create it in a DeterministicModel subclass instead."
-            )
-        for target, source in zip(layer.weights, twin.weights):
-            target.assign(source)
-        count += 1
+        if layer.weights:
+            redraw_layer(layer, seed, index)
+            count += 1
     return count
+
+
+def _keep_names(keep_weights: Any) -> bool | tuple[str, ...] | None:
+    """`keep_weights` as None, True (every layer) or a tuple of layer names."""
+    if keep_weights is None or keep_weights is True:
+        return keep_weights
+    if keep_weights is False:
+        return ()
+    if isinstance(keep_weights, (str, keras.layers.Layer)):
+        keep_weights = [keep_weights]
+    try:
+        items = list(keep_weights)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(item, (str, keras.layers.Layer)) for item in items):
+        raise ValueError(
+            "`keep_weights` must be None (re-draw every layer from the seed), True (keep every "
+            "layer's weights) or a list of layers or layer names whose weights to keep. "
+            f"Received: keep_weights={keep_weights!r}"
+        )
+    return tuple(item if isinstance(item, str) else item.name for item in items)
 
 
 class DeterministicModel(keras.Model):
     """A `keras.Model` whose training is a pure function of `seed`.
 
-    * Seeds every RNG before a subclass creates its layers; in the functional form
-      (`DeterministicModel(inputs, outputs, seed=7)`), where the layers exist
-      already, re-draws their weights from their initializers seeded by (seed,
-      layer), so `seed=7` means the same initial weights in any process.
+    * Seeds every RNG before a subclass creates its layers. In the functional and
+      Sequential forms, where layers are created before the model, it re-draws each
+      layer's weights from its own initializers seeded by (seed, layer position) when
+      the model is created (or, for a Sequential without `Input`, when it is built),
+      so `seed=7` means the same initial weights in any process. That happens once
+      in a model's life: weights it is given later (`load_model`, `load_weights`,
+      `set_weights`, training) are never re-drawn. Layers that already hold weights
+      to keep (pretrained, `Embedding(weights=...)`) are named in `keep_weights`.
     * Owns `shuffle` and `validation_split` for array inputs: the order of each
       epoch and the split are pure functions of (seed, epoch), so
-      `fit(..., initial_epoch=k)` replays exactly the order epoch k had.
+      `fit(..., initial_epoch=k)` replays exactly the order epoch k had, and a
+      second `fit` of the same model continues the epoch count (see `SeedCallback`).
     * Adds a `SeedCallback(seed)` to `fit` when none is given: layer RNG states
       (Dropout, noise, augmentation) are reset from (seed, epoch) at each epoch
       start, and every epoch is fingerprinted, including the data order.
@@ -96,6 +139,11 @@ class DeterministicModel(keras.Model):
     Args:
         *args: As `keras.Model` (e.g. `inputs, outputs`).
         seed: An int in [0, 2**32 - 1].
+        keep_weights: Functional and Sequential forms: layers (or their names) whose
+            weights to keep as they are instead of re-drawing them, e.g. a pretrained
+            encoder; True keeps every layer's. The fingerprint's initial state is the
+            state kept. Default: re-draw every layer (with a warning for nested
+            models, which are often pretrained).
         **kwargs: As `keras.Model`.
 
     Example:
@@ -109,61 +157,103 @@ class DeterministicModel(keras.Model):
     ...         return self.out(self.hidden(x))
     >>> inputs = keras.Input((8,))                        # doctest: +SKIP
     >>> model = DeterministicModel(inputs, keras.layers.Dense(2)(inputs), seed=7)  # doctest: +SKIP
+    >>> fine_tuned = DeterministicModel(inputs, head(encoder(inputs)), seed=7,
+    ...                                 keep_weights=[encoder])  # doctest: +SKIP
     """
+
+    _repro_seed_example = "`super().__init__(seed=7)` in the subclass's __init__"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DeterministicModel:
         if cls is DeterministicModel and _functional_arguments(args, kwargs):
             return super().__new__(DeterministicFunctional)
         return super().__new__(cls)
 
-    def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
-        if seed is None:
-            seed = _RESTORING_SEED.get()
+    def __init__(self, *args: Any, seed: int | None = None, keep_weights: Any = None, **kwargs: Any) -> None:
+        restoring = _RESTORING.get()
+        if seed is None and restoring is not None:
+            seed, keep_weights = restoring.get("seed"), restoring.get("keep_weights", keep_weights)
         if seed is None:
             raise ValueError(
-                f"{type(self).__name__} needs a seed: `super().__init__(seed=7)` in a subclass, or "
-                "`DeterministicModel(inputs, outputs, seed=7)`. Received: seed=None"
+                f"{type(self).__name__} needs a seed: {self._repro_seed_example}. Received: seed=None"
             )
         seed = validate_seed(seed)
+        keep = _keep_names(keep_weights)
         seed_everything(derive_seed(seed, "build"))
         super().__init__(*args, **kwargs)
         self._repro_seed = seed
+        self._repro_keep = keep
+        self._repro_quiet = restoring is not None
+        self._repro_decided: tuple[int, ...] = ()  # ids of layers whose initial weights are settled
+        self._repro_kept: tuple[str, ...] = ()
         self._repro_feed: feeding.EpochFeed | None = None
-        self._repro_notes: dict[str, str] = {}
-        self._repro_initialized = False
-        self._repro_maybe_reinitialize()
+        self._repro_draw_new_layers()
 
     @property
     def seed(self) -> int:
         """The seed this model's training is a function of."""
         return self._repro_seed
 
-    def _repro_maybe_reinitialize(self) -> None:
-        """Re-draws prebuilt layers' weights from the seed (functional and Sequential forms)."""
-        if self._repro_initialized or not self._repro_owns_prebuilt_layers() or not self.built:
-            return
-        count = reinitialize_weights(self, self._repro_seed)
-        self._repro_initialized = True
-        logger.debug("Re-initialized %d layers of %s from seed %d", count, self.name, self._repro_seed)
-
     def _repro_owns_prebuilt_layers(self) -> bool:
         """Whether layers were created before the model (functional and Sequential forms)."""
         return False
 
-    def _repro_data_records(self, epoch: int) -> list[VariableDigest]:
-        """Fingerprint records of the data order of `epoch` (used by SeedCallback)."""
-        return self._repro_feed.records(epoch) if self._repro_feed is not None else []
+    def _repro_draw_new_layers(self) -> None:
+        """Settles the initial weights of every built layer not settled yet: re-drawn from
+        the seed, or kept as `keep_weights` says. Runs when the model is created and when a
+        Sequential is built, never later, so given or trained weights are never re-drawn."""
+        if not self._repro_owns_prebuilt_layers():
+            return
+        keep = self._repro_keep
+        if isinstance(keep, tuple):
+            self._repro_check_keep_names(keep)
+        decided, kept, drawn = set(self._repro_decided), list(self._repro_kept), 0
+        for index, layer in enumerate(self.layers):
+            if id(layer) in decided or not layer.built:
+                continue
+            decided.add(id(layer))
+            if not layer.weights:
+                continue
+            if keep is True or (isinstance(keep, tuple) and layer.name in keep):
+                kept.append(layer.name)
+                continue
+            redraw_layer(layer, self._repro_seed, index)
+            drawn += 1
+            if keep is None and isinstance(layer, keras.Model) and not self._repro_quiet:
+                warn(
+                    f"DeterministicModel re-drew the weights of '{layer.name}', a model nested in this one, "
+                    f"from seed {self._repro_seed}, as it does for every layer created before the model. If it "
+                    f"holds pretrained weights, keep them: keep_weights=['{layer.name}']; to re-draw every "
+                    "layer without this warning, pass keep_weights=().",
+                    ReproWarning,
+                )
+        self._repro_decided, self._repro_kept = tuple(decided), tuple(kept)
+        if drawn:
+            logger.debug("Re-drew %d layers of %s from seed %d", drawn, self.name, self._repro_seed)
+
+    def _repro_check_keep_names(self, names: tuple[str, ...]) -> None:
+        """A clear error for `keep_weights` names that are no layer of the model."""
+        if not self.built:
+            return
+        known = [layer.name for layer in self.layers]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(
+                f"`keep_weights` names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not a layer of "
+                f"'{self.name}'; its layers are {known}. Received: keep_weights={list(names)}"
+            )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["seed"] = self._repro_seed
+        if self._repro_keep is not None:
+            config["keep_weights"] = self._repro_keep if self._repro_keep is True else list(self._repro_keep)
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> DeterministicModel:
         config = dict(config)
-        seed = config.pop("seed", None)
-        with _restoring(seed):
+        arguments = {"seed": config.pop("seed", None), "keep_weights": config.pop("keep_weights", None)}
+        with _restoring(arguments):
             return super().from_config(config, custom_objects=custom_objects)
 
     def fit(
@@ -195,23 +285,39 @@ class DeterministicModel(keras.Model):
         Args:
             validation_split_mode: "last" (default, as Keras: the last fraction of the
                 rows, before shuffling), "shuffled" (a seeded random subset) or
-                "stratified" (a seeded random subset of each class of `y`).
+                "stratified" (a seeded random subset of each class of `y`: one array of
+                integer or one-hot labels). Array inputs only.
             Others: as `keras.Model.fit`.
 
         Returns:
             The `History`.
         """
+        if validation_split_mode not in SPLIT_MODES:
+            raise ValueError(
+                f"`validation_split_mode` must be one of {SPLIT_MODES}. Received: validation_split_mode={validation_split_mode!r}"
+            )
         callbacks = list(callbacks or [])
-        if not any(isinstance(c, SeedCallback) for c in callbacks):
-            callbacks.append(SeedCallback(self._repro_seed))
+        seed_callback = next((c for c in callbacks if isinstance(c, SeedCallback)), None)
+        if seed_callback is None:
+            seed_callback = SeedCallback(self._repro_seed)
+            callbacks.append(seed_callback)
+        clock = EpochClock(self)
+        notes = {"kept_weights": ", ".join(self._repro_kept)} if self._repro_kept else {}
         common = dict(
             epochs=epochs, verbose=verbose, class_weight=class_weight, initial_epoch=initial_epoch,
             validation_steps=validation_steps, validation_batch_size=validation_batch_size,
             validation_freq=validation_freq,
         )
         if not _is_arrays(x):
+            if validation_split_mode != "last":
+                raise ValueError(
+                    "`validation_split_mode` applies to array inputs, which DeterministicModel splits itself; "
+                    f"this input is a {type(x).__name__}. Pass validation_data, or arrays. "
+                    f"Received: validation_split_mode={validation_split_mode!r}"
+                )
             self._repro_feed = None
-            self._repro_note_input_hazards(x)
+            notes.update(self._repro_input_hazards(x))
+            seed_callback.use_fit_context(FitContext(clock, notes=notes))
             return super().fit(
                 x, y, batch_size=batch_size, callbacks=callbacks, validation_split=validation_split,
                 validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
@@ -229,42 +335,57 @@ class DeterministicModel(keras.Model):
         data = keras.tree.map_structure(np.asarray, data)
         rows = _row_count(data)
         if validation_data is None and validation_split:
-            train_rows, validation_rows = split_indices(
-                rows, validation_split, validation_split_mode, self._repro_seed, None if y is None else data[1]
-            )
+            labels = _split_labels(None if y is None else data[1], validation_split_mode)
+            train_rows, validation_rows = split_indices(rows, validation_split, validation_split_mode, self._repro_seed, labels)
             validation_data = keras.tree.map_structure(lambda a: np.take(a, validation_rows, axis=0), data)
         else:
-            split_indices(rows, 0.0, validation_split_mode)  # validates the mode
             train_rows, validation_rows = np.arange(rows, dtype=np.int64), np.arange(0, dtype=np.int64)
         if len(train_rows) == 0:
             raise ValueError(f"No training rows left after validation_split={validation_split} of {rows} rows")
         self._repro_feed = feeding.EpochFeed(train_rows, validation_rows, self._repro_seed, shuffle, batch_size or 32)
         self._repro_build(data[0], train_rows)
-        source, setter = feeding.ordered_input(data, self._repro_feed)
+        source, setter = feeding.ordered_input(data, self._repro_feed, clock)
+        seed_callback.use_fit_context(FitContext(clock, self._repro_feed.records, notes))
         return super().fit(
             source, callbacks=[setter] + callbacks, validation_data=validation_data, shuffle=False, **common
         )
 
     def _repro_build(self, x: Any, train_rows: np.ndarray) -> None:
-        """Builds an unbuilt model on a sample batch, then re-draws prebuilt layers."""
+        """Builds an unbuilt model on a sample batch (a Sequential then settles its weights)."""
         if not self.built:
             sample = keras.tree.map_structure(lambda a: np.take(a, train_rows[:1], axis=0), x)
             with distribution_scope(self):  # variables must be mirrored, as Keras would build them
                 self(sample, training=False)
-        self._repro_maybe_reinitialize()
 
-    def _repro_note_input_hazards(self, x: Any) -> None:
-        """Warns (once per input) about known nondeterminism in inputs it cannot reorder."""
+    def _repro_input_hazards(self, x: Any) -> dict[str, str]:
+        """Warns (once per input) about known nondeterminism in inputs it cannot reorder;
+        returns the note to record."""
         hazards = input_hazards(x)
-        self._repro_notes = {"input_hazards": "; ".join(hazards)} if hazards else {}
-        if hazards:
-            warnings.warn(
-                "DeterministicModel cannot reorder this input, and it is nondeterministic: "
-                + "; ".join(hazards)
-                + ". Fix the pipeline as suggested, or pass arrays so the model owns the order.",
-                NondeterministicInputWarning,
-                stacklevel=3,
-            )
+        if not hazards:
+            return {}
+        warn(
+            "DeterministicModel cannot reorder this input, and it is nondeterministic: "
+            + "; ".join(hazards)
+            + ". Fix the pipeline as suggested, or pass arrays so the model owns the order.",
+            NondeterministicInputWarning,
+        )
+        return {"input_hazards": "; ".join(hazards)}
+
+
+def _split_labels(y: Any, mode: str) -> np.ndarray | None:
+    """The class labels a stratified split uses: `y` itself, or its only array."""
+    if mode != "stratified" or y is None:
+        return y
+    leaves = keras.tree.flatten(y) if isinstance(y, (list, tuple, dict)) else [y]
+    if len(leaves) != 1:
+        names = sorted(y) if isinstance(y, dict) else list(range(len(leaves)))
+        raise ValueError(
+            "validation_split_mode='stratified' needs one array of class labels, and `y` holds "
+            f"{len(leaves)} ({names}). Stratify by one output yourself (split the rows and pass "
+            "validation_data), or use validation_split_mode='shuffled'. "
+            f"Received: y of type {type(y).__name__}"
+        )
+    return leaves[0]
 
 
 def _is_arrays(x: Any) -> bool:
@@ -287,6 +408,8 @@ def _row_count(data: tuple) -> int:
 class DeterministicFunctional(DeterministicModel, keras.src.models.functional.Functional):
     """The functional form of `DeterministicModel`: `DeterministicModel(inputs, outputs, seed=...)`."""
 
+    _repro_seed_example = "`kr.DeterministicModel(inputs, outputs, seed=7)`"
+
     def _repro_owns_prebuilt_layers(self) -> bool:
         return True
 
@@ -301,16 +424,25 @@ class DeterministicSequential(DeterministicModel, keras.Sequential):
     ...     [keras.Input((8,)), keras.layers.Dense(10)], seed=7)
     """
 
-    def __init__(self, layers: list | None = None, trainable: bool = True, name: str | None = None, seed: int | None = None) -> None:
-        super().__init__(layers, trainable=trainable, name=name, seed=seed)
+    _repro_seed_example = "`kr.DeterministicSequential([keras.Input(...), ...], seed=7)`"
+
+    def __init__(
+        self,
+        layers: list | None = None,
+        trainable: bool = True,
+        name: str | None = None,
+        seed: int | None = None,
+        keep_weights: Any = None,
+    ) -> None:
+        super().__init__(layers, trainable=trainable, name=name, seed=seed, keep_weights=keep_weights)
 
     def _repro_owns_prebuilt_layers(self) -> bool:
         return True
 
     def build(self, input_shape: Any = None) -> None:
         super().build(input_shape)
-        if getattr(self, "_repro_seed", None) is not None:
-            self._repro_maybe_reinitialize()
+        if getattr(self, "_repro_seed", None) is not None:  # not during keras.Sequential.__init__
+            self._repro_draw_new_layers()
 
 
 DeterministicModel = keras.saving.register_keras_serializable(package="keras_repro", name="DeterministicModel")(DeterministicModel)

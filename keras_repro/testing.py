@@ -1,9 +1,12 @@
-"""Test helpers: assert that a model trains reproducibly, and a pytest fixture for it.
+"""Test helpers: assert that a model trains reproducibly and resumes exactly, and pytest
+fixtures for both.
 
 `assert_reproducible` builds and fits a model twice with the same seed and fails with
-a readable report (epoch, part, variable) when the two runs differ.
+a readable report (epoch, part, variable, likely cause) when the two runs differ.
+`assert_resumable` trains straight, then stops, saves, loads the checkpoint in a fresh
+process and trains the rest, and fails the same way when the resumed run differs.
 
-To use the `reproducible` fixture, register this module as a pytest plugin in the
+To use the `reproducible` and `resumable` fixtures, register this module as a pytest plugin in the
 *root* `conftest.py` of your tests (pytest only honours `pytest_plugins` there):
 
     pytest_plugins = ["keras_repro.testing"]
@@ -12,6 +15,9 @@ or pass `-p keras_repro.testing` on the command line. Then:
 
     def test_training_is_reproducible(reproducible):
         reproducible(build_model, x, y, epochs=2, batch_size=32)
+
+    def test_training_resumes_exactly(resumable):
+        resumable(build_model, x, y, epochs=4, at=2, batch_size=32)
 
 The module raises AssertionError itself, so pytest need not rewrite its asserts
 (PYTEST_DONT_REWRITE): importing it before registering the plugin does not warn.
@@ -26,12 +32,18 @@ Comparison(identical=True, ...)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from keras_repro import child
 from keras_repro.callbacks import SeedCallback
 from keras_repro.compare import DIVERGED, Comparison
+from keras_repro.diagnosis import likely_cause
 from keras_repro.fingerprints import part_differs
+from keras_repro.log import FingerprintLog
 
 try:  # the fixture needs pytest; the assertion does not
     import pytest
@@ -96,6 +108,43 @@ def assert_reproducible(
     >>> assert_reproducible(build_model, x, y, epochs=2).verdict  # doctest: +SKIP
     'identical'
     """
+    callbacks = _check_arguments(build_model, epochs, fit_kwargs)
+    first, deterministic = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
+    second, _ = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
+    comparison = first.compare(second, rtol=rtol, atol=atol)
+    tolerant = bool(rtol or atol)
+    if not (comparison.within_tolerance if tolerant else comparison.identical):
+        raise AssertionError(divergence_report(comparison, seed, deterministic))
+    logger.info("assert_reproducible: %s", comparison)
+    return comparison
+
+
+def _fit_once(
+    build_model: Callable[[], Any], x: Any, y: Any, epochs: int, seed: int, callbacks: list, fit_kwargs: dict,
+    save_to: str | None = None,
+) -> tuple[FingerprintLog, bool]:
+    """Builds a model in a fresh Keras session, fits it with a SeedCallback (and saves it to
+    `save_to`); returns the log and whether the model is a DeterministicModel."""
+    import keras
+
+    keras.backend.clear_session()
+    model = build_model()
+    if not hasattr(model, "fit"):
+        raise TypeError(
+            "`build_model()` must return a compiled Keras model. "
+            f"Received: {type(model).__name__}"
+        )
+    if getattr(model, "compiled", True) is False:
+        raise ValueError("`build_model()` returned a model that is not compiled; call model.compile(...) in it.")
+    callback = SeedCallback(seed)
+    model.fit(x, y, epochs=epochs, callbacks=callbacks + [callback], **fit_kwargs)
+    if save_to is not None:
+        model.save(save_to)
+    return callback.log, getattr(model, "_repro_seed", None) is not None
+
+
+def _check_arguments(build_model: Any, epochs: Any, fit_kwargs: dict) -> list:
+    """Validates the common arguments; returns the user's callbacks (without a SeedCallback)."""
     if not callable(build_model):
         raise TypeError(
             "`build_model` must be a callable with no arguments that returns a compiled model "
@@ -111,50 +160,132 @@ def assert_reproducible(
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     if any(isinstance(c, SeedCallback) for c in callbacks):
         raise ValueError(
-            "assert_reproducible adds its own SeedCallback(seed); remove yours from `callbacks` "
+            "keras_repro.testing adds its own SeedCallback(seed); remove yours from `callbacks` "
             "and pass `seed=` instead."
         )
     fit_kwargs.setdefault("verbose", 0)
-    first = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
-    second = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
-    comparison = first.compare(second, rtol=rtol, atol=atol)
-    tolerant = bool(rtol or atol)
-    if not (comparison.within_tolerance if tolerant else comparison.identical):
-        raise AssertionError(divergence_report(comparison, seed))
-    logger.info("assert_reproducible: %s", comparison)
+    return callbacks
+
+
+def assert_resumable(
+    build_model: Callable[[], Any],
+    x: Any,
+    y: Any = None,
+    *,
+    epochs: int = 4,
+    at: int = 2,
+    seed: int = 7,
+    fresh_process: bool = True,
+    **fit_kwargs: Any,
+) -> Comparison:
+    """Trains straight, and stopped + saved + loaded + resumed; fails if the two differ.
+
+    The straight run fits `epochs` epochs. The resumed run fits `at` epochs, saves the
+    model (`model.save`, a `.keras` file), loads it with `keras.models.load_model` in a
+    fresh Python process (another `PYTHONHASHSEED`; with `fresh_process=False`, in this
+    one) and fits `fit(initial_epoch=at, epochs=epochs)`. Every fit has a
+    `SeedCallback(seed)`. The resumed epochs must be bit-identical to the straight
+    run's, and its state before epoch `at` to the straight run's state after epoch
+    `at - 1` (weights, optimizer state).
+
+    For the fresh process, `build_model` must be defined at module level in an importable
+    module or script (its module is imported there, which registers custom layers), and
+    `x`, `y` must be arrays (or lists/dicts of them) and the fit arguments picklable.
+
+    Args:
+        build_model: A callable with no arguments returning a compiled Keras model.
+        x: The training inputs (arrays).
+        y: The training targets, or None.
+        epochs: The epochs of the straight run.
+        at: The epoch the run is stopped and resumed at (1 <= at < epochs).
+        seed: The seed of every fit (`SeedCallback(seed)`).
+        fresh_process: Load and resume in a fresh process (default) or in this one.
+        **fit_kwargs: More arguments of `fit` (`batch_size`, `shuffle`,
+            `validation_split`, `callbacks`...); `verbose` defaults to 0.
+
+    Returns:
+        The `Comparison` of the resumed run with the straight one.
+
+    Raises:
+        AssertionError: If the resumed run differs, with the first divergence (epoch,
+            part, variable) and its likely cause.
+        TypeError, ValueError: For bad arguments.
+        ReproError: If the fresh process fails.
+
+    Example:
+
+    >>> assert_resumable(build_model, x, y, epochs=4, at=2, batch_size=32).identical   # doctest: +SKIP
+    True
+    """
+    callbacks = _check_arguments(build_model, epochs, fit_kwargs)
+    if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at < epochs:
+        raise ValueError(f"`at` must be an int with 1 <= at < epochs ({epochs}). Received: at={at!r}")
+    from keras_repro.model import _is_arrays
+
+    if fresh_process and not _is_arrays(x):
+        raise ValueError(
+            "assert_resumable sends the data to a fresh process, so `x` must be arrays (or lists/dicts "
+            f"of them); pass fresh_process=False for other inputs. Received: x of type {type(x).__name__}"
+        )
+    straight, deterministic = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
+    with tempfile.TemporaryDirectory(prefix="keras-repro-resume-") as folder:
+        checkpoint = os.path.join(folder, "checkpoint.keras")
+        _fit_once(build_model, x, y, at, seed, callbacks, fit_kwargs, save_to=checkpoint)
+        payload = {"checkpoint": checkpoint, "epochs": epochs, "at": at, "seed": seed}
+        if fresh_process:
+            fit_blob, reason = child.pickled((fit_kwargs, callbacks), "fit arguments")
+            if fit_blob is None:
+                raise ValueError(f"assert_resumable: {reason}; pass fresh_process=False")
+            payload.update(target=child.locate(build_model)[0], fit=fit_blob)
+            resumed = child.run("keras_repro.testing:_resume_task", payload, (x, y), "assert_resumable")
+        else:
+            resumed = _resume(payload, x, y, fit_kwargs, callbacks)
+    comparison = straight.compare(resumed)
+    if not comparison.identical:
+        raise AssertionError(divergence_report(
+            comparison, seed, deterministic,
+            title=f"Training does not resume exactly: stopped after epoch {at - 1}, saved, loaded "
+                  f"{'in a fresh process ' if fresh_process else ''}and resumed, it differs from a straight run",
+        ))
+    logger.info("assert_resumable: %s", comparison)
     return comparison
 
 
-def _fit_once(
-    build_model: Callable[[], Any], x: Any, y: Any, epochs: int, seed: int, callbacks: list, fit_kwargs: dict
-) -> Any:
-    """Builds a model in a fresh Keras session, fits it with a SeedCallback; returns the log."""
+def _resume(payload: Mapping[str, Any], x: Any, y: Any, fit_kwargs: dict, callbacks: list) -> FingerprintLog:
+    """Loads the checkpoint and fits the remaining epochs; returns the log."""
     import keras
 
     keras.backend.clear_session()
-    model = build_model()
-    if not hasattr(model, "fit"):
-        raise TypeError(
-            "`build_model()` must return a compiled Keras model. "
-            f"Received: {type(model).__name__}"
-        )
-    if getattr(model, "compiled", True) is False:
-        raise ValueError("`build_model()` returned a model that is not compiled; call model.compile(...) in it.")
-    callback = SeedCallback(seed)
-    model.fit(x, y, epochs=epochs, callbacks=callbacks + [callback], **fit_kwargs)
+    model = keras.models.load_model(payload["checkpoint"])
+    callback = SeedCallback(payload["seed"])
+    model.fit(x, y, epochs=payload["epochs"], initial_epoch=payload["at"], callbacks=callbacks + [callback], **fit_kwargs)
     return callback.log
 
 
-def divergence_report(comparison: Comparison, seed: int | None = None) -> str:
+def _resume_task(payload: Mapping[str, Any], arrays: Any) -> FingerprintLog:
+    """The fresh process of `assert_resumable`: imports build_model's module (custom layers),
+    then resumes."""
+    if payload.get("target") is not None:
+        child.load_target(payload["target"])
+    fit_kwargs, callbacks = pickle.loads(payload["fit"])
+    x, y = arrays
+    return _resume(payload, x, y, fit_kwargs, callbacks)
+
+
+def divergence_report(
+    comparison: Comparison, seed: int | None = None, deterministic_model: bool = True, title: str | None = None
+) -> str:
     """A readable explanation of why two runs are not reproducible.
 
     Args:
         comparison: The `Comparison` of the second run with the first.
         seed: The seed both runs used, for the message, or None.
+        deterministic_model: Whether the model is a `DeterministicModel`, for the hint.
+        title: The first line (default: "Training is not reproducible: ...").
 
     Returns:
         Several lines: the verdict, where the runs first differ (epoch, part,
-        variable), the diverged variables and a hint about the likely cause.
+        variable), the diverged variables and the likely cause.
 
     Example:
 
@@ -165,7 +296,7 @@ def divergence_report(comparison: Comparison, seed: int | None = None) -> str:
         f"rtol={comparison.rtol:g}, atol={comparison.atol:g}" if comparison.rtol or comparison.atol else "exact"
     )
     found = comparison.first_divergence
-    lines = [f"Training is not reproducible: two runs{seeded} differ ({mode} comparison).",
+    lines = [f"{title or f'Training is not reproducible: two runs{seeded} differ'} ({mode} comparison).",
              f"Verdict: {comparison.verdict}"]
     if found is not None:
         lines += [f"First divergence: {found}",
@@ -179,36 +310,16 @@ def divergence_report(comparison: Comparison, seed: int | None = None) -> str:
             f"  {_when(d.stage, d.epoch):<9} {d.part:<13} {d.variable}  (relative difference {d.relative_difference:.3g})"
             for d in diverged[:MAX_LISTED]
         ]
-    lines.append(f"Hint: {_hint(comparison)}")
+    if found is None:
+        lines.append("Likely cause: the runs have different epochs; fit both for the same number of epochs.")
+    else:
+        lines.append(f"Likely cause: {likely_cause(found, deterministic_model=deterministic_model)}.")
     return "\n".join(lines)
 
 
 def _when(stage: str, epoch: int | None) -> str:
     """ "start" for the initial state, else "epoch N"."""
     return "start" if stage == "initial" else f"epoch {epoch}"
-
-
-def _hint(comparison: Comparison) -> str:
-    """What to try, from where the runs first differ."""
-    found = comparison.first_divergence
-    if found is None:
-        return "the runs have different epochs; fit both for the same number of epochs."
-    if found.stage == "missing":
-        return "one run has an epoch the other lacks; did a callback stop one run early?"
-    if found.stage == "initial":
-        return (
-            "the models differ before the first step, so build_model() is not deterministic: "
-            "call keras_repro.seed_everything(seed) at its start, or build a keras_repro.DeterministicModel."
-        )
-    if found.part == "data":
-        return "the data order differs: pass arrays to a keras_repro.DeterministicModel, or seed the input pipeline."
-    if found.part == "rng":
-        return "layer RNG state differs: keep SeedCallback's reset_layer_rng=True and avoid unseeded random layers."
-    return (
-        "the weights drift during training: enable deterministic kernels "
-        "(keras_repro.enable_determinism()), check the input pipeline, or pass rtol/atol "
-        "to accept small floating-point differences."
-    )
 
 
 if pytest is not None:
@@ -225,6 +336,20 @@ if pytest is not None:
         ...     reproducible(build_model, x, y, epochs=2)
         """
         yield assert_reproducible
+        import keras
+
+        keras.backend.clear_session()
+
+    @pytest.fixture
+    def resumable() -> Iterator[Callable[..., Comparison]]:
+        """Fixture: `assert_resumable`, with the Keras session cleared afterwards.
+
+        Example:
+
+        >>> def test_resumes(resumable):                # doctest: +SKIP
+        ...     resumable(build_model, x, y, epochs=4, at=2)
+        """
+        yield assert_resumable
         import keras
 
         keras.backend.clear_session()

@@ -146,21 +146,29 @@ def test_record_mode_replaces_an_existing_reference(tmp_path):
     assert len(log.epochs) == 2
 
 
-def test_reference_shorter_than_the_run_warns(tmp_path):
-    """Epochs past the end of the reference are not verified, and the user is told once."""
+def test_verify_past_the_end_of_the_reference_warns(tmp_path):
+    """mode='verify': epochs past the end of the reference are not verified, and the user is told once."""
     path = tmp_path / "run.h5"
     _fit([SeedCallback(7, path)], epochs=2)
-    with pytest.warns(ReproWarning, match="has no epoch 2"):
-        _fit([SeedCallback(7, path)], epochs=4)
+    before = path.read_bytes()
+    callback = SeedCallback(7, path, mode="verify")
+    with pytest.warns(ReproWarning, match="has no epoch 2") as caught:
+        _fit([callback], epochs=4)
+    assert len([w for w in caught if "has no epoch" in str(w.message)]) == 1
+    assert callback.verified_epochs == (0, 1) and callback.recorded_epochs == ()
+    assert path.read_bytes() == before
 
 
 def test_instance_is_reusable(tmp_path):
-    """State is reset in on_train_begin: a second fit's log holds only its own epochs."""
+    """State is reset in on_train_begin: a second fit's log holds only its own epochs (a new
+    model's from 0; the same model's continuing its count)."""
     callback = SeedCallback(7)
     model, _ = _fit([callback], epochs=3)
-    _fit([callback], epochs=2, model=model)
+    _fit([callback], epochs=2)
     assert [fp.epoch for fp in callback.log.epochs] == [0, 1]
     assert callback.resolved_mode == "record"
+    _fit([callback], epochs=2, model=model)
+    assert [fp.epoch for fp in callback.log.epochs] == [3, 4]
 
 
 def test_layer_rng_is_reset_per_epoch():
@@ -198,12 +206,15 @@ def test_resumed_fit_verifies_against_the_straight_run(tmp_path):
 
 def test_second_recorder_gets_a_clear_error_and_the_file_stays_whole(tmp_path):
     """While one fit records a reference, another cannot record or verify it."""
-    from keras_repro.callbacks import _acquire_lock
+    import filelock
+
+    from keras_repro.callbacks import lock_path
 
     path = tmp_path / "run.h5"
     _fit([SeedCallback(7, path)], epochs=2)
     before = path.read_bytes()
-    held = _acquire_lock(str(path))  # another recorder (a lock is per open file, so this stands in)
+    held = filelock.FileLock(lock_path(str(path)))  # another recorder (a lock is per open file, so this stands in)
+    held.acquire(timeout=0)
     try:
         for mode in ("record", "verify", "auto"):
             with pytest.raises(ReferenceFileError, match="is being recorded by another process"):

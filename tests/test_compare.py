@@ -78,3 +78,29 @@ def test_shape_and_count_differences_are_explained():
     extra = make_fingerprint(list(base.records) + [VariableDigest("model/new", "trainable", "float32", (), "3" * 64)])
     found = compare_fingerprints(base, extra, 0)
     assert found.variable == "model/new" and "only in the other run" in found.reason
+
+
+def test_a_resumed_run_is_compared_from_its_first_epoch():
+    """A run resumed at epoch 2 is compared from there: its start against the reference's
+    epoch 1 (less the data order and layer RNG, which are reset), then epochs 2 and 3."""
+    straight = [_fp(e) for e in range(4)]
+    resumed_start = _fp(2, order="5" * 64)  # the start of epoch 2 has epoch 2's order, not epoch 1's
+    result = compare_runs(_fp(0), straight, resumed_start, [_fp(2), _fp(3)])
+    assert result.identical and result.epochs_compared == (2, 3)
+    other_start = _fp(2, **{"model/dense/bias": "e" * 64})
+    found = compare_runs(_fp(0), straight, other_start, [_fp(2), _fp(3)]).first_divergence
+    assert (found.stage, found.epoch, found.variable) == ("initial", 2, "model/dense/bias")
+    found = compare_runs(_fp(0), straight, resumed_start, [_fp(2), _fp(3, **{"model/dense/kernel": "f" * 64})]).first_divergence
+    assert (found.stage, found.epoch, found.variable) == ("epoch", 3, "model/dense/kernel")
+    found = compare_runs(resumed_start, [_fp(2), _fp(3)], _fp(0), straight[:3]).first_divergence
+    assert (found.stage, found.epoch) == ("missing", 3)  # symmetric, and the later epoch is still required
+
+
+def test_complete_tells_an_interrupted_recording():
+    """A log is complete when it holds every planned epoch from its first on."""
+    from keras_repro.log import FingerprintLog
+
+    assert FingerprintLog(_fp(0), (_fp(0), _fp(1)), planned_epochs=2).complete
+    assert not FingerprintLog(_fp(0), (_fp(0),), planned_epochs=2).complete
+    assert FingerprintLog(_fp(2), (_fp(2), _fp(3)), planned_epochs=4).complete  # a resumed recording
+    assert FingerprintLog(_fp(0), (_fp(0),)).complete  # files without planned_epochs: assumed complete

@@ -9,7 +9,7 @@ import pytest
 import keras_repro as kr
 from keras_repro.compare import compare_runs
 from keras_repro.fingerprints import VariableDigest, make_fingerprint
-from keras_repro.testing import assert_reproducible, divergence_report
+from keras_repro.testing import assert_reproducible, assert_resumable, divergence_report
 from tests.conftest import make_data, make_model
 
 pytest_plugins = ["keras_repro.testing"]  # what users put in their root conftest.py
@@ -37,6 +37,29 @@ def _deterministic_model():
         seed=7,
     )
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Drift(keras.layers.Layer):
+    """Adds a tiny offset that grows with every training call: a Python counter that a
+    checkpoint does not keep, so a resumed run differs from a straight one."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def call(self, inputs, training=False):
+        if training:
+            self.calls += 1
+        return inputs + self.calls * 1e-3
+
+
+def _drifting_model():
+    model = kr.DeterministicSequential(
+        [keras.Input((6,)), Drift(), keras.layers.Dense(3, activation="softmax")], seed=7
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
     return model
 
 
@@ -132,3 +155,34 @@ def test_report_from_hand_made_fingerprints():
     assert "epoch:    epoch 1" in report and "variable: model/dense/bias" in report
     assert "epoch 1   trainable     model/dense/bias" in report
     assert "deterministic kernels" in report
+
+
+def test_resumable_passes_and_fails_naming_the_resumed_epoch():
+    """A DeterministicModel resumes exactly (in this process); a layer whose state a
+    checkpoint does not keep fails at the first resumed epoch, with a report."""
+    x, y = make_data()
+    comparison = assert_resumable(_deterministic_model, x, y, epochs=3, at=2, batch_size=16, fresh_process=False)
+    assert comparison.identical and comparison.epochs_compared == (2,)
+    with pytest.raises(AssertionError) as failure:
+        assert_resumable(_drifting_model, x, y, epochs=3, at=1, batch_size=16, fresh_process=False)
+    report = str(failure.value)
+    assert "does not resume exactly: stopped after epoch 0, saved, loaded and resumed" in report
+    assert "epoch:    epoch 1" in report and "Likely cause:" in report
+
+
+@pytest.mark.slow
+def test_resumable_in_a_fresh_process_and_its_fixture(resumable):
+    """The default loads the checkpoint in a fresh process; the fixture is assert_resumable."""
+    assert resumable is assert_resumable
+    x, y = make_data()
+    assert resumable(_deterministic_model, x, y, epochs=3, at=1, batch_size=16).identical
+    with pytest.raises(AssertionError, match="loaded in a fresh process and resumed"):
+        resumable(_drifting_model, x, y, epochs=3, at=1, batch_size=16)
+
+
+def test_resumable_argument_errors():
+    x, y = make_data()
+    with pytest.raises(ValueError, match="at=3"):
+        assert_resumable(_deterministic_model, x, y, epochs=3, at=3)
+    with pytest.raises(ValueError, match="must be arrays"):
+        assert_resumable(_deterministic_model, iter([(x, y)]), epochs=3, at=1)

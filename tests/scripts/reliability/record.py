@@ -70,7 +70,7 @@ class Announce(keras.callbacks.Callback):
             time.sleep(self.epoch_sleep)
 
     def on_epoch_end(self, epoch, logs=None):
-        _say("EPOCH", epoch, logs["fingerprint"])
+        _say("EPOCH", epoch, self.model.history.history["fingerprint"][-1])
 
 
 def build(seed: int) -> kr.DeterministicModel:

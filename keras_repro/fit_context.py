@@ -1,0 +1,84 @@
+"""What one fit is, for `SeedCallback`: its epoch numbering and its data-order records.
+
+Keras numbers the epochs of every `fit` call from `initial_epoch` (0 by default), so
+a second `fit` of the same model, continuing its training as notebooks do, calls its
+epochs 0, 1, ... again. keras_repro numbers epochs as the model's training goes on:
+a fit that starts at epoch 0 on a model that already finished k epochs in this
+process is epochs k, k+1, ... (the same as one longer fit), while an explicit
+`initial_epoch=k` is kept as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from keras_repro.fingerprints import VariableDigest
+
+logger = logging.getLogger(__name__)
+
+TRAINED_EPOCHS_ATTRIBUTE = "_keras_repro_trained_epochs"
+"""Set on a model object: one past the last epoch it finished in this process."""
+
+
+class EpochClock:
+    """Maps the Keras epoch numbers of one fit to the model's epoch numbers.
+
+    Args:
+        model: The model being fit.
+
+    Example:
+
+    >>> clock = EpochClock(model)     # doctest: +SKIP
+    >>> clock.epoch(0)                # a second fit(epochs=3) after fit(epochs=3)
+    3
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._offset: int | None = None
+
+    @property
+    def offset(self) -> int:
+        """Model epoch minus Keras epoch (0 until the first epoch began)."""
+        return self._offset or 0
+
+    def epoch(self, keras_epoch: int) -> int:
+        """The model's number of the epoch Keras numbers `keras_epoch`."""
+        if self._offset is None:
+            trained = int(getattr(self._model, TRAINED_EPOCHS_ATTRIBUTE, 0) or 0)
+            self._offset = trained if keras_epoch == 0 and trained > 0 else 0
+            if self._offset:
+                logger.info(
+                    "This fit continues the training of '%s' after epoch %d: its epochs are numbered "
+                    "from %d (pass initial_epoch=%d to say so explicitly)",
+                    getattr(self._model, "name", "model"), trained - 1, trained, trained,
+                )
+        return keras_epoch + self._offset
+
+    def finished(self, keras_epoch: int) -> None:
+        """Notes on the model that the epoch Keras numbers `keras_epoch` has finished."""
+        setattr(self._model, TRAINED_EPOCHS_ATTRIBUTE, self.epoch(keras_epoch) + 1)
+
+
+def _no_records(epoch: int) -> list[VariableDigest]:
+    """No data-order records (inputs keras_repro does not order)."""
+    return []
+
+
+@dataclasses.dataclass
+class FitContext:
+    """What a `DeterministicModel` tells its `SeedCallback` about one fit.
+
+    Attributes:
+        clock: The fit's epoch numbering.
+        data_records: The data part of the fingerprint of a (model-numbered) epoch:
+            its training order and the validation split.
+        notes: Remarks recorded with the run ({topic: text}).
+    """
+
+    clock: EpochClock
+    data_records: Callable[[int], list[VariableDigest]] = _no_records
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)

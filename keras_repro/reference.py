@@ -1,0 +1,179 @@
+"""A reference file as `SeedCallback` uses it: its path, its lock, reading and writing it.
+
+Recording takes an OS lock (`.NAME.lock` beside the file, via `filelock`; the kernel
+releases it when the process dies), so a second recorder gets a clear error instead
+of interleaving its epochs. Verifying needs no write access: it checks that no
+recorder holds the lock where it can, and reads the file as it is where it cannot
+(a read-only checkout). Within one process a lock is owned by one fit at a time: a
+fit that was interrupted (an exception, a stopped notebook cell) leaves its lock to
+the next fit of the same thread, which takes it over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from typing import Any
+
+import filelock
+
+from keras_repro import store
+from keras_repro.errors import ReferenceFileError
+from keras_repro.log import FingerprintLog, load_fingerprints
+
+logger = logging.getLogger(__name__)
+
+
+def normalize_path(reference: Any) -> str | None:
+    """The reference path as `SeedCallback` uses it: `~` expanded; None stays None.
+
+    Raises:
+        ValueError: For an empty path or something that is not a path.
+        ReferenceFileError: For a path that names a folder.
+    """
+    if reference is None:
+        return None
+    if not isinstance(reference, (str, os.PathLike)):
+        raise ValueError(
+            "`reference` must be the path of a fingerprint file (e.g. 'run.h5') or None. "
+            f"Received: reference={reference!r}"
+        )
+    path = os.path.expanduser(os.fspath(reference))
+    if not path.strip():
+        raise ValueError(
+            "`reference` must be the path of a fingerprint file (e.g. 'run.h5'), or None to keep "
+            f"the fingerprints in memory only. Received: reference={reference!r}"
+        )
+    if os.path.isdir(path):
+        raise ReferenceFileError(path, "is a folder; pass the path of a file in it, such as 'run.h5'")
+    return path
+
+
+def lock_path(reference: str) -> str:
+    """The lock file that guards a reference: `.NAME.lock` beside it."""
+    folder, name = os.path.split(os.path.abspath(reference))
+    return os.path.join(folder, f".{name}.lock")
+
+
+@dataclasses.dataclass
+class _Holder:
+    """Who holds a reference's lock in this process."""
+
+    lock: filelock.FileLock
+    thread: int
+
+
+_held: dict[str, _Holder] = {}
+_held_guard = threading.Lock()
+
+
+class ReferenceFile:
+    """One reference file: where it is, whether this process may write it, what it holds.
+
+    Args:
+        path: The file, as `normalize_path` returns it.
+
+    Example:
+
+    >>> reference = ReferenceFile("run.h5")        # doctest: +SKIP
+    >>> reference.lock(required=False)             # doctest: +SKIP
+    True
+    >>> reference.read().epochs[-1].epoch          # doctest: +SKIP
+    4
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock: filelock.FileLock | None = None
+
+    @property
+    def locked(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._lock is not None
+
+    def exists(self) -> bool:
+        """Whether the file exists (a folder raises `ReferenceFileError`)."""
+        if os.path.isdir(self.path):
+            raise ReferenceFileError(self.path, "is a folder; pass the path of a file in it, such as 'run.h5'")
+        return os.path.exists(self.path)
+
+    def read(self) -> FingerprintLog:
+        """The recorded run (`ReferenceFileError` if it is missing or damaged)."""
+        return load_fingerprints(self.path)
+
+    def lock(self, required: bool) -> bool:
+        """Takes the lock without waiting; returns whether it is held.
+
+        Args:
+            required: True to record: any failure raises. False to verify: a lock held
+                by a recorder still raises, but a folder where no lock can be made
+                (read-only) returns False, since no recorder can write there either.
+
+        Raises:
+            ReferenceFileError: If another process, or another fit of this process
+                running in another thread, holds the lock; or (`required`) if the
+                lock cannot be made.
+        """
+        if self._lock is not None:
+            return True
+        key = lock_path(self.path)
+        with _held_guard:
+            holder = _held.get(key)
+            if holder is not None and holder.thread != threading.get_ident():
+                raise ReferenceFileError(
+                    self.path,
+                    "is being recorded by another fit of this process (in another thread). Wait for "
+                    "that fit to finish, or record to another file",
+                )
+            if holder is not None:  # a fit of this thread was interrupted and left it locked
+                logger.info("Taking over the lock of %s from an interrupted fit", self.path)
+                holder.lock.release()
+                del _held[key]
+            if required:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            lock = filelock.FileLock(key)
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                raise ReferenceFileError(
+                    self.path,
+                    f"is being recorded by another process (it holds '{key}'). Wait for that fit to "
+                    "finish, or record to another file",
+                ) from None
+            except OSError as error:
+                if not required:
+                    logger.info("Reading %s without its lock: %s", self.path, error)
+                    return False
+                raise ReferenceFileError(
+                    self.path,
+                    f"cannot be recorded: its lock '{key}' cannot be created ({error.strerror or error}). "
+                    "Record to a writable folder",
+                ) from None
+            _held[key] = _Holder(lock, threading.get_ident())
+            self._lock = lock
+        return True
+
+    def release(self) -> None:
+        """Releases the lock, if this object holds it."""
+        if self._lock is None:
+            return
+        with _held_guard:
+            key = lock_path(self.path)
+            holder = _held.get(key)
+            if holder is not None and holder.lock is self._lock:
+                del _held[key]
+            self._lock.release()
+            self._lock = None
+
+    def remove_stale_temporaries(self) -> None:
+        """Deletes temporaries left by killed writes (only while holding the lock)."""
+        if self._lock is not None:
+            store.remove_stale_temporaries(self.path)
+
+    def write(self, log: FingerprintLog) -> None:
+        """Replaces the file with `log`, atomically (the lock must be held)."""
+        if self._lock is None:
+            raise RuntimeError(f"ReferenceFile.write without the lock of '{self.path}'")
+        log.save(self.path)
