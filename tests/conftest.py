@@ -33,6 +33,20 @@ def edit_reference(path):
     store.seal(path)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Prints the conformance matrix's runtime when it ran."""
+    module = sys.modules.get("tests.test_conformance") or sys.modules.get("test_conformance")
+    runtime = getattr(module, "RUNTIME", None)
+    if runtime:
+        cells = len(module.conformance.CELLS)
+        terminalreporter.write_sep("-", "conformance matrix runtime")
+        terminalreporter.write_line(
+            f"{cells} cells x {len(module.BACKENDS)} backends, backends side by side: "
+            + ", ".join(f"{phase} process {seconds:.0f} s" for phase, seconds in runtime.items())
+            + f"; {sum(runtime.values()):.0f} s in all"
+        )
+
+
 @pytest.fixture(autouse=True)
 def restore_environ():
     """Restores os.environ after each test."""
@@ -43,9 +57,11 @@ def restore_environ():
 
 
 @pytest.fixture(autouse=True)
-def fresh_keras_session():
-    """Each test starts with fresh Keras name counters."""
-    keras.backend.clear_session()
+def fresh_keras_session(request):
+    """Each test starts with fresh Keras name counters (unless its module trains only in
+    other processes: `IN_PROCESS_KERAS = False`)."""
+    if getattr(request.module, "IN_PROCESS_KERAS", True):
+        keras.backend.clear_session()
     yield
 
 
