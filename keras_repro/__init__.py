@@ -1,7 +1,8 @@
 """keras_repro: reproducible Keras training, and proof of it.
 
 `import keras_repro` imports Keras and registers the model classes, so
-`keras.models.load_model` finds a saved `DeterministicModel`. The `keras-repro`
+`keras.models.load_model` finds a saved `DeterministicModel`, and sets the deterministic-
+kernel switches that only work before the backend starts (see `keras_repro.determinism`). The `keras-repro`
 command (and `python -m keras_repro`) imports only what each subcommand needs:
 reading a fingerprint file (`show`, `diff`) needs h5py and NumPy, not Keras.
 
@@ -46,6 +47,8 @@ _EXPORTS = {
     "load_fingerprints": "keras_repro.log",
     "DeterministicModel": "keras_repro.model",
     "DeterministicSequential": "keras_repro.model",
+    "PreflightReport": "keras_repro.preflight",
+    "preflight": "keras_repro.preflight",
     "plot_drift": "keras_repro.plotting",
     "plot_heatmap": "keras_repro.plotting",
     "plot_metrics": "keras_repro.plotting",
@@ -55,7 +58,42 @@ _EXPORTS = {
     "assert_resumable": "keras_repro.testing",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AuditDivergence",
+    "AuditReport",
+    "BisectReport",
+    "Comparison",
+    "DeterminismReport",
+    "DeterministicModel",
+    "DeterministicSequential",
+    "Divergence",
+    "Fingerprint",
+    "FingerprintLog",
+    "FingerprintMismatch",
+    "FingerprintMismatchWarning",
+    "HashRandomizationWarning",
+    "NondeterministicInputWarning",
+    "PreflightReport",
+    "ReferenceFileError",
+    "ReproError",
+    "ReproWarning",
+    "SeedCallback",
+    "__version__",
+    "assert_reproducible",
+    "assert_resumable",
+    "audit",
+    "bisect",
+    "derive_seed",
+    "enable_determinism",
+    "find_hazards",
+    "fingerprint",
+    "load_fingerprints",
+    "plot_drift",
+    "plot_heatmap",
+    "plot_metrics",
+    "preflight",
+    "seed_everything",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -98,5 +136,11 @@ if TYPE_CHECKING or not _started_as_command():
     from keras_repro.log import FingerprintLog, load_fingerprints
     from keras_repro.model import DeterministicModel, DeterministicSequential
     from keras_repro.plotting import plot_drift, plot_heatmap, plot_metrics
+    from keras_repro.preflight import PreflightReport, preflight
     from keras_repro.seeding import derive_seed, seed_everything
     from keras_repro.testing import assert_reproducible, assert_resumable
+
+if not TYPE_CHECKING and not _started_as_command():
+    from keras_repro.determinism import prepare_at_import
+
+    prepare_at_import()  # JAX's XLA flag and cuBLAS's workspace: only before the backend starts

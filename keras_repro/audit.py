@@ -55,6 +55,7 @@ from keras_repro import _backend, child
 from keras_repro.callbacks import SeedCallback
 from keras_repro.child import CHILD_ENVIRONMENT_VARIABLE, map_leaves
 from keras_repro.compare import Divergence, compare_fingerprints
+from keras_repro.determinism import kernel_state
 from keras_repro.errors import ReproError, ReproWarning, warn
 from keras_repro.log import FingerprintLog
 from keras_repro.model import DeterministicModel, _is_arrays
@@ -286,14 +287,10 @@ def _has_explicit_seed(layer: Any, generators: Sequence[Any]) -> bool:
 
 
 def _device_hazards() -> list[str]:
-    """GPU kernels without the backend's determinism switch."""
-    state = _backend.determinism_state()
-    names = " ".join(_backend.devices()).lower()
-    if _backend.name() == "tensorflow" and "gpu" in names and state.get("tf_op_determinism") is not True:
-        return ["TensorFlow op determinism is off on a GPU (some kernels, e.g. scatter and cuDNN "
-                "convolutions, are nondeterministic): call kr.enable_determinism() before training"]
-    if _backend.name() == "torch" and "cuda" in names and not state.get("torch_deterministic_algorithms"):
-        return ["torch deterministic algorithms are off on a GPU: call kr.enable_determinism() before training"]
+    """Accelerator kernels without the backend's determinism switch."""
+    state = kernel_state()
+    if _backend.accelerators() and not state.in_effect:
+        return [f"deterministic kernels are not in effect on this accelerator: {state.detail}"]
     return []
 
 
@@ -341,6 +338,15 @@ class _Feed:
         else:
             kwargs = {k: v for k, v in fit_kwargs.items() if k != "shuffle"}
             model.fit(_Replay(self.parts), epochs=1, shuffle=False, callbacks=callbacks, **kwargs)
+
+    def batches(self) -> list[tuple]:
+        """The data as a list of (x, y, sample_weight) batches, in order."""
+        if self.kind == "batches":
+            return [tuple(batch) + (None,) * (3 - len(batch)) for batch in self.parts]
+        x, y, sample_weight = self.parts
+        rows = len(keras.tree.flatten(x)[0])
+        cut = lambda value, start: map_leaves(value, lambda a: a[start : start + self.batch_size])  # noqa: E731
+        return [(cut(x, s), cut(y, s), cut(sample_weight, s)) for s in range(0, rows, self.batch_size)]
 
 
 def _prepare_feed(x: Any, y: Any, steps: int, batch_size: int, sample_weight: Any) -> _Feed:

@@ -12,6 +12,7 @@ import numpy as np
 from keras_repro import _backend, environment
 from keras_repro.checksums import BatchChecksums, expected_lanes
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
+from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
 from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
 from keras_repro.fingerprints import (
@@ -49,7 +50,8 @@ def reset_layer_rng(model: Any, seed: int, epoch: int) -> int:
 class SeedCallback(keras.callbacks.Callback):
     """Reseeds a fit, fingerprints every epoch, and records or verifies a reference.
 
-    At the start of each fit it reseeds Python, NumPy and the backend from `seed`.
+    At the start of each fit it reseeds Python, NumPy and the backend from `seed`, and
+    on an accelerator warns once when deterministic kernels are not in effect.
     Before the first step it fingerprints the model (weights, optimizer state);
     at the start of every epoch it reseeds again from (seed, epoch) and resets
     every layer `SeedGenerator` (Dropout, noise, augmentation) from (seed, epoch,
@@ -205,6 +207,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._reset_state()
         warn_if_hash_randomized()
         self._context, self._handed = self._handed or FitContext(EpochClock(self.model)), None
+        warn_if_kernels_off(self._context.kernels_chosen_off)
         chief = _backend.is_chief(self.model)
         self._session = ReferenceSession(
             ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief

@@ -1,4 +1,4 @@
-"""The `keras-repro` command: `demo`, `show`, `diff`, `run`, `audit` and `bisect`.
+"""The `keras-repro` command: `demo`, `show`, `diff`, `run`, `audit`, `preflight` and `bisect`.
 
 Exit codes: 0 reproducible / identical / ok, 1 differ, 2 bad input.
 """
@@ -86,6 +86,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"created:  {log.created}")
     print(f"seed:     {log.seed if log.seed is not None else '-'}")
     print(f"epochs:   {len(log.epochs)}{_planned(log)}")
+    print(f"kernels:  deterministic kernels {log.environment.get('deterministic_kernels', 'not recorded')}")
     print()
     print("environment:")
     for key, value in log.environment.items():
@@ -201,6 +202,26 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK if report.identical else EXIT_DIFFER
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    """`keras-repro preflight SCRIPT.py`."""
+    from keras_repro.audit import load_script, script_data, validate_options
+    from keras_repro.determinism import prepare_at_import
+
+    prepare_at_import()  # before the script can start the backend
+    try:
+        validate_options(args.batch_size, 0, steps=args.steps)
+        script = load_script(args.script, ("build_model", "data"))
+        x, y = script_data(script)
+    except ValueError as error:
+        print(f"keras-repro: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from keras_repro.preflight import preflight
+
+    report = preflight(script.build_model, x, y, steps=args.steps, batch_size=args.batch_size)
+    print(report)
+    return EXIT_OK if report.ok else EXIT_DIFFER
+
+
 def cmd_bisect(args: argparse.Namespace) -> int:
     """`keras-repro bisect CHECKPOINT.keras SCRIPT.py --epoch K`."""
     from keras_repro.audit import bisect, load_script, script_data, script_fit_kwargs, validate_checkpoint, validate_options
@@ -274,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=int, default=7, help="SeedCallback seed of every run (default 7)")
     audit.add_argument("--in-process-only", action="store_true", help="skip the fresh-process comparison")
     audit.set_defaults(handler=cmd_audit)
+    preflight = sub.add_parser(
+        "preflight",
+        help="train SCRIPT's first steps with deterministic kernels; name the ops without one, time both",
+        description="SCRIPT defines build_model() (returning a compiled model) and data() (returning "
+        "(x, y)). Trains a few steps with the backend's deterministic kernels on, names every op that has "
+        "no deterministic implementation on this device with the layer it comes from, and times the steps "
+        "with the kernels on and off. Exit 0 when every op has one, 1 when some do not.",
+    )
+    preflight.add_argument("script", help="a Python file defining build_model() and data()")
+    preflight.add_argument("--steps", type=int, default=5, help="training steps per setting (default 5)")
+    preflight.add_argument("--batch-size", type=int, default=32, help="rows per step for array data (default 32)")
+    preflight.set_defaults(handler=cmd_preflight)
     bisect = sub.add_parser(
         "bisect",
         help="replay epoch K twice from the checkpoint saved before it; name the first divergent batch",

@@ -86,7 +86,9 @@ def run_demo(out: str, seed: int = 7, epochs: int = 5) -> DemoResult:
     True
     """
     from keras_repro import _backend
+    from keras_repro.determinism import prepare_at_import
 
+    prepare_at_import()  # the command imports lazily: set what only works before the backend starts
     reference = os.path.join(out, "reference.h5")
     model, first = train_once(seed, epochs, reference, "record")
     with warnings.catch_warnings():

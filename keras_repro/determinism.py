@@ -1,15 +1,30 @@
-"""`enable_determinism`: the backend's deterministic-kernel switches, with a report
-of what took effect."""
+"""Deterministic kernels: on by default for `DeterministicModel`, checked where they matter.
+
+GPU kernels are the last source of nondeterminism that seeds cannot fix: atomics in
+reductions, autotuned convolutions, cuBLAS workspaces. Each backend has a switch, and two of
+them only work before the backend starts: JAX reads XLA's flag once, cuBLAS its workspace
+setting once. So `import keras_repro` sets those two while it still can (unless
+`KERAS_REPRO_DETERMINISTIC_KERNELS=0`), `DeterministicModel` turns on the run-time ones
+(TensorFlow op determinism, torch deterministic algorithms) unless given
+`deterministic_kernels=False`, every run records whether they were in effect, and a fit on an
+accelerator without them warns once, saying what to do.
+
+`enable_determinism` sets the same switches by hand, with thread limits, and reports.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 from typing import Any
 
 from keras_repro import _backend
-from keras_repro.errors import ReproWarning
+from keras_repro._backend import flags
+from keras_repro.errors import ReproWarning, warn
+
+OPT_OUT_VARIABLE = flags.OPT_OUT_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +89,62 @@ def enable_determinism(threads: int | None = None, inter_op_threads: int | None 
         warnings.warn(f"Determinism setting '{key}' was not applied: {reason}", ReproWarning, stacklevel=2)
     logger.debug("%s", report)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelState:
+    """Whether deterministic kernels are in effect.
+
+    Attributes:
+        in_effect: True when the backend's switch is on (and was in time).
+        detail: What turns them on, or why they are not in effect and what to do.
+    """
+
+    in_effect: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"on ({self.detail})" if self.in_effect else f"not in effect ({self.detail})"
+
+
+def prepare_at_import() -> None:
+    """Sets, while the backend has not started, what only works before (`import keras_repro`)."""
+    if not flags.opted_out():
+        _backend.prepare_kernels_at_import()
+
+
+def use_deterministic_kernels(on: bool = True) -> KernelState:
+    """Switches the backend's run-time deterministic kernels on (or off); returns the state.
+
+    Example:
+
+    >>> use_deterministic_kernels().in_effect      # doctest: +SKIP
+    True
+    """
+    _backend.set_deterministic_kernels(on)
+    return kernel_state()
+
+
+def kernel_state() -> KernelState:
+    """Whether deterministic kernels are in effect now, and what or why not."""
+    return KernelState(*_backend.kernels_in_effect())
+
+
+def warn_if_kernels_off(chosen_off: bool = False) -> KernelState:
+    """Warns, once per process and reason, when a fit on an accelerator runs without
+    deterministic kernels (unless a `DeterministicModel` was told not to use them)."""
+    state = kernel_state()
+    if not state.in_effect and not chosen_off and _backend.accelerators():
+        _warn_once(state.detail)
+    return state
+
+
+@functools.cache
+def _warn_once(detail: str) -> None:
+    """One warning per reason."""
+    warn(
+        f"Deterministic kernels are not in effect on this accelerator: {detail}. Runs may differ from "
+        "the first step on. Fix it as said, or pass deterministic_kernels=False to DeterministicModel "
+        "to train without them knowingly; `keras-repro preflight` lists what deterministic kernels cost.",
+        ReproWarning,
+    )

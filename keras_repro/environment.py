@@ -34,6 +34,7 @@ def collect() -> dict[str, str]:
     import keras
 
     from keras_repro import _backend
+    from keras_repro.determinism import kernel_state
     from keras_repro.version import __version__
 
     manifest: dict[str, Any] = {
@@ -53,6 +54,7 @@ def collect() -> dict[str, str]:
         "hash_randomization": hash_randomization_enabled(),
         "byteorder": sys.byteorder,
     }
+    manifest["deterministic_kernels"] = str(kernel_state())
     for key, value in _backend.determinism_state().items():
         manifest[f"determinism.{key}"] = value
     for key in sorted(os.environ):

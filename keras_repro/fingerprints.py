@@ -294,10 +294,11 @@ def summarize(array: np.ndarray) -> tuple[float, ...]:
 def fingerprint(model: Any, summaries: bool = False, replica: int = 0) -> Fingerprint:
     """Fingerprints every variable of a Keras model and of its optimizer.
 
-    Variables are read in batches of at most max(largest variable, 32 MiB) bytes as
-    host views (no copy on CPU), and each batch is hashed in 4 MiB chunks on all
-    cores. Extra memory is therefore nil on CPU and bounded by that batch size where
-    reading copies (an accelerator).
+    Variables are read to the host in batches of at most max(largest variable, 32 MiB)
+    bytes (`_backend.read_batch`: zero-copy views on CPU; on accelerators, copies issued
+    together, through pinned staging buffers with torch), and each batch is hashed in 4 MiB
+    chunks on all cores while the next batch is read. Extra memory is therefore nil on CPU
+    and at most two batches where reading copies.
 
     Args:
         model: A built `keras.Model` (or any Keras layer).
@@ -321,43 +322,57 @@ def fingerprint(model: Any, summaries: bool = False, replica: int = 0) -> Finger
     rng_paths = seed_generator_paths(model)
     sizes = [_nbytes(variable) for _, variable in variables]
     pool = _shared_pool() if _workers() > 1 and sum(sizes) >= PARALLEL_MIN_BYTES else None
-    budget = max([IN_FLIGHT_MIN_BYTES, *sizes])
     records: list[VariableDigest] = []
-    batch: list[tuple[bytes, np.ndarray, list[memoryview], VariableDigest]] = []
-    batch_bytes = 0
+    pending = None
+    for batch in _plan(variables, sizes, max([IN_FLIGHT_MIN_BYTES, *sizes])):
+        arrays = _backend.read_batch([variable for _, _, variable in batch], replica)
+        items = []
+        for (part, index, variable), value in zip(batch, arrays):
+            dtype, shape = np.dtype(value.dtype).name, tuple(int(d) for d in value.shape)
+            array, chunks = _chunks(value)  # at least 1-d, so the shape comes from `value`
+            path = rng_paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
+            items.append((f"{part}\0{index}\0{dtype}\0{shape}\0".encode(), array, chunks,
+                          VariableDigest(path, part, dtype, shape, "", None)))
+        submitted = _submit(items, pool)
+        if pending is not None:  # the previous batch hashed while this one was read
+            records += _finish(*pending, summaries)
+        pending = (items, submitted)
+    if pending is not None:
+        records += _finish(*pending, summaries)
+    return make_fingerprint(records)
 
-    def hash_batch() -> None:
-        # Read first, then hash the whole batch while this thread waits: hashing threads
-        # that had to take the GIL back from a busy reader would wait a switch interval
-        # (5 ms) per chunk.
-        nonlocal batch_bytes
-        chunks = [chunk for _, _, item_chunks, _ in batch for chunk in item_chunks]
-        digests = pool.map(_sha256, chunks) if pool is not None else map(_sha256, chunks)
-        if summaries:  # computed while the threads hash
-            batch[:] = [(h, a, c, dataclasses.replace(r, stats=summarize(a))) for h, a, c, r in batch]
-        digests = iter(list(digests))
-        for header, array, item_chunks, record in batch:
-            chunk_digests = [next(digests) for _ in item_chunks]
-            records.append(dataclasses.replace(record, digest=_combine(header, array.nbytes, chunk_digests)))
-        batch.clear()
-        batch_bytes = 0
 
+def _plan(variables: list[tuple[str, Any]], sizes: list[int], budget: int) -> list[list[tuple[str, int, Any]]]:
+    """(part, index in part, variable) in batches of at most `budget` bytes (or one variable)."""
+    batches: list[list[tuple[str, int, Any]]] = [[]]
     counters: dict[str, int] = {}
-    for position, (part, variable) in enumerate(variables):
+    batch_bytes = 0
+    for (part, variable), size in zip(variables, sizes):
         index = counters.get(part, 0)
         counters[part] = index + 1
-        if batch and batch_bytes + sizes[position] > budget:
-            hash_batch()
-        value = _backend.to_numpy(variable, replica)
-        dtype, shape = np.dtype(value.dtype).name, tuple(int(d) for d in value.shape)
-        header = f"{part}\0{index}\0{dtype}\0{shape}\0".encode()
-        array, chunks = _chunks(value)  # at least 1-d, so the shape comes from `value`
-        path = rng_paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
-        batch.append((header, array, chunks, VariableDigest(path, part, dtype, shape, "", None)))
-        batch_bytes += array.nbytes
-    if batch:
-        hash_batch()
-    return make_fingerprint(records)
+        if batches[-1] and batch_bytes + size > budget:
+            batches.append([])
+            batch_bytes = 0
+        batches[-1].append((part, index, variable))
+        batch_bytes += size
+    return [batch for batch in batches if batch]
+
+
+def _submit(items: list, pool: Any) -> list:
+    """Starts hashing a batch's chunks on the pool (futures), or hashes them here."""
+    chunks = [chunk for _, _, item_chunks, _ in items for chunk in item_chunks]
+    if pool is None:
+        return [_sha256(chunk) for chunk in chunks]
+    return [pool.submit(_sha256, chunk) for chunk in chunks]
+
+
+def _finish(items: list, submitted: list, summaries: bool) -> list[VariableDigest]:
+    """A batch's records, once its chunks are hashed (summaries computed meanwhile)."""
+    if summaries:
+        items = [(h, a, c, dataclasses.replace(r, stats=summarize(a))) for h, a, c, r in items]
+    digests = iter([d.result() if isinstance(d, concurrent.futures.Future) else d for d in submitted])
+    return [dataclasses.replace(record, digest=_combine(header, array.nbytes, [next(digests) for _ in chunks]))
+            for header, array, chunks, record in items]
 
 
 def replica_fingerprints(model: Any, summaries: bool = False) -> dict[int, Fingerprint]:

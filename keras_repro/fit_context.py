@@ -77,8 +77,11 @@ class FitContext:
         data_records: The data part of the fingerprint of a (model-numbered) epoch:
             its training order and the validation split.
         notes: Remarks recorded with the run ({topic: text}).
+        kernels_chosen_off: The model was told to train without deterministic kernels
+            (`DeterministicModel(deterministic_kernels=False)`): no warning about them.
     """
 
     clock: EpochClock
     data_records: Callable[[int], list[VariableDigest]] = _no_records
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    kernels_chosen_off: bool = False

@@ -7,7 +7,10 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 
-XLA_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
+from keras_repro._backend import flags
+
+XLA_DETERMINISM_FLAG = flags.XLA_DETERMINISM_FLAGS[0]
+"""The preferred spelling; the one set is what the installed jaxlib knows (`flags`)."""
 
 
 def launch_environment(
@@ -22,7 +25,8 @@ def launch_environment(
         base: The environment to start from (usually `os.environ`).
         hash_seed: Value of PYTHONHASHSEED (fixes `str` hashing, hence set order).
         deterministic: Also ask every backend for deterministic kernels
-            (TF_DETERMINISTIC_OPS, the XLA flag, CUBLAS_WORKSPACE_CONFIG).
+            (TF_DETERMINISTIC_OPS, the XLA flag the installed jaxlib knows,
+            CUBLAS_WORKSPACE_CONFIG).
         threads: If set, the CPU thread count for TensorFlow, OpenMP, MKL and OpenBLAS.
 
     Returns:
@@ -39,10 +43,10 @@ def launch_environment(
     env["PYTHONHASHSEED"] = str(hash_seed)
     if deterministic:
         env["TF_DETERMINISTIC_OPS"] = "1"
-        env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        flags = env.get("XLA_FLAGS", "")
-        if XLA_DETERMINISM_FLAG not in flags:
-            env["XLA_FLAGS"] = (flags + " " + XLA_DETERMINISM_FLAG).strip()
+        env.setdefault("CUBLAS_WORKSPACE_CONFIG", flags.CUBLAS_WORKSPACE_CONFIG)
+        flag = flags.xla_determinism_flag()
+        if flag is not None:  # an unknown flag would abort the program at JAX's start
+            env["XLA_FLAGS"] = flags.with_xla_determinism(env.get("XLA_FLAGS"), flag)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be at least 1. Received: {threads}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 from keras_repro import feeding
 from keras_repro._backend import distribution_scope, input_hazards
 from keras_repro.callbacks import SeedCallback
+from keras_repro.determinism import use_deterministic_kernels
 from keras_repro.errors import NondeterministicInputWarning, ReproError, ReproWarning, warn
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.ordering import SPLIT_MODES, split_indices
@@ -139,6 +141,11 @@ class DeterministicModel(keras.Model):
     Args:
         *args: As `keras.Model` (e.g. `inputs, outputs`).
         seed: An int in [0, 2**32 - 1].
+        deterministic_kernels: Turn on the backend's deterministic kernels (TensorFlow op
+            determinism, torch deterministic algorithms and cuDNN; JAX's XLA flag is set by
+            `import keras_repro`), default True. They are process-wide switches, and cost
+            speed on accelerators (`keras-repro preflight` measures how much); False trains
+            without them, knowingly: no warning, and the run records them as off.
         keep_weights: Functional and Sequential forms: layers (or their names) whose
             weights to keep as they are instead of re-drawing them, e.g. a pretrained
             encoder; True keeps every layer's. The fingerprint's initial state is the
@@ -168,19 +175,26 @@ class DeterministicModel(keras.Model):
             return super().__new__(DeterministicFunctional)
         return super().__new__(cls)
 
-    def __init__(self, *args: Any, seed: int | None = None, keep_weights: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, seed: int | None = None, keep_weights: Any = None, deterministic_kernels: bool = True,
+        **kwargs: Any,
+    ) -> None:
         restoring = _RESTORING.get()
         if seed is None and restoring is not None:
             seed, keep_weights = restoring.get("seed"), restoring.get("keep_weights", keep_weights)
+            deterministic_kernels = restoring.get("deterministic_kernels", deterministic_kernels)
         if seed is None:
             raise ValueError(
                 f"{type(self).__name__} needs a seed: {self._repro_seed_example}. Received: seed=None"
             )
         seed = validate_seed(seed)
         keep = _keep_names(keep_weights)
+        if deterministic_kernels:
+            use_deterministic_kernels(True)  # before any layer or train step exists
         seed_everything(derive_seed(seed, "build"))
         super().__init__(*args, **kwargs)
         self._repro_seed = seed
+        self._repro_kernels = bool(deterministic_kernels)
         self._repro_keep = keep
         self._repro_quiet = restoring is not None
         self._repro_decided: tuple[int, ...] = ()  # ids of layers whose initial weights are settled
@@ -247,12 +261,15 @@ class DeterministicModel(keras.Model):
         config["seed"] = self._repro_seed
         if self._repro_keep is not None:
             config["keep_weights"] = self._repro_keep if self._repro_keep is True else list(self._repro_keep)
+        if not self._repro_kernels:
+            config["deterministic_kernels"] = False
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> DeterministicModel:
         config = dict(config)
-        arguments = {"seed": config.pop("seed", None), "keep_weights": config.pop("keep_weights", None)}
+        arguments = {name: config.pop(name, default) for name, default in
+                     (("seed", None), ("keep_weights", None), ("deterministic_kernels", True))}
         with _restoring(arguments):
             return super().from_config(config, custom_objects=custom_objects)
 
@@ -303,6 +320,7 @@ class DeterministicModel(keras.Model):
             callbacks.append(seed_callback)
         clock = EpochClock(self)
         notes = {"kept_weights": ", ".join(self._repro_kept)} if self._repro_kept else {}
+        context = functools.partial(FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels)
         common = dict(
             epochs=epochs, verbose=verbose, class_weight=class_weight, initial_epoch=initial_epoch,
             validation_steps=validation_steps, validation_batch_size=validation_batch_size,
@@ -317,7 +335,7 @@ class DeterministicModel(keras.Model):
                 )
             self._repro_feed = None
             notes.update(self._repro_input_hazards(x))
-            seed_callback.use_fit_context(FitContext(clock, notes=notes))
+            seed_callback.use_fit_context(context())
             return super().fit(
                 x, y, batch_size=batch_size, callbacks=callbacks, validation_split=validation_split,
                 validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
@@ -345,7 +363,7 @@ class DeterministicModel(keras.Model):
         self._repro_feed = feeding.EpochFeed(train_rows, validation_rows, self._repro_seed, shuffle, batch_size or 32)
         self._repro_build(data[0], train_rows)
         source, setter = feeding.ordered_input(data, self._repro_feed, clock)
-        seed_callback.use_fit_context(FitContext(clock, self._repro_feed.records, notes))
+        seed_callback.use_fit_context(context(data_records=self._repro_feed.records))
         return super().fit(
             source, callbacks=[setter] + callbacks, validation_data=validation_data, shuffle=False, **common
         )
@@ -433,8 +451,10 @@ class DeterministicSequential(DeterministicModel, keras.Sequential):
         name: str | None = None,
         seed: int | None = None,
         keep_weights: Any = None,
+        deterministic_kernels: bool = True,
     ) -> None:
-        super().__init__(layers, trainable=trainable, name=name, seed=seed, keep_weights=keep_weights)
+        super().__init__(layers, trainable=trainable, name=name, seed=seed, keep_weights=keep_weights,
+                         deterministic_kernels=deterministic_kernels)
 
     def _repro_owns_prebuilt_layers(self) -> bool:
         return True

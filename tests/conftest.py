@@ -62,6 +62,11 @@ def fresh_keras_session(request):
     other processes: `IN_PROCESS_KERAS = False`)."""
     if getattr(request.module, "IN_PROCESS_KERAS", True):
         keras.backend.clear_session()
+        # A DeterministicModel turns the backend's deterministic kernels on for the whole
+        # process: each test starts with them off (tests of the default run in new processes).
+        from keras_repro.determinism import use_deterministic_kernels
+
+        use_deterministic_kernels(False)
     yield
 
 

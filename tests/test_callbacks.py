@@ -88,7 +88,7 @@ def test_one_ulp_at_epoch_1_is_named(tmp_path, pick, part):
         _fit([nudge, SeedCallback(7, path)])
     found = info.value.divergence
     assert (found.stage, found.epoch, found.part, found.variable) == ("epoch", 1, part, nudge.path)
-    assert f"epoch 1: " in str(found)
+    assert "epoch 1: " in str(found)
 
 
 def test_other_optimizer_step_is_caught_at_epoch_0(tmp_path):

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-import h5py
 import pytest
 
 from keras_repro import SeedCallback

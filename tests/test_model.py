@@ -248,16 +248,23 @@ def test_fingerprint_records_order_and_split(tmp_path):
 
 
 def test_unseeded_tf_data_shuffle_warns_and_is_recorded(tmp_path):
-    """A dataset it cannot reorder is fit unchanged; an unseeded shuffle warns and is noted in the file."""
+    """A dataset it cannot reorder is fit unchanged; an unseeded shuffle warns and is noted in
+    the file. (With deterministic kernels on, the default, TensorFlow refuses the shuffle itself.)"""
     tf = pytest.importorskip("tensorflow")
     x, y = make_data()
-    model = _functional(3)
-    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    path = tmp_path / "run.h5"
     from tensorflow.python.framework import random_seed
 
+    _functional(3)  # deterministic kernels: on
     random_seed.set_seed(None)  # tests before this one seeded TF globally
+    if keras.backend.backend() == "tensorflow":
+        with pytest.raises(RuntimeError, match="Random ops require a seed to be set when determinism is enabled"):
+            tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64)
+    kr.determinism.use_deterministic_kernels(False)
     unseeded = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64).batch(16)
+    inputs = keras.Input((6,))
+    model = kr.DeterministicModel(inputs, keras.layers.Dense(3)(inputs), seed=3, deterministic_kernels=False)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    path = tmp_path / "run.h5"
     with pytest.warns(kr.NondeterministicInputWarning, match="shuffle without a seed"):
         model.fit(unseeded, epochs=1, verbose=0, callbacks=[kr.SeedCallback(3, path)])
     assert "shuffle without a seed" in kr.load_fingerprints(path).notes["input_hazards"]

@@ -413,7 +413,6 @@ def _option_checks(cell, folder, tag, check):
 
 def first_phase(cell: Cell, folder: str, check: Checks) -> None:
     """Records the reference; in-process repeats, continuations, checkpoints, an interruption."""
-    import keras
     import numpy as np
 
     import keras_repro as kr
@@ -461,7 +460,6 @@ def first_phase(cell: Cell, folder: str, check: Checks) -> None:
 
 def second_phase(cell: Cell, folder: str, check: Checks) -> None:
     """Verifies in a fresh process; resumes; completes; and names what differs."""
-    import keras
     import numpy as np
 
     import keras_repro as kr

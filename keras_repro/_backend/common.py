@@ -1,0 +1,225 @@
+"""What every backend module shares: the interface's defaults (used as they are by Keras'
+NumPy backend) and the helpers the backend modules build on."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def version() -> str:
+    """The backend framework's version ("unknown" for Keras' NumPy backend)."""
+    return np.__version__
+
+
+def seed_backend(seed: int) -> None:
+    """Seeds python, numpy, the backend framework and Keras' global SeedGenerator."""
+    keras.utils.set_random_seed(seed)
+
+
+def value_of(variable: Any) -> Any:
+    """The backend tensor of a Keras variable (anything else as it is)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
+    """A host NumPy view (or copy) of a variable's current value. `replica` picks the copy
+    of a variable that devices hold one each of (see `replica_devices`)."""
+    return np.asarray(value_of(value))
+
+
+def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
+    """Host arrays of several variables at once (`to_numpy` of each by default)."""
+    module = _module()
+    return [module.to_numpy(variable, replica) for variable in variables]
+
+
+def data_to_numpy(value: Any) -> np.ndarray:
+    """A host NumPy copy of input data of any kind (NumPy, TensorFlow, JAX or torch arrays),
+    whatever the backend."""
+    return np.array(keras.ops.convert_to_numpy(value))
+
+
+def replica_devices(value: Any) -> tuple[str, ...]:
+    """The devices that each hold their own copy of a variable, in replica order; empty when
+    it has one copy (or copies that differ by design)."""
+    return ()
+
+
+def is_chief(model: Any = None) -> bool:
+    """Whether this process writes shared files (False only for the non-chief processes
+    of a multi-worker run)."""
+    return True
+
+
+def distribution_scope(model: Any) -> contextlib.AbstractContextManager:
+    """The scope a model's variables must be created in (a tf.distribute strategy's)."""
+    return contextlib.nullcontext()
+
+
+def seed_state_max() -> int:
+    """The largest value a SeedGenerator state entry can hold on this backend."""
+    return 2**32 - 1
+
+
+def enable_op_determinism(threads: int | None, inter_op_threads: int | None) -> tuple[dict, dict]:
+    """Turns on the backend's deterministic kernels and optional CPU thread limits.
+
+    Returns:
+        (applied, not_applied): what was set, and what could not be with the reason.
+    """
+    return {}, {"op_determinism": f"no determinism switch for the {keras.backend.backend()} backend"}
+
+
+def determinism_state() -> dict[str, Any]:
+    """The determinism switches currently in force, for the environment manifest."""
+    return {}
+
+
+def devices() -> list[str]:
+    """Names of the devices the backend computes on."""
+    return ["cpu"]
+
+
+def accelerators() -> list[str]:
+    """The accelerators (GPUs, TPUs) the backend computes on; empty on a CPU-only machine."""
+    return []
+
+
+def native_ordered_input(data: tuple, rows_for_epoch: Any, num_rows: int, batch_size: int) -> tuple[Any, Any] | None:
+    """A native pipeline that visits `data` in the order `rows_for_epoch(epoch)` gives, as
+    (dataset, set_epoch), or None to use the backend-neutral `PyDataset`."""
+    return None
+
+
+def input_hazards(data: Any) -> list[str]:
+    """Known sources of nondeterminism in an input pipeline keras_repro cannot reorder (by the
+    input's own type: a tf.data pipeline or a torch DataLoader, whatever the backend)."""
+    hazards: list[str] = []
+    module = type(data).__module__
+    if module.startswith("tensorflow") and hasattr(data, "_inputs"):
+        seen: set[int] = set()
+        stack = [data]
+        while stack:
+            dataset = stack.pop()
+            if id(dataset) in seen:
+                continue
+            seen.add(id(dataset))
+            kind = type(dataset).__name__
+            seed, seed2 = getattr(dataset, "_seed", None), getattr(dataset, "_seed2", None)
+            if "Shuffle" in kind and seed is not None and int(seed) == 0 and int(seed2) == 0:
+                hazards.append("tf.data shuffle without a seed (pass seed=... to Dataset.shuffle)")
+            if str(getattr(dataset, "_deterministic", "")).lower() == "false":
+                hazards.append(f"tf.data {kind} with deterministic=False")
+            try:
+                stack.extend(dataset._inputs())
+            except Exception:  # noqa: BLE001 - private API; stop walking, keep what was found
+                break
+        try:
+            if data.options().deterministic is False:
+                hazards.append("tf.data options with deterministic=False")
+        except Exception:  # noqa: BLE001
+            pass
+    elif module.startswith("torch.utils.data"):
+        sampler = getattr(data, "sampler", None)
+        if type(sampler).__name__ == "RandomSampler" and getattr(sampler, "generator", None) is None:
+            hazards.append("torch DataLoader with shuffle=True and no generator (pass generator=torch.Generator().manual_seed(...))")
+    return sorted(set(hazards))
+
+
+def sync_model_state(model: Any) -> None:
+    """Makes the model's variables current mid-epoch (the JAX trainer defers writing them)."""
+
+
+def child_determinism_environment() -> dict[str, str]:
+    """Environment variables that turn on, in a child process, the deterministic kernels
+    this process has on."""
+    return {}
+
+
+def prepare_kernels_at_import() -> None:
+    """Sets what must be in place before the backend starts (JAX's XLA flag, cuBLAS's
+    workspace) for deterministic kernels, where it still can."""
+
+
+def set_deterministic_kernels(on: bool) -> None:
+    """Switches the backend's deterministic kernels on or off, where that works at run time."""
+
+
+def kernels_in_effect() -> tuple[bool, str]:
+    """(whether deterministic kernels are in effect, what turns them on or why they are not)."""
+    return True, "Keras' NumPy backend has no nondeterministic kernels"
+
+
+DETERMINISM_WORDS = ("deterministic", "determinism")
+"""Words of the errors frameworks raise for an op without a deterministic implementation."""
+
+
+def plain_text(error: BaseException) -> str:
+    """An error's message without terminal colour codes (Keras adds them)."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+
+
+def determinism_failure(error: BaseException) -> str | None:
+    """The op an error says has no deterministic implementation ("" when it does not say
+    which), or None when the error is about something else."""
+    text = plain_text(error)
+    if not any(word in text.lower() for word in DETERMINISM_WORDS):
+        return None
+    return first_match(text, (r"implementation of (\w+)", r"HLO instruction %?([\w.\-]+)", r"(\w+) does not have a deterministic"))
+
+
+def first_match(text: str, patterns: tuple[str, ...]) -> str:
+    """The first group of the first pattern found in `text`, or ""."""
+    import re
+
+    for pattern in patterns:
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1)
+    return ""
+
+
+def host_checksum_function(variables: list, replica: int = 0) -> Callable[[], np.ndarray]:
+    """Batch checksum lanes of `variables` computed on the host from `to_numpy` views."""
+    from keras_repro import checksums
+
+    module = _module()
+    return lambda: np.stack([checksums.lanes(module.to_numpy(v, replica)) for v in variables])
+
+
+def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
+    """A function returning the batch checksum lanes (`keras_repro.checksums`) of these
+    variables, uint32 of shape (variables, 2)."""
+    if not variables:
+        return lambda: np.zeros((0, 2), np.uint32)
+    return host_checksum_function(variables, replica)
+
+
+def compiled_or_host(build: Callable[[], Callable[[], np.ndarray]], variables: list, replica: int) -> Callable[[], np.ndarray]:
+    """The compiled checksum function `build()` makes, or the host one where it cannot run."""
+    if not variables:
+        return lambda: np.zeros((0, 2), np.uint32)
+    try:
+        compiled = build()
+        compiled()  # compile now, and find out whether it runs here
+    except Exception as error:  # noqa: BLE001 - any failure means: use the host path
+        logger.debug("batch checksums on the host: the compiled form failed (%s)", error)
+        return host_checksum_function(variables, replica)
+    return compiled
+
+
+def _module() -> Any:
+    """The chosen backend module (for helpers here that call the interface)."""
+    from keras_repro import _backend
+
+    return _backend._module

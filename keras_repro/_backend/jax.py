@@ -1,0 +1,256 @@
+"""The JAX backend: replicated arrays, the trainer's deferred state, XLA's determinism flag,
+and batch checksums compiled with XLA."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from keras_repro._backend import flags
+from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    child_determinism_environment,
+    compiled_or_host,
+    data_to_numpy,
+    determinism_failure,
+    plain_text,
+    distribution_scope,
+    input_hazards,
+    native_ordered_input,
+    seed_backend,
+    value_of,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def version() -> str:
+    return str(jax.__version__)
+
+
+def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
+    """A host NumPy view of an array (replica k: its k-th shard when fully replicated)."""
+    value = value_of(value)
+    if replica:
+        copies = _replicated_shards(value)
+        if replica < len(copies):
+            return np.asarray(copies[replica].data)
+    return np.asarray(value)
+
+
+def _replicated_shards(value: Any) -> list:
+    """The per-device shards of a fully replicated array on several devices, else []."""
+    sharding = getattr(value, "sharding", None)
+    shards = getattr(value, "addressable_shards", None) or []
+    if sharding is None or not getattr(sharding, "is_fully_replicated", False) or len(shards) < 2:
+        return []
+    return list(shards)
+
+
+def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
+    """Host arrays of several variables: views on CPU; on accelerators one `device_get`,
+    which starts every copy before it waits for any."""
+    values = [value_of(variable) for variable in variables]
+    if replica or all(_on_cpu(value) for value in values):
+        return [to_numpy(variable, replica) for variable in variables]
+    return [np.asarray(array) for array in jax.device_get(values)]
+
+
+def _on_cpu(value: Any) -> bool:
+    """Whether an array lives on the host."""
+    try:
+        return all(device.platform == "cpu" for device in value.devices())
+    except AttributeError:
+        return True
+
+
+def replica_devices(value: Any) -> tuple[str, ...]:
+    """The devices of a fully replicated array's shards."""
+    return tuple(str(shard.device) for shard in _replicated_shards(value_of(value)))
+
+
+def is_chief(model: Any = None) -> bool:
+    """Process 0 of a multi-process run."""
+    return jax.process_index() == 0
+
+
+def seed_state_max() -> int:
+    return 2**32 - 1
+
+
+def backends_initialized() -> bool:
+    """Whether JAX has created its backends (after which XLA_FLAGS are not read again)."""
+    try:
+        from jax._src import xla_bridge
+
+        check = getattr(xla_bridge, "backends_are_initialized", None)
+        return bool(check()) if check is not None else bool(getattr(xla_bridge, "_backends", {}))
+    except ImportError:  # pragma: no cover - private layout changed
+        return True
+
+
+def enable_op_determinism(threads: int | None, inter_op_threads: int | None) -> tuple[dict, dict]:
+    """XLA's determinism flag, which only takes effect before JAX starts; no thread settings."""
+    applied: dict[str, Any] = {}
+    not_applied: dict[str, str] = {}
+    flag = flags.xla_determinism_flag()
+    if flags.has_xla_determinism_flag(os.environ.get("XLA_FLAGS")):
+        applied["xla_deterministic_ops"] = True
+    elif flag is None:
+        not_applied["xla_deterministic_ops"] = "this jaxlib knows none of XLA's determinism flags"
+    elif backends_initialized():
+        not_applied["xla_deterministic_ops"] = (
+            f"JAX is already initialized; set XLA_FLAGS={flag} before the first JAX operation "
+            "(or start with `keras-repro run`)"
+        )
+    else:
+        os.environ["XLA_FLAGS"] = flags.with_xla_determinism(os.environ.get("XLA_FLAGS"), flag)
+        applied["xla_deterministic_ops"] = True
+    for key, value in (("intra_op_threads", threads), ("inter_op_threads", inter_op_threads)):
+        if value is not None:
+            not_applied[key] = "JAX has no runtime thread-count setting; use XLA_FLAGS"
+    return applied, not_applied
+
+
+_started_without_flag = False
+"""Set once, at `import keras_repro`: JAX had started before, without XLA's determinism flag."""
+
+
+def prepare_kernels_at_import() -> None:
+    """Adds XLA's determinism flag to XLA_FLAGS while JAX has not started (it reads them once)."""
+    global _started_without_flag
+    present = flags.has_xla_determinism_flag(os.environ.get("XLA_FLAGS"))
+    if backends_initialized():
+        _started_without_flag = not present
+        return
+    flag = flags.xla_determinism_flag()
+    if not present and flag is not None:
+        os.environ["XLA_FLAGS"] = flags.with_xla_determinism(os.environ.get("XLA_FLAGS"), flag)
+
+
+def set_deterministic_kernels(on: bool) -> None:
+    """Nothing: XLA's flag is fixed when JAX starts (see `prepare_kernels_at_import`)."""
+
+
+def kernels_in_effect() -> tuple[bool, str]:
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if _started_without_flag:
+        return False, ("JAX started before keras_repro could set XLA's determinism flag: import keras_repro "
+                       "before anything runs JAX (restart the kernel), or start the program with `keras-repro run`")
+    if flags.has_xla_determinism_flag(xla_flags):
+        return True, next(f for f in flags.XLA_DETERMINISM_FLAGS if f in xla_flags.split())
+    if flags.opted_out():
+        return False, f"XLA's determinism flag was not set: {flags.OPT_OUT_VARIABLE}=0"
+    if flags.xla_determinism_flag() is None:
+        return False, "this jaxlib knows none of XLA's determinism flags"
+    return False, (f"XLA_FLAGS lacks {flags.xla_determinism_flag()}: it was turned off, or set after JAX "
+                   "started; start the program with `keras-repro run`")
+
+
+def determinism_state() -> dict[str, Any]:
+    return {"xla_deterministic_ops": flags.has_xla_determinism_flag(os.environ.get("XLA_FLAGS"))}
+
+
+def devices() -> list[str]:
+    try:
+        return [str(d) for d in jax.devices()]
+    except Exception as error:  # noqa: BLE001 - the manifest must never break a run
+        logger.debug("Could not list devices: %s", error)
+        return []
+
+
+def accelerators() -> list[str]:
+    try:
+        return [str(d) for d in jax.devices() if d.platform != "cpu"]
+    except Exception:  # noqa: BLE001 - no backend: no accelerator
+        return []
+
+
+def sync_model_state(model: Any) -> None:
+    """Writes the trainer's state back to the variables: the JAX trainer keeps it outside
+    them during an epoch and writes it back only at epoch end."""
+    if getattr(model, "_jax_state", None) is not None:
+        model.jax_state_sync()
+
+
+def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
+    """Batch checksum lanes compiled with XLA; with `model`, read from the trainer's current
+    state mid-epoch instead of syncing it back (a write per variable, a rebuild per step)."""
+
+    def build() -> Callable[[], np.ndarray]:
+        if replica:
+            raise TypeError("replicas are read on the host")
+        run = _checksum_runner()
+        values = _current_values(variables, model)
+        return lambda: np.asarray(run(values()))
+
+    return compiled_or_host(build, variables, replica)
+
+
+def _current_values(variables: list, model: Any) -> Callable[[], list]:
+    """A function returning the variables' current arrays: from the JAX trainer's state
+    while it holds them (mid-epoch), else from the variables."""
+    slots: dict[int, tuple[str, int]] = {}
+    if model is not None:
+        optimizer = getattr(model, "optimizer", None)
+        groups = (
+            ("trainable_variables", model.trainable_variables),
+            ("non_trainable_variables", model.non_trainable_variables),
+            ("optimizer_variables", optimizer.variables if optimizer is not None else []),
+        )
+        for key, group in groups:
+            for index, variable in enumerate(group):
+                slots.setdefault(id(variable), (key, index))
+    places = [slots.get(id(v)) for v in variables]
+
+    def values() -> list:
+        state = getattr(model, "_jax_state", None)
+        if not state or getattr(model, "_jax_state_synced", True):
+            return [v.value for v in variables]
+        if any(place is None or state.get(place[0]) is None for place in places):
+            model.jax_state_sync()  # a variable outside the state: read them all synced
+            return [v.value for v in variables]
+        return [state[key][index] for key, index in places]
+
+    return values
+
+
+@functools.cache
+def _checksum_runner() -> Any:
+    import jax.numpy as jnp
+
+    from keras_repro import checksums
+
+    u32 = jnp.uint32
+
+    def words(value: Any) -> Any:
+        if value.dtype == jnp.bool_:
+            value = value.astype(u32)
+        elif value.dtype.itemsize == 1:
+            value = jax.lax.bitcast_convert_type(value, jnp.uint8).astype(u32)
+        elif value.dtype.itemsize == 2:
+            value = jax.lax.bitcast_convert_type(value, jnp.uint16).astype(u32)
+        else:
+            value = jax.lax.bitcast_convert_type(value, u32)
+        return value.reshape(-1)
+
+    def fmix(h: Any) -> Any:
+        h = h ^ (h >> u32(16))
+        h = h * u32(checksums.FMIX_1)
+        h = h ^ (h >> u32(13))
+        h = h * u32(checksums.FMIX_2)
+        return h ^ (h >> u32(16))
+
+    def lanes(value: Any) -> Any:
+        w = words(value)
+        positions = jnp.arange(w.size, dtype=u32) * u32(checksums.PHI)
+        return jnp.stack([w.sum(dtype=u32), fmix(w + positions).sum(dtype=u32)])
+
+    return jax.jit(lambda values: jnp.stack([lanes(v) for v in values]))
+
+

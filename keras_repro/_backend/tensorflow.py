@@ -1,0 +1,264 @@
+"""The TensorFlow backend: tf.distribute, op determinism, a tf.data order pipeline, and
+batch checksums compiled with XLA."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    compiled_or_host,
+    data_to_numpy,
+    first_match,
+    input_hazards,
+    plain_text,
+    read_batch,
+    seed_backend,
+    sync_model_state,
+    value_of,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def version() -> str:
+    return str(tf.__version__)
+
+
+def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
+    """A host NumPy view of a variable: one ReadVariableOp, viewed without a copy on CPU
+    (`.numpy()` copies; `read_value()` adds an Identity op)."""
+    value = value_of(value)
+    if isinstance(value, tf.distribute.DistributedValues):
+        copies = value.values if _mirrored(value) else value.values[:1]
+        value = copies[replica] if replica < len(copies) else copies[0]
+    read = getattr(value, "value", None)
+    return np.asarray(read() if callable(read) else value)
+
+
+def replica_devices(value: Any) -> tuple[str, ...]:
+    """The devices of a MirroredVariable's copies (sync-on-read variables differ by design)."""
+    value = value_of(value)
+    if isinstance(value, tf.distribute.DistributedValues) and _mirrored(value) and len(value.values) > 1:
+        return tuple(str(copy.device) for copy in value.values)
+    return ()
+
+
+def _mirrored(value: Any) -> bool:
+    """Whether a distributed variable keeps its copies equal (not sync-on-read)."""
+    return getattr(value, "synchronization", None) != tf.VariableSynchronization.ON_READ
+
+
+def is_chief(model: Any = None) -> bool:
+    """False for every task of the model's strategy's cluster but "chief" (or worker 0
+    when the cluster has no chief)."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type or task_type == "chief":
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    return task_type == "worker" and int(resolver.task_id or 0) == 0 and "chief" not in cluster
+
+
+def distribution_scope(model: Any):
+    """The scope of the tf.distribute strategy the model was created under (as Keras builds it)."""
+    import contextlib
+
+    strategy = getattr(model, "_distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def seed_state_max() -> int:
+    return 2**32 - 1
+
+
+def enable_op_determinism(threads: int | None, inter_op_threads: int | None) -> tuple[dict, dict]:
+    """Op determinism, and thread limits (which only work before TensorFlow runs an op)."""
+    applied: dict[str, Any] = {}
+    not_applied: dict[str, str] = {}
+    tf.config.experimental.enable_op_determinism()
+    applied["tf_op_determinism"] = True
+    for key, value, setter in (
+        ("intra_op_threads", threads, tf.config.threading.set_intra_op_parallelism_threads),
+        ("inter_op_threads", inter_op_threads, tf.config.threading.set_inter_op_parallelism_threads),
+    ):
+        if value is None:
+            continue
+        try:
+            setter(value)
+            applied[key] = value
+        except RuntimeError as error:
+            not_applied[key] = (
+                "TensorFlow is already initialized; call enable_determinism() before "
+                f"any TensorFlow op runs ({error})"
+            )
+    return applied, not_applied
+
+
+def op_determinism_enabled() -> bool | str:
+    """Whether TF op determinism is on ("unknown" if TF no longer exposes it)."""
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return bool(tf_config.is_op_determinism_enabled())
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        return "unknown"
+
+
+def determinism_state() -> dict[str, Any]:
+    return {
+        "tf_op_determinism": op_determinism_enabled(),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def devices() -> list[str]:
+    try:
+        return [d.name for d in tf.config.list_logical_devices()]
+    except Exception as error:  # noqa: BLE001 - the manifest must never break a run
+        logger.debug("Could not list devices: %s", error)
+        return []
+
+
+def accelerators() -> list[str]:
+    return [name for name in devices() if ":GPU:" in name or ":TPU:" in name]
+
+
+def prepare_kernels_at_import() -> None:
+    """Nothing: op determinism can be switched on at any time."""
+
+
+def set_deterministic_kernels(on: bool) -> None:
+    """Op determinism on or off (off: a private function, as Keras itself reads the state)."""
+    if on:
+        tf.config.experimental.enable_op_determinism()
+        return
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        logger.debug("TensorFlow cannot turn op determinism off")
+
+
+def kernels_in_effect() -> tuple[bool, str]:
+    if op_determinism_enabled() is True:
+        return True, "TensorFlow op determinism"
+    return False, "TensorFlow op determinism is off"
+
+
+def determinism_failure(error: BaseException) -> str | None:
+    """TensorFlow raises UnimplementedError for a GPU kernel without a deterministic version,
+    FailedPreconditionError for tf.timestamp and RuntimeError for an unseeded random op
+    under op determinism; graph errors name the node, whose path holds the layer's."""
+    if not isinstance(error, (tf.errors.OpError, RuntimeError)):
+        return None
+    text = plain_text(error)
+    if not any(word in text.lower() for word in ("deterministic", "determinism")):
+        return None
+    return first_match(text, (r"implementation of (\w+)", r"\{\{node ([^}]+)\}\}", r"node (\S+)", r"(\w+) cannot be called",
+                              r"(Random ops)", r"HLO instruction %?([\w.\-]+)"))
+
+
+def child_determinism_environment() -> dict[str, str]:
+    """TF_DETERMINISTIC_OPS=1 when op determinism is on here (no other way across processes)."""
+    return {"TF_DETERMINISTIC_OPS": "1"} if op_determinism_enabled() is True else {}
+
+
+def native_ordered_input(data: tuple, rows_for_epoch: Any, num_rows: int, batch_size: int) -> tuple[Any, Any] | None:
+    """An input pipeline that visits `data` rows in the order `rows_for_epoch(epoch)` gives.
+
+    On TensorFlow this is a tf.data pipeline over row indices held in a variable
+    (set at each epoch start) that gathers each batch from the arrays, the same
+    shape as Keras' own array pipeline, so it keeps native speed. Other backends
+    return None and use the backend-neutral `PyDataset` in `keras_repro.feeding`.
+
+    Returns:
+        (dataset, set_epoch) or None.
+    """
+    rows = tf.Variable(rows_for_epoch(0), trainable=False, dtype=tf.int64, name="keras_repro_rows")
+    full, rest = divmod(num_rows, batch_size)
+    # tf.data packs Python lists into one tensor: list inputs (several model inputs) become tuples.
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, keras.tree.lists_to_tuples(data))
+
+    @tf.autograph.experimental.do_not_convert
+    def batches(_):
+        order = rows.read_value()
+        result = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch_size], [full, batch_size]))
+        if rest:
+            result = result.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
+        return result
+
+    @tf.autograph.experimental.do_not_convert
+    def gather(indices, arrays):
+        return tf.nest.map_structure(lambda array: tf.gather(array, indices), arrays)
+
+    dataset = tf.data.Dataset.zip((tf.data.Dataset.range(1).flat_map(batches), tf.data.Dataset.from_tensors(tensors).repeat()))
+    dataset = dataset.map(gather).apply(tf.data.experimental.assert_cardinality(full + (1 if rest else 0)))
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+
+    def set_epoch(epoch: int) -> None:
+        rows.assign(rows_for_epoch(epoch))
+
+    return dataset, set_epoch
+
+
+def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
+    """Batch checksum lanes compiled with XLA in one call (on the host for distributed variables)."""
+
+    def build() -> Callable[[], np.ndarray]:
+        if any(isinstance(v.value, tf.distribute.DistributedValues) for v in variables):
+            raise TypeError("distributed variables")
+        run = _checksum_runner()
+        handles = [v.value for v in variables]
+        return lambda: np.asarray(run(handles))
+
+    return compiled_or_host(build, variables, replica)
+
+
+@functools.cache
+def _checksum_runner() -> Any:
+    from keras_repro import checksums
+
+    u32 = tf.uint32
+
+    def words(value: Any) -> Any:
+        size = value.dtype.size
+        if value.dtype == tf.bool:
+            value = tf.cast(value, u32)
+        elif size == 1:
+            value = tf.cast(tf.bitcast(value, tf.uint8) if value.dtype != tf.uint8 else value, u32)
+        elif size == 2:
+            value = tf.cast(tf.bitcast(value, tf.uint16) if value.dtype != tf.uint16 else value, u32)
+        elif value.dtype != u32:
+            value = tf.bitcast(value, u32)  # 8-byte elements become (low, high) pairs
+        return tf.reshape(value, [-1])
+
+    def fmix(h: Any) -> Any:
+        shift = tf.bitwise.right_shift
+        h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
+        h = h * tf.constant(checksums.FMIX_1, u32)
+        h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(13, u32)))
+        h = h * tf.constant(checksums.FMIX_2, u32)
+        return tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
+
+    def lanes(value: Any) -> Any:
+        w = words(tf.convert_to_tensor(value))
+        positions = tf.cast(tf.range(tf.size(w)), u32) * tf.constant(checksums.PHI, u32)
+        return tf.stack([tf.reduce_sum(w), tf.reduce_sum(fmix(w + positions))])
+
+    @tf.function(jit_compile=True, autograph=False)
+    def run(values: list) -> Any:
+        return tf.stack([lanes(v) for v in values])
+
+    return run
+
+

@@ -1,0 +1,243 @@
+"""The PyTorch backend: torch.distributed ranks, deterministic algorithms and cuBLAS, and
+batch checksums with torch ops on accelerators (NumPy over zero-copy views on CPU)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from keras_repro._backend import flags
+from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    child_determinism_environment,
+    compiled_or_host,
+    data_to_numpy,
+    distribution_scope,
+    first_match,
+    plain_text,
+    host_checksum_function,
+    input_hazards,
+    native_ordered_input,
+    replica_devices,
+    seed_backend,
+    sync_model_state,
+    value_of,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def version() -> str:
+    return str(torch.__version__)
+
+
+def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
+    """A host NumPy view (CPU tensors) or copy (accelerators) of a tensor."""
+    return value_of(value).detach().cpu().numpy()
+
+
+def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
+    """Host arrays of several tensors: views on CPU; from accelerators, asynchronous copies
+    into a pinned staging buffer (one synchronization per batch; pageable copies reach a
+    fraction of the host link's speed). Two buffers alternate, so a batch's views stay valid
+    while the next batch is read; they are kept for the next fingerprint."""
+    tensors = [value_of(variable).detach() for variable in variables]
+    if all(t.device.type == "cpu" for t in tensors):
+        return [t.numpy() for t in tensors]
+    try:
+        return _STAGING.copy(tensors)
+    except (RuntimeError, TypeError) as error:  # no pinned memory, or a dtype NumPy lacks
+        logger.debug("pinned staging failed (%s): reading tensor by tensor", error)
+        return [t.cpu().numpy() for t in tensors]
+
+
+class _Staging:
+    """Two pinned host buffers, used in turn, grown as needed (guarded by a lock)."""
+
+    ALIGN = 64
+
+    def __init__(self) -> None:
+        import threading
+
+        self._buffers: list[Any] = [None, None]
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def copy(self, tensors: list) -> list[np.ndarray]:
+        sizes = [t.numel() * t.element_size() for t in tensors]
+        total = sum(-(-size // self.ALIGN) * self.ALIGN for size in sizes)
+        with self._lock:
+            self._turn = 1 - self._turn
+            buffer = self._buffers[self._turn]
+            if buffer is None or buffer.numel() < total:
+                buffer = self._buffers[self._turn] = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+        views, offset = [], 0
+        for tensor, size in zip(tensors, sizes):
+            target = buffer[offset : offset + size].view(tensor.dtype).view(tensor.shape)
+            target.copy_(tensor.contiguous(), non_blocking=True)
+            views.append(target)
+            offset += -(-size // self.ALIGN) * self.ALIGN
+        torch.cuda.synchronize()
+        return [view.numpy() for view in views]
+
+
+_STAGING = _Staging()
+
+
+def is_chief(model: Any = None) -> bool:
+    """Rank 0 of an initialized torch.distributed process group (or no group)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def seed_state_max() -> int:
+    """torch's SeedGenerator state is int32."""
+    return 2**31 - 1
+
+
+def enable_op_determinism(threads: int | None, inter_op_threads: int | None) -> tuple[dict, dict]:
+    """Deterministic algorithms, cuDNN's deterministic mode, cuBLAS's workspace, threads."""
+    applied: dict[str, Any] = {}
+    not_applied: dict[str, str] = {}
+    torch.use_deterministic_algorithms(True)
+    applied["torch_deterministic_algorithms"] = True
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    applied["cudnn_deterministic"] = True
+    if torch.cuda.is_available() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = flags.CUBLAS_WORKSPACE_CONFIG
+        applied["CUBLAS_WORKSPACE_CONFIG"] = flags.CUBLAS_WORKSPACE_CONFIG
+    if threads is not None:
+        torch.set_num_threads(threads)
+        applied["intra_op_threads"] = threads
+    if inter_op_threads is not None:
+        try:
+            torch.set_num_interop_threads(inter_op_threads)
+            applied["inter_op_threads"] = inter_op_threads
+        except RuntimeError as error:
+            not_applied["inter_op_threads"] = f"torch already started its thread pool ({error})"
+    return applied, not_applied
+
+
+_cublas_late = False
+"""Set once, at `import keras_repro`: CUDA had started before, without cuBLAS's workspace setting."""
+
+
+def prepare_kernels_at_import() -> None:
+    """Sets CUBLAS_WORKSPACE_CONFIG before cuBLAS makes its first handle (it reads it then)."""
+    global _cublas_late
+    if "CUBLAS_WORKSPACE_CONFIG" in os.environ or not torch.cuda.is_available():
+        return
+    if torch.cuda.is_initialized():
+        _cublas_late = True
+        return
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = flags.CUBLAS_WORKSPACE_CONFIG
+
+
+def set_deterministic_kernels(on: bool) -> None:
+    """Deterministic algorithms and cuDNN's deterministic mode (no benchmarking) on or off."""
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    if on:
+        torch.backends.cudnn.benchmark = False
+
+
+def kernels_in_effect() -> tuple[bool, str]:
+    if not (torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic):
+        return False, "torch deterministic algorithms are off"
+    if accelerators() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        why = f"{flags.OPT_OUT_VARIABLE}=0" if flags.opted_out() else "start the program with `keras-repro run`"
+        return False, f"CUBLAS_WORKSPACE_CONFIG is not set: {why}"
+    if accelerators() and _cublas_late:
+        return False, ("CUDA started before keras_repro could set CUBLAS_WORKSPACE_CONFIG: import keras_repro "
+                       "first, or start the program with `keras-repro run`")
+    return True, "torch deterministic algorithms, cuDNN deterministic"
+
+
+def determinism_failure(error: BaseException) -> str | None:
+    """torch raises RuntimeError "<op> does not have a deterministic implementation, but you
+    set 'torch.use_deterministic_algorithms(True)'"."""
+    if not isinstance(error, RuntimeError) or "deterministic implementation" not in plain_text(error):
+        return None
+    return first_match(plain_text(error), (r"(\S+) does not have a deterministic",))
+
+
+def determinism_state() -> dict[str, Any]:
+    return {
+        "torch_deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "intra_op_threads": torch.get_num_threads(),
+    }
+
+
+def devices() -> list[str]:
+    return ["cpu"] + accelerators()
+
+
+def accelerators() -> list[str]:
+    try:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    except Exception:  # noqa: BLE001 - no driver: no accelerator
+        return []
+
+
+def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
+    """torch ops where the variables live on an accelerator; NumPy over zero-copy views on
+    CPU, which is faster there than torch's integer ops."""
+    if not any(value_of(v).device.type != "cpu" for v in variables):
+        return host_checksum_function(variables, replica) if variables else (lambda: np.zeros((0, 2), np.uint32))
+    return compiled_or_host(lambda: _device_checksum_function(variables), variables, replica)
+
+
+def _device_checksum_function(variables: list) -> Callable[[], np.ndarray]:
+    from keras_repro import checksums
+
+    # torch lacks unsigned 32-bit arithmetic on some devices: compute in int32, whose
+    # products and sums wrap around to the same bits, shift logically by masking the
+    # sign extension off, and sum in int64, keeping the low 32 bits.
+    def signed(constant: int) -> int:
+        return constant - (1 << 32) if constant >= 1 << 31 else constant
+
+    def words(value: Any) -> Any:
+        value = value.detach().contiguous().reshape(-1)
+        size = value.element_size()
+        if value.dtype == torch.bool or size == 1:
+            return value.view(torch.uint8).to(torch.int32)
+        if size == 2:
+            return value.view(torch.int16).to(torch.int32) & 0xFFFF
+        return value.view(torch.int32)
+
+    def shifted(h: Any, bits: int) -> Any:
+        return (h >> bits) & ((1 << (32 - bits)) - 1)
+
+    cache: dict[str, Any] = {}
+
+    def run() -> np.ndarray:
+        with torch.no_grad():
+            values = [words(v.value) for v in variables]
+            w = torch.cat(values)
+            if "positions" not in cache:  # the layout is fixed: compute the positions once
+                cache["sizes"] = [int(v.numel()) for v in values]
+                positions = torch.cat([torch.arange(n, dtype=torch.int64) for n in cache["sizes"]])
+                positions = (positions * checksums.PHI) & 0xFFFFFFFF
+                cache["positions"] = torch.where(positions >= 1 << 31, positions - (1 << 32), positions).to(
+                    device=w.device, dtype=torch.int32
+                )
+            h = w + cache["positions"]
+            h = h ^ shifted(h, 16)
+            h = h * signed(checksums.FMIX_1)
+            h = h ^ shifted(h, 13)
+            h = h * signed(checksums.FMIX_2)
+            h = h ^ shifted(h, 16)
+            sums = [
+                torch.stack([a.sum(dtype=torch.int64), b.sum(dtype=torch.int64)])
+                for a, b in zip(w.split(cache["sizes"]), h.split(cache["sizes"]))
+            ]
+            return (torch.stack(sums).cpu().numpy() & 0xFFFFFFFF).astype(np.uint32)
+
+    return run
