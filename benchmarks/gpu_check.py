@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("record/verify, kernels on", lambda: _pair(backend, folder, True)),
                 ("record/verify, kernels off", lambda: _pair(backend, folder, False)),
                 ("resume in a new process", lambda: _resume(backend, folder)),
-                ("fingerprint(), 100M + Adam", lambda: _fingerprint(backend, args.parameters)),
+                (f"fingerprint(), {args.parameters / 1e6:g}M parameters + Adam", lambda: _fingerprint(backend, args.parameters)),
                 ("batch checksums / none", lambda: _batches(backend)),
             ):
                 cell, log = run()

@@ -54,8 +54,9 @@ import numpy as np
 from keras_repro import _backend, child
 from keras_repro.callbacks import SeedCallback
 from keras_repro.child import CHILD_ENVIRONMENT_VARIABLE, map_leaves
-from keras_repro.compare import Divergence, compare_fingerprints
+from keras_repro.compare import Divergence, compare_runs
 from keras_repro.determinism import kernel_state
+from keras_repro.diagnosis import FRESH_PROCESS, REPLAY, training_cause
 from keras_repro.errors import ReproError, ReproWarning, warn
 from keras_repro.log import FingerprintLog
 from keras_repro.model import DeterministicModel, _is_arrays
@@ -63,7 +64,7 @@ from keras_repro.seeding import derive_seed, hash_randomization_enabled, seed_ev
 
 logger = logging.getLogger(__name__)
 
-IN_PROCESS, FRESH_PROCESS, REPLAY = "in-process", "fresh process", "replay"
+IN_PROCESS = "in-process"
 """The names of the comparisons, as `AuditDivergence.comparison` gives them."""
 
 _RESERVED = ("x", "y", "epochs", "initial_epoch", "batch_size", "steps_per_epoch")
@@ -155,7 +156,7 @@ class AuditReport:
         lines = [f"audit ({self.steps} steps, seed {self.seed}, backend {self.backend})", head, ""]
         lines += [f"  {check}" for check in self.checks]
         if self.divergence is not None:
-            lines += ["", f"hint: {_hint(self.divergence)}"]
+            lines += ["", f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
         lines += [""] + _hazard_lines(self.hazards)
         return "\n".join(lines)
 
@@ -194,7 +195,7 @@ class BisectReport:
                 "with a fresh process.",
             ]
         else:
-            lines += [f"NOT REPRODUCIBLE: {self.divergence}", "", f"hint: {_hint(self.divergence)}"]
+            lines += [f"NOT REPRODUCIBLE: {self.divergence}", "", f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
         return "\n".join(lines + [""] + _hazard_lines(self.hazards))
 
 
@@ -203,28 +204,6 @@ def _hazard_lines(hazards: Sequence[str]) -> list[str]:
     if not hazards:
         return ["hazards: none found"]
     return ["hazards (known nondeterminism; the audit's reseeding may hide some of it):"] + [f"  - {h}" for h in hazards]
-
-
-def _hint(divergence: Divergence) -> str:
-    """What a divergence most likely means, and where to look."""
-    comparison = getattr(divergence, "comparison", "")
-    if divergence.stage == "missing":
-        return "the runs trained a different number of steps; check that the data and fit arguments are the same"
-    if divergence.stage == "initial" and divergence.part == "data":
-        return "the data order differs before the first step; check the shuffle and the seed"
-    if divergence.stage == "initial":
-        if comparison == REPLAY:
-            return "the checkpoint loads to different states: a layer or optimizer draws random numbers when it is loaded"
-        return ("build_model() does not build the same state twice: seed before creating layers "
-                "(kr.seed_everything(seed) at its top) or build a kr.DeterministicModel, and look for "
-                "unseeded random draws after building")
-    if comparison == FRESH_PROCESS:
-        return ("identical within this process but not in a fresh one: something depends on process "
-                "state, such as string hashing (PYTHONHASHSEED; start training with `keras-repro run -- "
-                "python ...`), import order, environment variables or thread counts")
-    return ("a training step is nondeterministic: look for randomness no seed controls (fresh entropy "
-            "such as np.random.default_rng(), time, os.urandom) in layers, losses and callbacks, and for "
-            "nondeterministic kernels (kr.enable_determinism())")
 
 
 # Hazards --------------------------------------------------------------------------
@@ -447,43 +426,6 @@ def _run_once(build_model: Callable[[], Any], feed: _Feed, seed: int, fit_kwargs
     return callback.log, model
 
 
-def first_difference(reference: FingerprintLog, other: FingerprintLog) -> Divergence | None:
-    """The first difference between two runs: initial state, then every batch, then every epoch.
-
-    Args:
-        reference: The first run (with batch fingerprints).
-        other: The run to compare with it.
-
-    Returns:
-        None if every fingerprint is bit-identical and both have the same batches
-        and epochs, else the first `Divergence` (stage "initial", "batch", "epoch"
-        or "missing").
-    """
-    if reference.initial is not None and other.initial is not None:
-        found = compare_fingerprints(reference.initial, other.initial, reference.initial.epoch, "initial")
-        if found is not None:
-            return found
-    mine = {(fp.epoch, fp.batch): fp for fp in reference.batches}
-    theirs = {(fp.epoch, fp.batch): fp for fp in other.batches}
-    for epoch, batch in sorted(set(mine) | set(theirs)):
-        if (epoch, batch) not in theirs or (epoch, batch) not in mine:
-            side = "the first run" if (epoch, batch) in mine else "the second run"
-            return Divergence(epoch, "missing", None, None, reason=f"only {side} has batch {batch}")
-        found = compare_fingerprints(mine[epoch, batch], theirs[epoch, batch], epoch, "batch")
-        if found is not None:
-            return found
-    ours = {fp.epoch: fp for fp in reference.epochs}
-    others = {fp.epoch: fp for fp in other.epochs}
-    for epoch in sorted(set(ours) | set(others)):
-        if epoch not in ours or epoch not in others:
-            side = "the first run" if epoch in ours else "the second run"
-            return Divergence(epoch, "missing", None, None, reason=f"only {side} has epoch {epoch}")
-        found = compare_fingerprints(ours[epoch], others[epoch], epoch)
-        if found is not None:
-            return found
-    return None
-
-
 def _named(divergence: Divergence | None, comparison: str) -> AuditDivergence | None:
     """`divergence` as an `AuditDivergence` naming the comparison."""
     if divergence is None:
@@ -503,7 +445,7 @@ def _fresh_process_check(build_model: Callable[[], Any], feed: _Feed, seed: int,
         return Check(FRESH_PROCESS, description, skipped=reason or fit_reason)
     payload = {"target": target, "kind": feed.kind, "batch_size": feed.batch_size, "seed": seed, "fit": fit_blob}
     other = child.run("keras_repro.audit:_child_task", payload, feed.parts, "the audit", hash_seed)
-    return Check(FRESH_PROCESS, description, _named(first_difference(reference, other), FRESH_PROCESS))
+    return Check(FRESH_PROCESS, description, _named(compare_runs(reference, other).first_divergence, FRESH_PROCESS))
 
 
 def _child_task(payload: Mapping[str, Any], parts: Any) -> FingerprintLog:
@@ -589,7 +531,7 @@ def audit(
     hazards = find_hazards(model, x)
     del model
     second, _ = _run_once(build_model, feed, seed, kwargs, callbacks)
-    checks = [Check(IN_PROCESS, "two builds in this process", _named(first_difference(first, second), IN_PROCESS))]
+    checks = [Check(IN_PROCESS, "two builds in this process", _named(compare_runs(first, second).first_divergence, IN_PROCESS))]
     if fresh_process:
         check = _fresh_process_check(build_model, feed, seed, fit_arguments, first)
         if check.skipped:
@@ -681,7 +623,7 @@ def bisect(
                   callbacks=[callback, *callbacks], **kwargs)
         logs.append(callback.log)
         del model
-    divergence = _named(first_difference(*logs), REPLAY)
+    divergence = _named(compare_runs(*logs).first_divergence, REPLAY)
     report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, seed)
     logger.info("%s", report)
     return report

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, part_differs
 
@@ -264,22 +264,6 @@ def replica_divergence(
     return None
 
 
-def first_batch_divergence(
-    reference: Sequence[Fingerprint], other: Sequence[Fingerprint], epoch: int
-) -> Divergence | None:
-    """The first batch of `epoch` whose fingerprints differ (exactly), if both runs have
-    batches made the same way (checksums, or SHA-256 in files of format version 2)."""
-    mine = {fp.batch: fp for fp in reference if fp.epoch == epoch}
-    theirs = {fp.batch: fp for fp in other if fp.epoch == epoch}
-    for batch in sorted(set(mine) & set(theirs)):
-        if _digest_widths(mine[batch]) != _digest_widths(theirs[batch]):
-            return None
-        found = compare_fingerprints(mine[batch], theirs[batch], epoch, "batch")
-        if found is not None:
-            return found
-    return None
-
-
 def _start(initial: Fingerprint | None, epochs: Sequence[Fingerprint]) -> int:
     """The epoch a run starts at: its initial state's label, else its first epoch."""
     if initial is not None and initial.epoch is not None:
@@ -292,58 +276,108 @@ def _digest_widths(fingerprint: Fingerprint) -> set[int]:
     return {len(record.digest) for record in fingerprint.records}
 
 
-def compare_runs(
-    reference_initial: Fingerprint | None,
-    reference_epochs: Sequence[Fingerprint],
-    other_initial: Fingerprint | None,
-    other_epochs: Sequence[Fingerprint],
-    rtol: float = 0.0,
-    atol: float = 0.0,
-    reference_batches: Sequence[Fingerprint] = (),
-    other_batches: Sequence[Fingerprint] = (),
-) -> Comparison:
-    """Compares two runs: their initial states, then every epoch in order.
+class Run(Protocol):
+    """What `compare_runs` reads of a run (a `FingerprintLog`)."""
 
-    When an epoch differs and both runs kept batch fingerprints for it, the first
-    differing batch is reported instead of the epoch. A run resumed at epoch k
-    (its initial state is labelled k) is compared from epoch k on: its initial state
-    with the other run's state at the end of epoch k - 1 (less the data order and the
-    layer RNG state), then epochs k, k + 1, ...
+    initial: Fingerprint | None
+    epochs: Sequence[Fingerprint]
+    batches: Sequence[Fingerprint]
+
+
+def compare_runs(reference: Run, other: Run, rtol: float = 0.0, atol: float = 0.0) -> Comparison:
+    """The one definition of where two runs part ways.
+
+    The states are compared in the order training produced them: the state before the
+    first step, then for every epoch its batch fingerprints (in batch order) and its end.
+    The first difference found is the first divergence; a batch or epoch that only one
+    run has is a "missing" divergence at its place. A run resumed at epoch k (its initial
+    state is labelled k) is compared from epoch k on: its initial state with the other
+    run's state at the end of epoch k - 1 (less the data order and the layer RNG state,
+    which are reset), then epochs k, k + 1, ...
+
+    With `rtol`/`atol`, epochs whose float summaries agree within the tolerance are
+    "within tolerance"; batch checksums, which have no summaries, then only locate the
+    first batch of an epoch that diverged beyond it. Batches fingerprinted by different
+    methods (checksums, SHA-256 in files of format version 2) are not compared.
+
+    Args:
+        reference: The reference run (a `FingerprintLog`).
+        other: The run to check.
+        rtol: Relative tolerance on each variable's float summaries (0: exact).
+        atol: Absolute tolerance on the float summaries (0: exact).
+
+    Returns:
+        A `Comparison`.
+
+    Example:
+
+    >>> compare_runs(load_fingerprints("a.h5"), load_fingerprints("b.h5")).first_divergence  # doctest: +SKIP
+    Divergence(epoch=1, stage='batch', part='trainable', variable='dense/kernel', ..., batch=17)
     """
     if rtol < 0 or atol < 0:
         raise ValueError(f"Tolerances must be >= 0. Received: rtol={rtol}, atol={atol}")
+    exact = not (rtol or atol)
     details: list[VariableComparison] = []
-    first: Divergence | None = None
-    identical = True
-    ref_by_epoch = {fp.epoch: fp for fp in reference_epochs}
-    other_by_epoch = {fp.epoch: fp for fp in other_epochs}
-    ref_start, other_start = _start(reference_initial, reference_epochs), _start(other_initial, other_epochs)
+    found: list[Divergence] = []
+    ref_by_epoch = {fp.epoch: fp for fp in reference.epochs}
+    other_by_epoch = {fp.epoch: fp for fp in other.epochs}
+    ref_start, other_start = _start(reference.initial, reference.epochs), _start(other.initial, other.epochs)
     start = max(ref_start, other_start)
     # The states before `start`: the initial states, or for a run resumed later than the
-    # other, its initial state against the other's state at the end of the epoch before
-    # (less that epoch's data order and the layer RNG state, which are reset).
+    # other, its initial state against the other's state at the end of the epoch before.
     if ref_start == other_start:
-        pair, ignore = (reference_initial, other_initial), ()
+        pair, ignore = (reference.initial, other.initial), ()
     elif other_start > ref_start:
-        pair, ignore = (ref_by_epoch.get(start - 1), other_initial), ("data", "rng")
+        pair, ignore = (ref_by_epoch.get(start - 1), other.initial), ("data", "rng")
     else:
-        pair, ignore = (reference_initial, other_by_epoch.get(start - 1)), ("data", "rng")
+        pair, ignore = (reference.initial, other_by_epoch.get(start - 1)), ("data", "rng")
     if pair[0] is not None and pair[1] is not None:
-        before = len(details)
-        found = compare_fingerprints(*pair, start, "initial", ignore=ignore, rtol=rtol, atol=atol, details=details)
-        identical = identical and all(d.status == IDENTICAL for d in details[before:]) and found is None
-        first = first or found
-    common = tuple(sorted(set(ref_by_epoch) & set(other_by_epoch)))
+        found += _found(compare_fingerprints(*pair, start, "initial", ignore=ignore, rtol=rtol, atol=atol, details=details))
+    ref_batches, other_batches = _by_epoch(reference.batches), _by_epoch(other.batches)
+    identical = not found and all(d.status == IDENTICAL for d in details)
     for epoch in sorted(e for e in set(ref_by_epoch) | set(other_by_epoch) if e >= start):
         if epoch not in other_by_epoch or epoch not in ref_by_epoch:
             side = "the reference" if epoch in ref_by_epoch else "the other run"
+            found.append(Divergence(epoch, "missing", None, None, reason=f"only {side} has epoch {epoch}"))
             identical = False
-            first = first or Divergence(epoch, "missing", None, None, reason=f"only {side} has epoch {epoch}")
             continue
+        batch = _batch_divergence(ref_batches.get(epoch, {}), other_batches.get(epoch, {}), epoch)
         before = len(details)
-        found = compare_fingerprints(ref_by_epoch[epoch], other_by_epoch[epoch], epoch, rtol=rtol, atol=atol, details=details)
-        identical = identical and all(d.status == IDENTICAL for d in details[before:]) and found is None
-        if found is not None and first is None:
-            first = first_batch_divergence(reference_batches, other_batches, epoch) or found
-    common = tuple(e for e in common if e >= start)
+        at_end = compare_fingerprints(ref_by_epoch[epoch], other_by_epoch[epoch], epoch, rtol=rtol, atol=atol, details=details)
+        identical = identical and at_end is None and batch is None and all(d.status == IDENTICAL for d in details[before:])
+        if exact and batch is not None:
+            found.append(batch)
+        elif at_end is not None:
+            found.append(batch if batch is not None and batch.stage == "batch" else at_end)
+    common = tuple(e for e in sorted(set(ref_by_epoch) & set(other_by_epoch)) if e >= start)
+    first = found[0] if found else None
     return Comparison(identical and first is None, first, common, tuple(details), rtol, atol)
+
+
+def _found(divergence: Divergence | None) -> list[Divergence]:
+    return [] if divergence is None else [divergence]
+
+
+def _by_epoch(batches: Sequence[Fingerprint]) -> dict[int, dict[int, Fingerprint]]:
+    """{epoch: {batch: fingerprint}}."""
+    grouped: dict[int, dict[int, Fingerprint]] = {}
+    for fingerprint in batches:
+        grouped.setdefault(fingerprint.epoch, {})[fingerprint.batch] = fingerprint
+    return grouped
+
+
+def _batch_divergence(mine: dict[int, Fingerprint], theirs: dict[int, Fingerprint], epoch: int) -> Divergence | None:
+    """The first batch of an epoch that differs (exactly) or that only one run has, when
+    both runs fingerprinted batches of it the same way."""
+    if not mine or not theirs:
+        return None
+    for batch in sorted(set(mine) | set(theirs)):
+        if batch not in mine or batch not in theirs:
+            side = "the reference" if batch in mine else "the other run"
+            return Divergence(epoch, "missing", None, None, reason=f"only {side} has batch {batch} of epoch {epoch}")
+        if _digest_widths(mine[batch]) != _digest_widths(theirs[batch]):
+            return None
+        found = compare_fingerprints(mine[batch], theirs[batch], epoch, "batch")
+        if found is not None:
+            return found
+    return None

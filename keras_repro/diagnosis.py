@@ -58,7 +58,13 @@ def run_cause(
     return None
 
 
-def training_cause(divergence: Divergence, deterministic_model: bool = True, resumed_at: int | None = None) -> str:
+FRESH_PROCESS, REPLAY = "fresh process", "replay"
+"""Comparisons of `audit` and `bisect` whose divergences have a cause of their own."""
+
+
+def training_cause(
+    divergence: Divergence, deterministic_model: bool = True, resumed_at: int | None = None, comparison: str = ""
+) -> str:
     """The likely cause inside training, from where the runs first differ.
 
     Args:
@@ -67,13 +73,22 @@ def training_cause(divergence: Divergence, deterministic_model: bool = True, res
             initial weights and data order come from its seed).
         resumed_at: The epoch a resumed or continued fit started at, if it did not
             start at epoch 0.
+        comparison: For `audit` and `bisect`: "in-process" (two builds), "fresh process"
+            (this process against a new one) or "replay" (two loads of one checkpoint); ""
+            otherwise.
     """
     if divergence.stage == "missing":
         return "one run has an epoch or batch the other lacks: fit both the same number of steps (did a callback stop one early?)"
+    if divergence.stage == "initial" and comparison == REPLAY:
+        return "the checkpoint loads to different states: a layer or optimizer draws random numbers when it is loaded"
     if divergence.part == "data":
         return ("the data order differs: pass arrays to a kr.DeterministicModel (which orders them by seed and "
                 "epoch), or seed the input pipeline")
     if divergence.stage == "initial" and divergence.part in ("trainable", "non_trainable"):
+        if comparison:  # audit: two builds
+            return ("build_model() does not build the same state twice: seed before creating layers "
+                    "(kr.seed_everything(seed) at its top) or build a kr.DeterministicModel, and look for "
+                    "unseeded random draws after building")
         if not deterministic_model:
             return ("the initial weights differ: seed before building the model (kr.seed_everything(seed) before "
                     "creating its layers), or use kr.DeterministicModel")
@@ -91,6 +106,10 @@ def training_cause(divergence: Divergence, deterministic_model: bool = True, res
         return ("the first epoch of a resumed or continued fit differs: the model is not a DeterministicModel, so "
                 "Keras orders its data, and a resumed fit(shuffle=True) may visit the rows in another order than the "
                 "straight run (it does on TensorFlow). Use kr.DeterministicModel, or shuffle=False")
+    if comparison == FRESH_PROCESS:
+        return ("identical within this process but not in a fresh one: something depends on process state, such as "
+                "string hashing (PYTHONHASHSEED; start training with `keras-repro run -- python ...`), import order, "
+                "environment variables or thread counts")
     if divergence.part == "rng":
         return ("layer RNG state differs: keep SeedCallback's reset_layer_rng=True, and give random layers no "
                 "state of their own outside a SeedGenerator")
@@ -108,6 +127,7 @@ def likely_cause(
     environment: Mapping[str, str] | None = None,
     deterministic_model: bool = True,
     resumed_at: int | None = None,
+    comparison: str = "",
 ) -> str:
     """The most likely cause of a divergence: the run's setup first, then training.
 
@@ -117,5 +137,5 @@ def likely_cause(
     'the reference was recorded with seed 8; this run uses seed 7'
     """
     return run_cause(reference_seed, seed, reference_environment or {}, environment or {}) or training_cause(
-        divergence, deterministic_model, resumed_at
+        divergence, deterministic_model, resumed_at, comparison
     )

@@ -94,9 +94,7 @@ class FingerprintLog:
         >>> load_fingerprints("a.h5").compare(load_fingerprints("b.h5")).identical  # doctest: +SKIP
         True
         """
-        return compare_runs(
-            self.initial, self.epochs, other.initial, other.epochs, rtol, atol, self.batches, other.batches
-        )
+        return compare_runs(self, other, rtol, atol)
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes this log to `path` atomically."""

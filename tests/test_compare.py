@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from keras_repro.compare import compare_fingerprints, compare_runs
 from keras_repro.fingerprints import VariableDigest, make_fingerprint
+from keras_repro.log import FingerprintLog
+
+
+def _runs(reference_initial, reference_epochs, other_initial, other_epochs, reference_batches=(), other_batches=()):
+    """compare_runs of two hand-made runs."""
+    return compare_runs(FingerprintLog(reference_initial, tuple(reference_epochs), batches=tuple(reference_batches)),
+                        FingerprintLog(other_initial, tuple(other_epochs), batches=tuple(other_batches)))
 
 
 def _fp(epoch, **changes):
@@ -21,7 +28,7 @@ def _fp(epoch, **changes):
 def test_identical_runs():
     """Equal fingerprints at every epoch: identical, no divergence."""
     run = [_fp(0), _fp(1)]
-    result = compare_runs(_fp(0), run, _fp(0), list(run))
+    result = _runs(_fp(0), run, _fp(0), list(run))
     assert result.identical and result.first_divergence is None
     assert result.epochs_compared == (0, 1)
 
@@ -30,7 +37,7 @@ def test_names_first_epoch_part_and_variable():
     """A change at epoch 1 in the bias is reported at epoch 1, trainable, bias."""
     reference = [_fp(0), _fp(1), _fp(2)]
     other = [_fp(0), _fp(1, **{"model/dense/bias": "e" * 64}), _fp(2, **{"model/dense/kernel": "f" * 64})]
-    result = compare_runs(None, reference, None, other)
+    result = _runs(None, reference, None, other)
     found = result.first_divergence
     assert not result.identical
     assert (found.epoch, found.stage, found.part, found.variable) == (1, "epoch", "trainable", "model/dense/bias")
@@ -45,7 +52,7 @@ def test_data_order_is_named_before_weights():
 
 def test_initial_state_divergence():
     """A different start is reported as the initial state, before any epoch."""
-    result = compare_runs(_fp(0), [_fp(0)], _fp(0, **{"adam/iteration": "9" * 64}), [_fp(0)])
+    result = _runs(_fp(0), [_fp(0)], _fp(0, **{"adam/iteration": "9" * 64}), [_fp(0)])
     found = result.first_divergence
     assert found.stage == "initial" and found.part == "optimizer" and found.variable == "adam/iteration"
     assert str(found).startswith("initial state (before the first step of epoch 0)")
@@ -60,7 +67,7 @@ def test_ignored_parts():
 
 def test_missing_epoch_is_a_difference():
     """A run with fewer epochs is not identical; the missing epoch is named."""
-    result = compare_runs(None, [_fp(0), _fp(1)], None, [_fp(0)])
+    result = _runs(None, [_fp(0), _fp(1)], None, [_fp(0)])
     assert not result.identical
     assert result.first_divergence.stage == "missing" and result.first_divergence.epoch == 1
     assert "only the reference has epoch 1" in str(result.first_divergence)
@@ -85,14 +92,14 @@ def test_a_resumed_run_is_compared_from_its_first_epoch():
     epoch 1 (less the data order and layer RNG, which are reset), then epochs 2 and 3."""
     straight = [_fp(e) for e in range(4)]
     resumed_start = _fp(2, order="5" * 64)  # the start of epoch 2 has epoch 2's order, not epoch 1's
-    result = compare_runs(_fp(0), straight, resumed_start, [_fp(2), _fp(3)])
+    result = _runs(_fp(0), straight, resumed_start, [_fp(2), _fp(3)])
     assert result.identical and result.epochs_compared == (2, 3)
     other_start = _fp(2, **{"model/dense/bias": "e" * 64})
-    found = compare_runs(_fp(0), straight, other_start, [_fp(2), _fp(3)]).first_divergence
+    found = _runs(_fp(0), straight, other_start, [_fp(2), _fp(3)]).first_divergence
     assert (found.stage, found.epoch, found.variable) == ("initial", 2, "model/dense/bias")
-    found = compare_runs(_fp(0), straight, resumed_start, [_fp(2), _fp(3, **{"model/dense/kernel": "f" * 64})]).first_divergence
+    found = _runs(_fp(0), straight, resumed_start, [_fp(2), _fp(3, **{"model/dense/kernel": "f" * 64})]).first_divergence
     assert (found.stage, found.epoch, found.variable) == ("epoch", 3, "model/dense/kernel")
-    found = compare_runs(resumed_start, [_fp(2), _fp(3)], _fp(0), straight[:3]).first_divergence
+    found = _runs(resumed_start, [_fp(2), _fp(3)], _fp(0), straight[:3]).first_divergence
     assert (found.stage, found.epoch) == ("missing", 3)  # symmetric, and the later epoch is still required
 
 
@@ -104,3 +111,40 @@ def test_complete_tells_an_interrupted_recording():
     assert not FingerprintLog(_fp(0), (_fp(0),), planned_epochs=2).complete
     assert FingerprintLog(_fp(2), (_fp(2), _fp(3)), planned_epochs=4).complete  # a resumed recording
     assert FingerprintLog(_fp(0), (_fp(0),)).complete  # files without planned_epochs: assumed complete
+
+
+def _batch(epoch, batch, value="1"):
+    """A hand-made batch fingerprint (checksum-sized digests)."""
+    records = [VariableDigest("model/dense/kernel", "trainable", "float32", (2, 2), value * 16)]
+    return make_fingerprint(records, epoch, None, batch)
+
+
+def test_one_engine_names_the_first_state_in_training_order():
+    """Batches of an epoch come before its end, in batch order, whatever differs later; a batch
+    only one run has is named where it is missing; epochs before batches of later epochs."""
+    epochs = [_fp(0), _fp(1)]
+    batches = [_batch(e, b) for e in (0, 1) for b in (0, 1, 2)]
+    changed = [_batch(e, b, "2" if (e, b) in ((0, 2), (1, 0)) else "1") for e in (0, 1) for b in (0, 1, 2)]
+    found = _runs(_fp(0), epochs, _fp(0), [_fp(0), _fp(1, **{"model/dense/bias": "e" * 64})], batches, changed).first_divergence
+    assert (found.stage, found.epoch, found.batch) == ("batch", 0, 2)
+    found = _runs(_fp(0), epochs, _fp(0), epochs, batches, batches[:2] + batches[3:]).first_divergence
+    assert (found.stage, found.epoch) == ("missing", 0) and "batch 2 of epoch 0" in found.reason
+    found = _runs(_fp(0), epochs, _fp(0), [_fp(0, **{"model/dense/bias": "e" * 64}), _fp(1)], batches, batches).first_divergence
+    assert (found.stage, found.epoch) == ("epoch", 0)  # equal batches, then the epoch's end
+    found = _runs(_fp(0), epochs, _fp(0), [_fp(0, **{"model/dense/bias": "e" * 64}), _fp(1)], batches, batches)
+    assert not found.identical
+
+
+def test_within_tolerance_batches_only_locate_a_diverged_epoch():
+    """With a tolerance, a differing batch checksum alone is no divergence (it has no
+    summaries); it locates the batch of an epoch that diverged beyond the tolerance."""
+    epochs = [_fp(0)]
+    batches = [_batch(0, b) for b in range(3)]
+    changed = [_batch(0, 0), _batch(0, 1, "2"), _batch(0, 2)]
+    from keras_repro.log import FingerprintLog
+
+    reference = FingerprintLog(_fp(0), tuple(epochs), batches=tuple(batches))
+    assert compare_runs(reference, FingerprintLog(_fp(0), tuple(epochs), batches=tuple(changed)), rtol=0.1).first_divergence is None
+    diverged = FingerprintLog(_fp(0), (_fp(0, **{"model/dense/bias": "e" * 64}),), batches=tuple(changed))
+    found = compare_runs(reference, diverged, rtol=0.1).first_divergence
+    assert (found.stage, found.batch) == ("batch", 1)

@@ -149,7 +149,7 @@ def test_argument_errors():
 
 def test_report_from_hand_made_fingerprints():
     """The report lists the first divergence and the diverged variables."""
-    comparison = compare_runs(None, [_fp(0), _fp(1)], None, [_fp(0), _fp(1, bias="e" * 64)])
+    comparison = compare_runs(kr.FingerprintLog(None, (_fp(0), _fp(1))), kr.FingerprintLog(None, (_fp(0), _fp(1, bias="e" * 64))))
     report = divergence_report(comparison, seed=3)
     assert "two runs with seed 3 differ (exact comparison)" in report
     assert "epoch:    epoch 1" in report and "variable: model/dense/bias" in report
