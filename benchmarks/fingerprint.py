@@ -92,7 +92,8 @@ import keras
 import numpy as np
 
 from keras_repro import _backend
-from keras_repro.fingerprints import CHUNK_BYTES, _workers, fingerprint, model_variables
+from keras_repro.fingerprints import CHUNK_BYTES, _workers, fingerprint
+from keras_repro.state import model_variables
 
 LAYOUTS = ("balanced", "dominant")
 TARGET_SPEED_RATIO = 1.0

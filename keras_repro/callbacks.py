@@ -10,24 +10,19 @@ import keras
 import numpy as np
 
 from keras_repro import _backend, environment
-from keras_repro.checksums import BatchChecksums, expected_lanes
+from keras_repro.batch_checksums import BatchChecksums
+from keras_repro.checksums import expected_lanes
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
 from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
 from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
-from keras_repro.fingerprints import (
-    Fingerprint,
-    fingerprint,
-    replica_devices,
-    replica_fingerprints,
-    replica_local_paths,
-    seed_generators,
-)
+from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.log import FingerprintLog
 from keras_repro.recording import ReferenceSession, describe, epoch_span, mode_for
 from keras_repro.reference import ReferenceFile, lock_path, normalize_path
 from keras_repro.seeding import derive_seed, seed_everything, validate_seed, warn_if_hash_randomized
+from keras_repro.state import replica_devices, replica_local_paths, seed_generators
 
 logger = logging.getLogger(__name__)
 

@@ -32,16 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from keras_repro.fingerprints import (
-    PARTS,
-    Fingerprint,
-    VariableDigest,
-    _variable_path,
-    array_shape,
-    make_fingerprint,
-    model_variables,
-    seed_generator_paths,
-)
 
 METHOD = "checksum64-v1"
 """Name of this definition, stored with batch fingerprints (see `store`)."""
@@ -119,56 +109,7 @@ def digest_to_lanes(digest: str) -> np.ndarray:
     return np.frombuffer(bytes.fromhex(digest), dtype="<u4").astype(np.uint32)
 
 
-class BatchChecksums:
-    """Computes a model's batch fingerprints, compiled once per fit.
-
-    Args:
-        model: A built Keras model whose optimizer is built (the variables checked are
-            fixed when this object is made, as `fingerprints.model_variables` lists them).
-        replica: Which copy of replicated variables to read.
-
-    Example:
-
-    >>> checks = BatchChecksums(model)                                   # doctest: +SKIP
-    >>> checks.fingerprint(checks.compute(), epoch=0, batch=9).digest    # doctest: +SKIP
-    '2b0f...'
-    """
-
-    def __init__(self, model: Any, replica: int = 0) -> None:
-        from keras_repro import _backend
-
-        variables = model_variables(model)
-        paths = seed_generator_paths(model)
-        self._templates: list[VariableDigest] = []
-        counters: dict[str, int] = {}
-        for part, variable in variables:
-            index = counters.get(part, 0)
-            counters[part] = index + 1
-            path = paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
-            dtype = np.dtype(str(variable.dtype)).name
-            self._templates.append(VariableDigest(path, part, dtype, array_shape(variable), ""))
-        # Rows in the order of a fingerprint's records (by part), so stored and computed
-        # lanes compare as arrays.
-        self._order = sorted(range(len(variables)), key=lambda i: PARTS.index(variables[i][0]))
-        self._templates = [self._templates[i] for i in self._order]
-        self._compute = _backend.checksum_function([variables[i][1] for i in self._order], replica, model)
-
-    def compute(self) -> np.ndarray:
-        """The lanes of every variable now: uint32, shape (variables, 2), rows in the
-        order of the fingerprint's records. Mid-epoch on JAX this reads the trainer's
-        state; no `sync_model_state` is needed."""
-        return self._compute()
-
-    def fingerprint(self, values: np.ndarray, epoch: int | None = None, batch: int | None = None) -> Fingerprint:
-        """A batch `Fingerprint` from lanes that `compute` returned."""
-        records = [
-            VariableDigest(t.path, t.part, t.dtype, t.shape, lanes_to_digest(pair))
-            for t, pair in zip(self._templates, values)
-        ]
-        return make_fingerprint(records, epoch, None, batch)
-
-
-def expected_lanes(fingerprint: Fingerprint) -> np.ndarray | None:
+def expected_lanes(fingerprint: Any) -> np.ndarray | None:
     """The lanes (variables, 2) stored in a batch fingerprint, or None if it holds other digests."""
     if not fingerprint.records or any(len(r.digest) != 2 * DIGEST_BYTES for r in fingerprint.records):
         return None

@@ -184,7 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """`keras-repro audit SCRIPT.py`."""
-    from keras_repro.audit import audit, load_script, script_data, script_fit_kwargs, validate_options
+    from keras_repro.audit import audit, validate_options
+    from keras_repro.scripts import load_script, script_data, script_fit_kwargs
 
     try:
         validate_options(args.batch_size, args.seed, steps=args.steps)
@@ -204,7 +205,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     """`keras-repro preflight SCRIPT.py`."""
-    from keras_repro.audit import load_script, script_data, validate_options
+    from keras_repro.audit import validate_options
+    from keras_repro.scripts import load_script, script_data
     from keras_repro.determinism import prepare_at_import
 
     prepare_at_import()  # before the script can start the backend
@@ -224,7 +226,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 def cmd_bisect(args: argparse.Namespace) -> int:
     """`keras-repro bisect CHECKPOINT.keras SCRIPT.py --epoch K`."""
-    from keras_repro.audit import bisect, load_script, script_data, script_fit_kwargs, validate_checkpoint, validate_options
+    from keras_repro.audit import bisect, validate_checkpoint, validate_options
+    from keras_repro.scripts import load_script, script_data, script_fit_kwargs
 
     try:
         validate_checkpoint(args.checkpoint)

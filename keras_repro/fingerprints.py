@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from keras_repro import _backend
+from keras_repro.state import model_variables, nbytes, replica_devices, seed_generator_paths, variable_path
+
 CHUNK_BYTES = 1 << 22
 """Bytes per hashed chunk (4 MiB); part of the digest definition."""
 
@@ -206,26 +209,6 @@ def _sha256(chunk: memoryview) -> bytes:
     return hashlib.sha256(chunk).digest()
 
 
-def model_variables(model: Any) -> list[tuple[str, Any]]:
-    """(part, variable) for every variable of a model and its optimizer, in a fixed order."""
-    found: list[tuple[str, Any]] = []
-    seen: set[int] = set()
-
-    def add(part: str, variables: Iterable[Any]) -> None:
-        for variable in variables:
-            if id(variable) not in seen:
-                seen.add(id(variable))
-                found.append((part, variable))
-
-    add("trainable", model.trainable_weights)
-    add("non_trainable", model.non_trainable_weights)
-    add("rng", model.variables)  # what is left of model.variables: SeedGenerator states
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and getattr(optimizer, "built", False):
-        add("optimizer", optimizer.variables)
-    return found
-
-
 def _workers() -> int:
     """Threads that hash chunks in parallel."""
     return max(1, min(8, os.cpu_count() or 1))
@@ -316,11 +299,9 @@ def fingerprint(model: Any, summaries: bool = False, replica: int = 0) -> Finger
     >>> fingerprint(model).digest == fingerprint(model).digest                # doctest: +SKIP
     True
     """
-    from keras_repro import _backend
-
     variables = model_variables(model)
     rng_paths = seed_generator_paths(model)
-    sizes = [_nbytes(variable) for _, variable in variables]
+    sizes = [nbytes(variable) for _, variable in variables]
     pool = _shared_pool() if _workers() > 1 and sum(sizes) >= PARALLEL_MIN_BYTES else None
     records: list[VariableDigest] = []
     pending = None
@@ -330,7 +311,7 @@ def fingerprint(model: Any, summaries: bool = False, replica: int = 0) -> Finger
         for (part, index, variable), value in zip(batch, arrays):
             dtype, shape = np.dtype(value.dtype).name, tuple(int(d) for d in value.shape)
             array, chunks = _chunks(value)  # at least 1-d, so the shape comes from `value`
-            path = rng_paths.get(id(variable)) or _variable_path(variable, f"{part}_{index}")
+            path = rng_paths.get(id(variable)) or variable_path(variable, f"{part}_{index}")
             items.append((f"{part}\0{index}\0{dtype}\0{shape}\0".encode(), array, chunks,
                           VariableDigest(path, part, dtype, shape, "", None)))
         submitted = _submit(items, pool)
@@ -388,76 +369,6 @@ def replica_fingerprints(model: Any, summaries: bool = False) -> dict[int, Finge
     """
     count = len(replica_devices(model)) or 1
     return {replica: fingerprint(model, summaries, replica) for replica in range(count)}
-
-
-def replica_devices(model: Any) -> tuple[str, ...]:
-    """The devices of the replicas of a model's variables (replica k on the k-th), from the
-    variable with the most copies; empty when no variable has several copies."""
-    from keras_repro import _backend
-
-    found: tuple[str, ...] = ()
-    for _, variable in model_variables(model):
-        devices = _backend.replica_devices(variable)
-        if len(devices) > len(found):
-            found = devices
-    return found
-
-
-def replica_local_variables(model: Any) -> set[int]:
-    """ids of the variables whose replica copies differ by design: the moving statistics
-    of `BatchNormalization(synchronized=False)` layers (the default), which each replica
-    updates from its own part of the batch."""
-    local: set[int] = set()
-    for layer in model._flatten_layers():
-        if type(layer).__name__ == "BatchNormalization" and not getattr(layer, "synchronized", True):
-            local.update(id(v) for v in (getattr(layer, "moving_mean", None), getattr(layer, "moving_variance", None)) if v is not None)
-    return local
-
-
-def replica_local_paths(model: Any) -> set[str]:
-    """Display paths (as fingerprint records name them) of `replica_local_variables`."""
-    local = replica_local_variables(model)
-    return {_variable_path(v, "") for _, v in model_variables(model) if id(v) in local}
-
-
-def _variable_path(variable: Any, default: str) -> str:
-    """A variable's Keras path (or name), for display."""
-    return str(getattr(variable, "path", None) or getattr(variable, "name", None) or default)
-
-
-def seed_generators(model: Any) -> list[tuple[str, Any]]:
-    """(display path, SeedGenerator) for every SeedGenerator of a model's layers, in order."""
-    found: list[tuple[str, Any]] = []
-    seen: set[int] = set()
-
-    def walk(layer: Any, prefix: str) -> None:
-        for generator in getattr(layer, "_seed_generators", ()):
-            if id(generator) not in seen:
-                seen.add(id(generator))
-                found.append((f"{prefix}/{generator.name}", generator))
-        for child in getattr(layer, "_layers", ()):
-            walk(child, f"{prefix}/{child.name}")
-
-    walk(model, model.name)
-    return found
-
-
-def seed_generator_paths(model: Any) -> dict[int, str]:
-    """{id(state variable): "layer/path/seed_generator"} for display."""
-    return {id(generator.state): path for path, generator in seed_generators(model)}
-
-
-def array_shape(variable: Any) -> tuple[int, ...]:
-    """A variable's shape as a tuple of ints."""
-    return tuple(int(d) for d in variable.shape)
-
-
-def _nbytes(variable: Any) -> int:
-    """Size of a variable in bytes, from its shape and dtype, without reading it."""
-    try:
-        return int(np.prod(array_shape(variable))) * np.dtype(str(variable.dtype)).itemsize
-    except TypeError:
-        return 0
 
 
 def data_record(name: str, values: np.ndarray) -> VariableDigest:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from keras_repro import store
+from keras_repro import store, store_reader
 from keras_repro.compare import Comparison, compare_runs
 from keras_repro._optional import require_pandas
 from keras_repro.fingerprints import STAT_NAMES, Fingerprint
@@ -165,7 +165,7 @@ def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
     >>> len(log.epochs)                    # doctest: +SKIP
     5
     """
-    data = store.read_run(path)
+    data = store_reader.read_run(path)
     return FingerprintLog(
         initial=data["initial"],
         epochs=tuple(data["epochs"]),

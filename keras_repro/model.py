@@ -16,8 +16,9 @@ from keras_repro import feeding
 from keras_repro._backend import distribution_scope, input_hazards
 from keras_repro.callbacks import SeedCallback
 from keras_repro.determinism import use_deterministic_kernels
-from keras_repro.errors import NondeterministicInputWarning, ReproError, ReproWarning, warn
+from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
 from keras_repro.fit_context import EpochClock, FitContext
+from keras_repro.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
 from keras_repro.ordering import SPLIT_MODES, split_indices
 from keras_repro.seeding import derive_seed, seed_everything, validate_seed
 
@@ -41,81 +42,6 @@ def _restoring(arguments: dict) -> Iterator[None]:
 def _functional_arguments(args: tuple, kwargs: dict) -> bool:
     """Whether a constructor call is the functional form `(inputs, outputs)`."""
     return len(args) == 2 or (len(args) == 1 and "outputs" in kwargs) or "inputs" in kwargs
-
-
-def redraw_layer(layer: Any, seed: int, index: int) -> None:
-    """Re-draws one layer's weights from its own initializers, seeded from (seed, index).
-
-    The layer is rebuilt from its config (`from_config` + `build_from_config`) after
-    seeding, and the fresh weights are copied into it, so its initial weights no longer
-    depend on what was drawn before it was built. Initializers given an explicit seed
-    keep it.
-
-    Raises:
-        ReproError: If the layer cannot be rebuilt from its config, or rebuilt it has
-            other weights.
-    """
-    try:
-        build_config = layer.get_build_config()
-        seed_everything(derive_seed(seed, "init", index))
-        twin = layer.__class__.from_config(layer.get_config())
-        if build_config:
-            twin.build_from_config(build_config)
-    except Exception as error:  # noqa: BLE001 - any layer may fail; say which, and what to do
-        raise ReproError(
-            f"DeterministicModel cannot re-initialize layer '{layer.name}' "
-            f"({type(layer).__name__}) from its config: {error}. Give the layer a "
-            "get_config() that rebuilds it, keep its weights (keep_weights=['"
-            f"{layer.name}']), or subclass DeterministicModel and create the layer in __init__ "
-            "after super().__init__(seed=...)."
-        ) from error
-    if [tuple(w.shape) for w in twin.weights] != [tuple(w.shape) for w in layer.weights]:
-        raise ReproError(
-            f"DeterministicModel cannot re-initialize layer '{layer.name}': rebuilt from its "
-            f"config it has other weights. Keep its weights (keep_weights=['{layer.name}']), or "
-            "create it in a DeterministicModel subclass instead."
-        )
-    for target, source in zip(layer.weights, twin.weights):
-        target.assign(source)
-
-
-def reinitialize_weights(model: keras.Model, seed: int) -> int:
-    """Re-draws every top-level layer's weights from its initializers, seeded from (seed,
-    layer position), as a `DeterministicModel` does when it is created; returns how many
-    layers were re-drawn.
-
-    Example:
-
-    >>> reinitialize_weights(model, seed=7)   # doctest: +SKIP
-    3
-    """
-    count = 0
-    for index, layer in enumerate(model.layers):
-        if layer.weights:
-            redraw_layer(layer, seed, index)
-            count += 1
-    return count
-
-
-def _keep_names(keep_weights: Any) -> bool | tuple[str, ...] | None:
-    """`keep_weights` as None, True (every layer) or a tuple of layer names."""
-    if keep_weights is None or keep_weights is True:
-        return keep_weights
-    if keep_weights is False:
-        return ()
-    if isinstance(keep_weights, (str, keras.layers.Layer)):
-        keep_weights = [keep_weights]
-    try:
-        items = list(keep_weights)
-    except TypeError:
-        items = None
-    if items is None or not all(isinstance(item, (str, keras.layers.Layer)) for item in items):
-        raise ValueError(
-            "`keep_weights` must be None (re-draw every layer from the seed), True (keep every "
-            "layer's weights) or a list of layers or layer names whose weights to keep. "
-            f"Received: keep_weights={keep_weights!r}"
-        )
-    return tuple(item if isinstance(item, str) else item.name for item in items)
 
 
 class DeterministicModel(keras.Model):
@@ -188,7 +114,7 @@ class DeterministicModel(keras.Model):
                 f"{type(self).__name__} needs a seed: {self._repro_seed_example}. Received: seed=None"
             )
         seed = validate_seed(seed)
-        keep = _keep_names(keep_weights)
+        keep = keep_names(keep_weights)
         if deterministic_kernels:
             use_deterministic_kernels(True)  # before any layer or train step exists
         seed_everything(derive_seed(seed, "build"))
@@ -219,7 +145,7 @@ class DeterministicModel(keras.Model):
             return
         keep = self._repro_keep
         if isinstance(keep, tuple):
-            self._repro_check_keep_names(keep)
+            self._repro_checkkeep_names(keep)
         decided, kept, drawn = set(self._repro_decided), list(self._repro_kept), 0
         for index, layer in enumerate(self.layers):
             if id(layer) in decided or not layer.built:
@@ -244,7 +170,7 @@ class DeterministicModel(keras.Model):
         if drawn:
             logger.debug("Re-drew %d layers of %s from seed %d", drawn, self.name, self._repro_seed)
 
-    def _repro_check_keep_names(self, names: tuple[str, ...]) -> None:
+    def _repro_checkkeep_names(self, names: tuple[str, ...]) -> None:
         """A clear error for `keep_weights` names that are no layer of the model."""
         if not self.built:
             return

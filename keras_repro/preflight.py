@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from keras_repro import _backend
-from keras_repro.audit import _check_positive, _prepare_feed
+from keras_repro.audit.steps import check_positive, prepare_feed
 from keras_repro.callbacks import _build_optimizer_early
 from keras_repro.determinism import kernel_state, use_deterministic_kernels
 
@@ -144,15 +144,15 @@ def preflight(
     preflight (5 steps, backend torch, devices cpu, cuda:0)
     ...
     """
-    _check_positive("steps", steps)
-    _check_positive("batch_size", batch_size)
+    check_positive("steps", steps)
+    check_positive("batch_size", batch_size)
     if isinstance(model, keras.Model):
         build, fixed = None, model
     elif callable(model):
         build, fixed = model, None
     else:
         raise TypeError(f"`model` must be a compiled keras.Model or a function returning one. Received: {model!r}")
-    batches = _prepare_feed(x, y, int(steps), int(batch_size), sample_weight).batches()
+    batches = prepare_feed(x, y, int(steps), int(batch_size), sample_weight).batches()
     before = kernel_state()
     failures: list[PreflightFailure] = []
     seconds: dict[str, float | None] = {ON: None, OFF: None}

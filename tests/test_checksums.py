@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from keras_repro import _backend, checksums
-from keras_repro.fingerprints import PARTS, fingerprint, model_variables
+from keras_repro.fingerprints import PARTS, fingerprint
+from keras_repro.batch_checksums import BatchChecksums
+from keras_repro.state import model_variables
 
 MASK = 0xFFFFFFFF
 
@@ -120,7 +122,7 @@ def test_backend_checksums_equal_the_definition():
     dtypes = {str(v.dtype) for v in variables}
     assert len(dtypes) >= 2, dtypes  # floats and integers both covered
     expected = np.stack([checksums.lanes(_backend.to_numpy(v)) for v in variables])
-    computed = checksums.BatchChecksums(model).compute()
+    computed = BatchChecksums(model).compute()
     assert computed.dtype == np.uint32 and computed.shape == (len(variables), 2)
     assert np.array_equal(computed, expected)
     # ...and follows the state: one ulp on one weight moves exactly that row.
@@ -128,7 +130,7 @@ def test_backend_checksums_equal_the_definition():
     value = np.array(_backend.to_numpy(kernel))
     value.flat[0] = np.nextafter(value.flat[0], np.float32(np.inf))
     kernel.assign(value)
-    moved = checksums.BatchChecksums(model).compute()
+    moved = BatchChecksums(model).compute()
     changed_rows = np.flatnonzero((moved != computed).any(axis=1)).tolist()
     assert changed_rows == [next(i for i, v in enumerate(variables) if v is kernel)]
 
@@ -144,7 +146,7 @@ def test_torch_device_form_equals_the_definition():
 
 def test_batch_fingerprint_records_name_each_variable():
     model = _trained_model()
-    checks = checksums.BatchChecksums(model)
+    checks = BatchChecksums(model)
     fp = checks.fingerprint(checks.compute(), epoch=1, batch=4)
     assert (fp.epoch, fp.batch) == (1, 4)
     assert [r.path for r in fp.records] == list(fp.variables)

@@ -37,8 +37,7 @@ def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
 
 def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     """Host arrays of several variables at once (`to_numpy` of each by default)."""
-    module = _module()
-    return [module.to_numpy(variable, replica) for variable in variables]
+    return [to_numpy(variable, replica) for variable in variables]
 
 
 def data_to_numpy(value: Any) -> np.ndarray:
@@ -189,12 +188,14 @@ def first_match(text: str, patterns: tuple[str, ...]) -> str:
     return ""
 
 
-def host_checksum_function(variables: list, replica: int = 0) -> Callable[[], np.ndarray]:
-    """Batch checksum lanes of `variables` computed on the host from `to_numpy` views."""
+def host_checksum_function(
+    variables: list, replica: int = 0, read: Callable[[Any, int], np.ndarray] = to_numpy
+) -> Callable[[], np.ndarray]:
+    """Batch checksum lanes of `variables` computed on the host from `read` (a backend's
+    `to_numpy`: views where it can)."""
     from keras_repro import checksums
 
-    module = _module()
-    return lambda: np.stack([checksums.lanes(module.to_numpy(v, replica)) for v in variables])
+    return lambda: np.stack([checksums.lanes(read(v, replica)) for v in variables])
 
 
 def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
@@ -205,7 +206,10 @@ def checksum_function(variables: list, replica: int = 0, model: Any = None) -> C
     return host_checksum_function(variables, replica)
 
 
-def compiled_or_host(build: Callable[[], Callable[[], np.ndarray]], variables: list, replica: int) -> Callable[[], np.ndarray]:
+def compiled_or_host(
+    build: Callable[[], Callable[[], np.ndarray]], variables: list, replica: int,
+    read: Callable[[Any, int], np.ndarray] = to_numpy,
+) -> Callable[[], np.ndarray]:
     """The compiled checksum function `build()` makes, or the host one where it cannot run."""
     if not variables:
         return lambda: np.zeros((0, 2), np.uint32)
@@ -214,12 +218,5 @@ def compiled_or_host(build: Callable[[], Callable[[], np.ndarray]], variables: l
         compiled()  # compile now, and find out whether it runs here
     except Exception as error:  # noqa: BLE001 - any failure means: use the host path
         logger.debug("batch checksums on the host: the compiled form failed (%s)", error)
-        return host_checksum_function(variables, replica)
+        return host_checksum_function(variables, replica, read)
     return compiled
-
-
-def _module() -> Any:
-    """The chosen backend module (for helpers here that call the interface)."""
-    from keras_repro import _backend
-
-    return _backend._module

@@ -189,7 +189,7 @@ def checksum_function(variables: list, replica: int = 0, model: Any = None) -> C
         values = _current_values(variables, model)
         return lambda: np.asarray(run(values()))
 
-    return compiled_or_host(build, variables, replica)
+    return compiled_or_host(build, variables, replica, to_numpy)
 
 
 def _current_values(variables: list, model: Any) -> Callable[[], list]:

@@ -18,7 +18,6 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     first_match,
     input_hazards,
     plain_text,
-    read_batch,
     seed_backend,
     sync_model_state,
     value_of,
@@ -40,6 +39,11 @@ def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
         value = copies[replica] if replica < len(copies) else copies[0]
     read = getattr(value, "value", None)
     return np.asarray(read() if callable(read) else value)
+
+
+def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
+    """Host arrays of several variables: `to_numpy` of each."""
+    return [to_numpy(variable, replica) for variable in variables]
 
 
 def replica_devices(value: Any) -> tuple[str, ...]:
@@ -221,7 +225,7 @@ def checksum_function(variables: list, replica: int = 0, model: Any = None) -> C
         handles = [v.value for v in variables]
         return lambda: np.asarray(run(handles))
 
-    return compiled_or_host(build, variables, replica)
+    return compiled_or_host(build, variables, replica, to_numpy)
 
 
 @functools.cache

@@ -190,8 +190,8 @@ def checksum_function(variables: list, replica: int = 0, model: Any = None) -> C
     """torch ops where the variables live on an accelerator; NumPy over zero-copy views on
     CPU, which is faster there than torch's integer ops."""
     if not any(value_of(v).device.type != "cpu" for v in variables):
-        return host_checksum_function(variables, replica) if variables else (lambda: np.zeros((0, 2), np.uint32))
-    return compiled_or_host(lambda: _device_checksum_function(variables), variables, replica)
+        return host_checksum_function(variables, replica, to_numpy) if variables else (lambda: np.zeros((0, 2), np.uint32))
+    return compiled_or_host(lambda: _device_checksum_function(variables), variables, replica, to_numpy)
 
 
 def _device_checksum_function(variables: list) -> Callable[[], np.ndarray]:
