@@ -119,7 +119,14 @@ def _started_as_command() -> bool:
 
 
 if TYPE_CHECKING or not _started_as_command():
-    from keras_repro.audit import AuditDivergence, AuditReport, BisectReport, audit, bisect, find_hazards
+    from keras_repro.audit import (
+        AuditDivergence,
+        AuditReport,
+        BisectReport,
+        audit,
+        bisect,
+        find_hazards,
+    )
     from keras_repro.callbacks import SeedCallback
     from keras_repro.compare import Comparison, Divergence
     from keras_repro.determinism import DeterminismReport, enable_determinism

@@ -9,8 +9,18 @@ import numpy as np
 
 from keras_repro import _backend
 from keras_repro.checksums import lanes_to_digest
-from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, make_fingerprint
-from keras_repro.state import array_shape, model_variables, seed_generator_paths, variable_path
+from keras_repro.fingerprints import (
+    PARTS,
+    Fingerprint,
+    VariableDigest,
+    make_fingerprint,
+)
+from keras_repro.state import (
+    array_shape,
+    model_variables,
+    seed_generator_paths,
+    variable_path,
+)
 
 
 class BatchChecksums:

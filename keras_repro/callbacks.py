@@ -15,29 +15,39 @@ from keras_repro.checksums import expected_lanes
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
 from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
-from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
+from keras_repro.errors import (
+    FingerprintMismatch,
+    FingerprintMismatchWarning,
+    ReproWarning,
+    warn,
+)
 from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.log import FingerprintLog
 from keras_repro.recording import ReferenceSession, describe, epoch_span, mode_for
 from keras_repro.reference import ReferenceFile, lock_path, normalize_path
-from keras_repro.seeding import derive_seed, seed_everything, validate_seed, warn_if_hash_randomized
+from keras_repro.seeding import (
+    seed_everything,
+    seed_for,
+    validate_seed,
+    warn_if_hash_randomized,
+)
 from keras_repro.state import replica_devices, replica_local_paths, seed_generators
 
 logger = logging.getLogger(__name__)
 
 ON_MISMATCH = ("raise", "warn")
 
-__all__ = ["SeedCallback", "lock_path", "reset_layer_rng"]
+__all__ = ["SeedCallback", "lock_path", "reset_seed_generators"]
 
 
-def reset_layer_rng(model: Any, seed: int, epoch: int) -> int:
+def reset_seed_generators(model: Any, seed: int, epoch: int) -> int:
     """Sets every layer SeedGenerator of `model` to a state derived from
     (seed, epoch, its place in the model); returns how many were reset."""
     generators = seed_generators(model)
     limit = _backend.seed_state_max()
     for index, (_, generator) in enumerate(generators):
-        value = derive_seed(seed, "layer-rng", epoch, index) % (limit + 1)
+        value = seed_for(seed, "layer-rng", epoch, index) % (limit + 1)
         generator.state.assign(np.array([value, 0], dtype=np.dtype(generator.state.dtype)))
     return len(generators)
 
@@ -208,7 +218,7 @@ class SeedCallback(keras.callbacks.Callback):
             ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief
         )
         self._provisional_mode_value = self._provisional_mode(chief)
-        seed_everything(derive_seed(self.seed, "fit"))
+        seed_everything(seed_for(self.seed, "fit"))
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
 
@@ -220,9 +230,9 @@ class SeedCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         epoch = self._epoch = self._context.clock.epoch(epoch)
-        seed_everything(derive_seed(self.seed, "epoch", epoch))
+        seed_everything(seed_for(self.seed, "epoch", epoch))
         if self.reset_layer_rng:
-            reset_layer_rng(self.model, self.seed, epoch)
+            reset_seed_generators(self.model, self.seed, epoch)
         if self._first_epoch is None:
             self._begin(epoch)
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-
 METHOD = "checksum64-v1"
 """Name of this definition, stored with batch fingerprints (see `store`)."""
 
@@ -55,13 +54,6 @@ def words(array: np.ndarray) -> np.ndarray:
     if size == 2:
         return little.view("<u2").astype(np.uint32)
     return little.view("<u4").astype(np.uint32, copy=False)
-
-
-def fmix32(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, element-wise (uint32 in, uint32 out)."""
-    h = values.astype(np.uint32)  # a copy
-    _fmix32_inplace(h, np.empty_like(h))
-    return h
 
 
 CHUNK_WORDS = 1 << 16

@@ -206,8 +206,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_preflight(args: argparse.Namespace) -> int:
     """`keras-repro preflight SCRIPT.py`."""
     from keras_repro.audit import validate_options
-    from keras_repro.scripts import load_script, script_data
     from keras_repro.determinism import prepare_at_import
+    from keras_repro.scripts import load_script, script_data
 
     prepare_at_import()  # before the script can start the backend
     try:

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from keras_repro import _backend
-from keras_repro.state import model_variables, nbytes, replica_devices, seed_generator_paths, variable_path
+from keras_repro.state import (
+    model_variables,
+    nbytes,
+    replica_devices,
+    seed_generator_paths,
+    variable_path,
+)
 
 CHUNK_BYTES = 1 << 22
 """Bytes per hashed chunk (4 MiB); part of the digest definition."""
@@ -126,11 +132,6 @@ class Fingerprint:
     ) -> Fingerprint:
         """A copy labelled with an epoch, metrics and batch (the digest does not cover them)."""
         return dataclasses.replace(self, epoch=epoch, metrics=dict(metrics or {}), batch=batch)
-
-    def without(self, *parts: str) -> Fingerprint:
-        """A copy without the given parts, digest recomputed."""
-        kept = [r for r in self.records if r.part not in parts]
-        return make_fingerprint(kept, self.epoch, self.metrics, self.batch)
 
 
 def _unique_paths(records: Iterable[VariableDigest]) -> Iterator[tuple[str, VariableDigest]]:

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from keras_repro.errors import ReproError
-from keras_repro.seeding import derive_seed, seed_everything
+from keras_repro.seeding import seed_everything, seed_for
 
 
 def redraw_layer(layer: Any, seed: int, index: int) -> None:
@@ -25,7 +25,7 @@ def redraw_layer(layer: Any, seed: int, index: int) -> None:
     """
     try:
         build_config = layer.get_build_config()
-        seed_everything(derive_seed(seed, "init", index))
+        seed_everything(seed_for(seed, "init", index))
         twin = layer.__class__.from_config(layer.get_config())
         if build_config:
             twin.build_from_config(build_config)

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 
 from keras_repro._backend import flags
+from keras_repro.seeding import MAX_SEED
 
 XLA_DETERMINISM_FLAG = flags.XLA_DETERMINISM_FLAGS[0]
 """The preferred spelling; the one set is what the installed jaxlib knows (`flags`)."""
@@ -37,8 +38,8 @@ def launch_environment(
     >>> launch_environment({}, hash_seed=0, deterministic=False)
     {'PYTHONHASHSEED': '0'}
     """
-    if isinstance(hash_seed, bool) or not isinstance(hash_seed, int) or not 0 <= hash_seed <= 4294967295:
-        raise ValueError(f"--hash-seed must be an integer in [0, 4294967295]. Received: {hash_seed!r}")
+    if isinstance(hash_seed, bool) or not isinstance(hash_seed, int) or not 0 <= hash_seed <= MAX_SEED:
+        raise ValueError(f"--hash-seed must be an integer in [0, {MAX_SEED}]. Received: {hash_seed!r}")
     env = dict(base)
     env["PYTHONHASHSEED"] = str(hash_seed)
     if deterministic:

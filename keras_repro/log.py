@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_repro import store, store_reader
-from keras_repro.compare import Comparison, compare_runs
 from keras_repro._optional import require_pandas
+from keras_repro.compare import Comparison, compare_runs
 from keras_repro.fingerprints import STAT_NAMES, Fingerprint
 
 

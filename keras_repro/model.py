@@ -20,7 +20,7 @@ from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
 from keras_repro.ordering import SPLIT_MODES, split_indices
-from keras_repro.seeding import derive_seed, seed_everything, validate_seed
+from keras_repro.seeding import seed_everything, seed_for, validate_seed
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class DeterministicModel(keras.Model):
         keep = keep_names(keep_weights)
         if deterministic_kernels:
             use_deterministic_kernels(True)  # before any layer or train step exists
-        seed_everything(derive_seed(seed, "build"))
+        seed_everything(seed_for(seed, "build"))
         super().__init__(*args, **kwargs)
         self._repro_seed = seed
         self._repro_kernels = bool(deterministic_kernels)

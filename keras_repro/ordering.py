@@ -10,14 +10,14 @@ import math
 
 import numpy as np
 
-from keras_repro.seeding import derive_seed
+from keras_repro.seeding import seed_for
 
 SPLIT_MODES = ("last", "shuffled", "stratified")
 
 
-def _generator(seed: int, *keys: object) -> np.random.Generator:
-    """A NumPy generator seeded from (seed, *keys) alone."""
-    return np.random.Generator(np.random.PCG64(derive_seed(seed, *keys)))
+def _generator(seed: int, key: str, *numbers: int) -> np.random.Generator:
+    """A NumPy generator seeded from (seed, key, *numbers) alone (`SEED_KEYS`)."""
+    return np.random.Generator(np.random.PCG64(seed_for(seed, key, *numbers)))
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool | str = True, batch_size: int = 32) -> np.ndarray:

@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_repro._optional import require_pyplot
-from keras_repro.compare import DIVERGED, IDENTICAL, WITHIN_TOLERANCE, Comparison, VariableComparison
+from keras_repro.compare import (
+    DIVERGED,
+    IDENTICAL,
+    WITHIN_TOLERANCE,
+    Comparison,
+    VariableComparison,
+)
 from keras_repro.fingerprints import PARTS
 from keras_repro.log import FingerprintLog
 

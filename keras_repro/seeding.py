@@ -18,6 +18,20 @@ from keras_repro.errors import HashRandomizationWarning, warn
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
+"""Seeds are ints in [0, MAX_SEED]: the one definition of the range."""
+
+SEED_KEYS = {
+    "build": "every RNG, before a DeterministicModel creates its layers",
+    "init": "a layer built before its model: its initial weights (with its position)",
+    "fit": "every RNG, at the start of a fit",
+    "epoch": "every RNG, at the start of an epoch (with the epoch)",
+    "layer-rng": "a layer SeedGenerator's state (with the epoch and the generator's position)",
+    "order": "the order of an epoch's rows (with the epoch)",
+    "split": "a seeded validation split (stratified: with the class's position)",
+    "bisect": "every RNG, before bisect loads a checkpoint (with the epoch)",
+}
+"""What each seed keras_repro derives from the run's seed is for: `seed_for(seed, key, ...)`.
+Changing a key changes every run's numbers, so they are fixed here, once."""
 
 
 def validate_seed(seed: object, name: str = "seed") -> int:
@@ -86,6 +100,19 @@ def derive_seed(seed: int, *keys: int | str | bytes) -> int:
     for key in keys:
         digest.update(_encode_key(key))
     return int.from_bytes(digest.digest()[:4], "big")
+
+
+def seed_for(seed: int, key: str, *numbers: int) -> int:
+    """The seed keras_repro uses for `key` (one of `SEED_KEYS`), from the run's seed.
+
+    Example:
+
+    >>> seed_for(7, "order", 3) == derive_seed(7, "order", 3)
+    True
+    """
+    if key not in SEED_KEYS:
+        raise ValueError(f"Unknown seed key {key!r}; the keys are {sorted(SEED_KEYS)}")
+    return derive_seed(seed, key, *numbers)
 
 
 def _startup_environment_value(name: str) -> str | None:

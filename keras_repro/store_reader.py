@@ -11,12 +11,19 @@ import h5py
 import numpy as np
 
 from keras_repro.errors import ReferenceFileError
-from keras_repro.fingerprints import PARTS, STAT_NAMES, Fingerprint, VariableDigest, make_fingerprint
+from keras_repro.fingerprints import (
+    PARTS,
+    STAT_NAMES,
+    Fingerprint,
+    VariableDigest,
+    make_fingerprint,
+)
+from keras_repro.seeding import MAX_SEED
 from keras_repro.store import (
-    HDF5_SIGNATURE,
     BATCH_METHODS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    HDF5_SIGNATURE,
     MIN_FORMAT_VERSION,
     USER_BLOCK,
     body_digest,
@@ -240,8 +247,8 @@ class _Reader:
                 "record it again"
             )
         seed = self.attr(file, "seed", (int,), "/")
-        if not (seed == -1 or 0 <= seed <= 2**32 - 1):
-            raise self.fail(f"has seed {seed}, outside [0, 2**32 - 1] (or -1 for none); the file is damaged")
+        if not (seed == -1 or 0 <= seed <= MAX_SEED):
+            raise self.fail(f"has seed {seed}, outside [0, {MAX_SEED}] (or -1 for none); the file is damaged")
         created = self.attr(file, "created", (str,), "/")
         planned = self.attr(file, "planned_epochs", (int,), "/") if "planned_epochs" in file.attrs else None
         if planned is not None and planned < 1:

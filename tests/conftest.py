@@ -15,7 +15,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -10,7 +10,13 @@ import keras
 import pytest
 
 import keras_repro as kr
-from keras_repro.audit import CHILD_ENVIRONMENT_VARIABLE, AuditDivergence, audit, bisect, find_hazards
+from keras_repro.audit import (
+    CHILD_ENVIRONMENT_VARIABLE,
+    AuditDivergence,
+    audit,
+    bisect,
+    find_hazards,
+)
 from keras_repro.cli import main
 from keras_repro.errors import ReproError, ReproWarning
 from tests.conftest import REPO

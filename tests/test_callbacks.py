@@ -9,7 +9,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_repro import FingerprintMismatch, FingerprintMismatchWarning, ReferenceFileError, ReproWarning, SeedCallback, load_fingerprints
+from keras_repro import (
+    FingerprintMismatch,
+    FingerprintMismatchWarning,
+    ReferenceFileError,
+    ReproWarning,
+    SeedCallback,
+    load_fingerprints,
+)
 from tests.conftest import make_data, make_model, run_python
 
 

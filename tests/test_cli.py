@@ -10,7 +10,7 @@ import pytest
 
 from keras_repro import SeedCallback
 from keras_repro.cli import main
-from tests.conftest import REPO, make_data, make_model, edit_reference
+from tests.conftest import REPO, edit_reference, make_data, make_model
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_repro import derive_seed, seed_everything
+from keras_repro import derive_seed, seed_everything, seeding
 from keras_repro.errors import HashRandomizationWarning
-from keras_repro import seeding
 from tests.conftest import run_python
 
 

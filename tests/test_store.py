@@ -10,9 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints
-from keras_repro import store
-from tests.conftest import make_data, make_model, edit_reference
+from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints, store
+from tests.conftest import edit_reference, make_data, make_model
 
 
 @pytest.fixture(scope="module")

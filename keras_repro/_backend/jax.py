@@ -18,10 +18,10 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     compiled_or_host,
     data_to_numpy,
     determinism_failure,
-    plain_text,
     distribution_scope,
     input_hazards,
     native_ordered_input,
+    plain_text,
     seed_backend,
     value_of,
 )

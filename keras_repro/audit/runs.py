@@ -51,15 +51,27 @@ import numpy as np
 
 from keras_repro import _backend, child
 from keras_repro.audit.hazards import find_hazards
-from keras_repro.audit.reports import IN_PROCESS, AuditReport, BisectReport, Check, named
-from keras_repro.audit.steps import Feed, prepare_feed, run_once, split_fit_kwargs, validate_options
+from keras_repro.audit.reports import (
+    IN_PROCESS,
+    AuditReport,
+    BisectReport,
+    Check,
+    named,
+)
+from keras_repro.audit.steps import (
+    Feed,
+    prepare_feed,
+    run_once,
+    split_fit_kwargs,
+    validate_options,
+)
 from keras_repro.callbacks import SeedCallback
 from keras_repro.child import CHILD_ENVIRONMENT_VARIABLE
 from keras_repro.compare import compare_runs
 from keras_repro.diagnosis import FRESH_PROCESS, REPLAY
 from keras_repro.errors import ReproError, ReproWarning, warn
 from keras_repro.log import FingerprintLog
-from keras_repro.seeding import derive_seed, seed_everything
+from keras_repro.seeding import seed_everything, seed_for
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +256,7 @@ def bisect(
     hazards: list[str] = []
     for replay in range(2):
         keras.backend.clear_session()
-        seed_everything(derive_seed(seed, "bisect", epoch))
+        seed_everything(seed_for(seed, "bisect", epoch))
         model = keras.models.load_model(path)
         if replay == 0:
             hazards = find_hazards(model, x)

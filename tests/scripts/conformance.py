@@ -16,8 +16,8 @@ says otherwise. Results go to FOLDER/PHASE.json: {cell: {"checks": [[name, ok, d
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
+import dataclasses
 import json
 import os
 import sys

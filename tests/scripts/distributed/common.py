@@ -42,6 +42,13 @@ def data():
     return images[:ROWS].astype("float32"), labels[:ROWS]
 
 
+def without(fingerprint, *parts):
+    """A fingerprint's digest over every part but `parts`."""
+    from keras_repro.fingerprints import make_fingerprint
+
+    return make_fingerprint([r for r in fingerprint.records if r.part not in parts])
+
+
 def emit(key: str, *values) -> None:
     """Prints one `KEY value...` line for the test to parse."""
     print(key, *values, flush=True)

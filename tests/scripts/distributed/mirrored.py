@@ -79,7 +79,7 @@ def order(mirrored, straight, seed: int, x, y) -> None:
         per_epoch.fit(x, y, initial_epoch=epoch, epochs=epoch + 1, callbacks=[kr.SeedCallback(seed)], **common.FIT)
     outcomes = (("ORDER_STRAIGHT", straight), ("ORDER_EXPLICIT", explicit), ("ORDER_PER_EPOCH", per_epoch), ("ORDER_STALE", stale))
     for key, model in outcomes:
-        common.emit(key, kr.fingerprint(model).without("data").digest)
+        common.emit(key, common.without(kr.fingerprint(model), "data").digest)
 
 
 class Net(kr.DeterministicModel):

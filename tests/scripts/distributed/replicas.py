@@ -43,7 +43,7 @@ def main() -> None:
     callback = kr.SeedCallback(SEED)
     clean.fit(x, y, epochs=2, callbacks=[callback], **common.FIT)  # raises if the check misfires
     common.emit("CLEAN_DIVERGENCE", callback.divergence)
-    common.emit("CLEAN_REPLICAS", *[fp.without("non_trainable").digest for fp in replica_fingerprints(clean).values()])
+    common.emit("CLEAN_REPLICAS", *[common.without(fp, "non_trainable").digest for fp in replica_fingerprints(clean).values()])
 
     with strategy.scope():
         model = common.build(SEED, batch_norm=True)
