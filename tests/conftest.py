@@ -13,9 +13,32 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# `import keras_repro` sets start-up switches in os.environ (XLA_FLAGS for JAX, the cuBLAS
+# workspace for torch) for this process; a child process of a test must start from the
+# environment the suite was started with, or tests of those switches see them already set.
+# (Tests import this file again as `tests.conftest`, after keras_repro: that copy takes the
+# values pytest's copy saw.)
+STARTUP_SWITCHES = ("XLA_FLAGS", "CUBLAS_WORKSPACE_CONFIG")
+_PRISTINE = getattr(sys.modules.get("conftest"), "_PRISTINE", None) or {
+    key: os.environ.get(key) for key in STARTUP_SWITCHES
+}
+
 import keras  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(**extra: str) -> dict:
+    """The environment for a child process: this one's, less the start-up switches that
+    `import keras_repro` set here (unless `extra` sets them), plus `extra`."""
+    env = dict(os.environ)
+    for key, value in _PRISTINE.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env.update(extra)
+    return env
 
 
 @contextlib.contextmanager
@@ -30,6 +53,12 @@ def edit_reference(path):
     with h5py.File(path, "r+") as file:
         yield file
     store.seal(path)
+
+
+def pytest_configure(config):
+    """Hash randomization warnings are expected in the test process. Added here, not in
+    setup.cfg, since naming the class there imports keras_repro before this file runs."""
+    config.addinivalue_line("filterwarnings", "ignore::keras_repro.errors.HashRandomizationWarning")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -98,8 +127,7 @@ def make_model(seed: int | None = 7, dropout: float = 0.25, features: int = 6, c
 
 def run_python(code: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter (cwd = repository), failing loudly on error."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+    full_env = child_env(**(env or {}))
     full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],

@@ -19,7 +19,7 @@ from keras_repro.audit import (
 )
 from keras_repro.cli import main
 from keras_repro.errors import ReproError, ReproWarning
-from tests.conftest import REPO
+from tests.conftest import child_env, REPO
 from tests.scripts.audit import models
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "audit")
@@ -228,7 +228,7 @@ def test_cli_audit_module_divergent_exit_1():
     result = subprocess.run(
         [sys.executable, "-m", "keras_repro", "audit", NOISY_SCRIPT, "--steps", "6", "--batch-size", str(BATCH)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        env=child_env(TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "in-process: epoch 0, batch 3" in result.stdout and "noisy/drift" in result.stdout

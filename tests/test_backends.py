@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import child_env, REPO
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_fast_suite_passes_on_backend(backend):
     pytest.importorskip(backend, reason=f"install the [{backend}] extra to test the {backend} backend")
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         pytest.skip("runs from the TensorFlow session only (it starts the other backends itself)")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env = child_env(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", "tests"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1700,

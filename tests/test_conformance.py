@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import child_env, REPO
 
 SCRIPT = os.path.join(REPO, "tests", "scripts", "conformance.py")
 sys.path.insert(0, os.path.dirname(SCRIPT))
@@ -50,7 +50,7 @@ def _run_phase(folder, phase, hash_seed):
     """Runs one phase for every backend at once; returns {backend: results}."""
     processes = {}
     for backend in BACKENDS:
-        env = dict(os.environ, KERAS_BACKEND=backend, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL="3")
+        env = child_env(KERAS_BACKEND=backend, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL="3")
         log = open(folder / f"{backend}-{phase}.log", "w")
         processes[backend] = (subprocess.Popen(
             [sys.executable, SCRIPT, phase, str(folder / backend)], stdout=log, stderr=subprocess.STDOUT,

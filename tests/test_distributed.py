@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from keras_repro import load_fingerprints
-from tests.conftest import REPO
+from tests.conftest import child_env, REPO
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "distributed")
 TIMEOUT = 150
@@ -25,7 +25,7 @@ TIMEOUT = 150
 
 def _env(**extra: str) -> dict:
     """The environment of a script: fixed hash seed, quiet TensorFlow, TensorFlow backend."""
-    env = dict(os.environ, PYTHONHASHSEED="0", TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    env = child_env(PYTHONHASHSEED="0", TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env

@@ -203,7 +203,8 @@ def test_with_records_and_without():
     base = fingerprint(model)
     with_data = base.with_records([data_record("order", np.arange(5))])
     assert with_data.digest != base.digest and with_data.parts["data"]
-    assert with_data.without("data").digest == base.digest
+    kept = [record for record in with_data.records if record.part != "data"]
+    assert make_fingerprint(kept).digest == base.digest
     reordered = base.with_records([data_record("order", np.arange(5)[::-1])])
     assert reordered.parts["data"] != with_data.parts["data"]
 

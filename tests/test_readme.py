@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import child_env, REPO
 
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 FILE_COMMENT = re.compile(r"^# (\w+\.py)\n")
@@ -27,7 +27,7 @@ def _blocks():
 
 
 def _run(args, folder, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    env = child_env(TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
     env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
     result = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

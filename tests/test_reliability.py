@@ -26,7 +26,7 @@ import pytest
 
 from keras_repro import SeedCallback, cli, load_fingerprints, store
 from keras_repro.callbacks import lock_path
-from tests.conftest import REPO, make_data, make_model
+from tests.conftest import child_env, REPO, make_data, make_model
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "reliability")
 RECORD = os.path.join(SCRIPTS, "record.py")
@@ -35,7 +35,7 @@ BACKEND = "jax"  # the fastest to start and to train the tiny model; the file co
 
 
 def _env(**extra):
-    return dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0", **extra)
+    return child_env(KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0", **extra)
 
 
 def _parse(stdout_lines):
