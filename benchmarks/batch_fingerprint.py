@@ -20,7 +20,9 @@ Runs are interleaved (none, every1, every10, none, ...) after one uncounted warm
 of each; every fit gets a freshly built and compiled model and only `fit` is timed.
 The warm-up fits are printed too: the first fit with batch checksums compiles the
 checksum function (once per process and model layout).
-The table shows medians and the ratio to `none`; the target for every1 is <= 1.10.
+The table shows medians and the ratio to `none`; the targets on CPU are every1 <= 1.25
+and every10 <= 1.03 (issue 12; a full pass over every weight and optimizer slot per step is
+the floor for every1).
 The backend is the one Keras picks (KERAS_BACKEND). Always exits 0: it is a report.
 
 Usage::
@@ -44,7 +46,8 @@ import numpy as np  # noqa: E402
 import keras_repro as kr  # noqa: E402
 
 SEED = 7
-TARGET = 1.10
+TARGET = 1.25
+TARGET_EVERY10 = 1.03
 VARIANTS = {"none": None, "every1": 1, "every10": 10, "hook": 0}
 
 
@@ -109,8 +112,9 @@ def main() -> None:
     for name in VARIANTS:
         median = statistics.median(times[name])
         verdict = ""
-        if name == "every1":
-            verdict = f"<= {TARGET:.2f} {'PASS' if median / base <= TARGET else 'FAIL'}"
+        if name in ("every1", "every10"):
+            target = TARGET if name == "every1" else TARGET_EVERY10
+            verdict = f"<= {target:.2f} {'PASS' if median / base <= target else 'FAIL'}"
         print(f"{name:<8}  {median:>14.3f}  {median / base:>6.3f}  {verdict}")
     print("first (warm-up) fit of each variant, s: " + ", ".join(f"{k} {v:.3f}" for k, v in warmup.items()))
 

@@ -34,7 +34,8 @@ class BatchChecksums:
     Example:
 
     >>> checks = BatchChecksums(model)                                   # doctest: +SKIP
-    >>> checks.fingerprint(checks.compute(), epoch=0, batch=9).digest    # doctest: +SKIP
+    >>> pending = [checks.start() for _ in range(3)]                     # doctest: +SKIP
+    >>> checks.fingerprint(checks.finish(pending)[2], epoch=0, batch=9).digest  # doctest: +SKIP
     '2b0f...'
     """
 
@@ -53,13 +54,22 @@ class BatchChecksums:
         # lanes compare as arrays.
         self._order = sorted(range(len(variables)), key=lambda i: PARTS.index(variables[i][0]))
         self._templates = [self._templates[i] for i in self._order]
-        self._compute = _backend.checksum_function([variables[i][1] for i in self._order], replica, model)
+        self._start, self._finish = _backend.deferred_checksums([variables[i][1] for i in self._order], replica, model)
+
+    def start(self) -> Any:
+        """Starts checksumming every variable's value now and returns at once with a pending
+        result (on the device where the backend can): of the values now, whatever the
+        variables hold later. Mid-epoch on JAX it reads the trainer's state."""
+        return self._start()
+
+    def finish(self, pending: list) -> np.ndarray:
+        """The lanes of results `start` returned, brought to the host together: uint32 of
+        shape (len(pending), variables, 2), rows in the order of a fingerprint's records."""
+        return self._finish(pending)
 
     def compute(self) -> np.ndarray:
-        """The lanes of every variable now: uint32, shape (variables, 2), rows in the
-        order of the fingerprint's records. Mid-epoch on JAX this reads the trainer's
-        state; no `sync_model_state` is needed."""
-        return self._compute()
+        """The lanes of every variable now, uint32 (variables, 2): `start` then `finish`."""
+        return self._finish([self._start()])[0]
 
     def fingerprint(self, values: np.ndarray, epoch: int | None = None, batch: int | None = None) -> Fingerprint:
         """A batch `Fingerprint` from lanes that `compute` returned."""

@@ -10,8 +10,7 @@ import keras
 import numpy as np
 
 from keras_repro import _backend, environment
-from keras_repro.batch_checksums import BatchChecksums
-from keras_repro.checksums import expected_lanes
+from keras_repro.batch_checks import BatchChecker, resolve_capture
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
 from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
@@ -91,10 +90,18 @@ class SeedCallback(keras.callbacks.Callback):
         every_n_batches: Also fingerprint the state after every N-th batch, so a
             verify names the first divergent batch, not just the epoch. A batch
             fingerprint is a 64-bit integer checksum of each variable computed on
-            its device in one compiled call (`keras_repro.checksums`): no copy to
-            the host, but still a pass over every weight, which on CPU costs about
-            as much as a small model's step (see benchmarks/batch_fingerprint.py).
-            The epoch fingerprint still hashes every byte.
+            its device in one compiled call (`keras_repro.checksums`), left there and
+            brought to the host in groups (`keras_repro.batch_checks`): still a pass
+            over every weight, which on CPU costs a fraction of a small model's step
+            (see benchmarks/batch_fingerprint.py). The epoch fingerprint still
+            hashes every byte.
+        fetch_every: Batch checksums brought to the host together (and at every epoch
+            end): a verify names the first divergent batch, found up to this many
+            checks after it.
+        capture: When a batch's state is checksummed: "end" (in `on_train_batch_end`),
+            "begin" (when the next batch begins, so Keras may run batch-end hooks on a
+            thread), or "auto" (default): "begin" on JAX, else "end". See
+            `keras_repro.batch_checks`.
         check_replicas: Where devices each hold a copy of the variables
             (`tf.distribute` mirrored variables, replicated JAX arrays), check before
             the first step and at every epoch end that all copies are equal, and
@@ -128,6 +135,8 @@ class SeedCallback(keras.callbacks.Callback):
         log_key: str | None = "fingerprint",
         every_n_batches: int | None = None,
         check_replicas: bool = True,
+        fetch_every: int = 32,
+        capture: str = "auto",
     ) -> None:
         super().__init__()
         self.seed = validate_seed(seed)
@@ -145,9 +154,14 @@ class SeedCallback(keras.callbacks.Callback):
         ):
             raise ValueError(f"`every_n_batches` must be a positive int or None. Received: every_n_batches={every_n_batches!r}")
         self.every_n_batches = every_n_batches
-        # Keras runs batch hooks in a thread, overlapping the next steps, only for callbacks
-        # that say they are safe; a batch fingerprint must read the state of its own batch.
-        self.async_safe = every_n_batches is None
+        if isinstance(fetch_every, bool) or not isinstance(fetch_every, int) or fetch_every < 1:
+            raise ValueError(f"`fetch_every` must be a positive int. Received: fetch_every={fetch_every!r}")
+        self.fetch_every = fetch_every
+        self.capture = resolve_capture(capture)
+        # Keras runs batch-end hooks in a thread, overlapping the next steps, only for
+        # callbacks that say they are safe: a batch fingerprint must read the state of its
+        # own batch, which capture="begin" reads when the next batch begins.
+        self.async_safe = every_n_batches is None or self.capture == "begin"
         self.check_replicas = bool(check_replicas)
         self._handed: FitContext | None = None
         self._session: ReferenceSession | None = None
@@ -165,12 +179,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._context: FitContext | None = None
         self._initial: Fingerprint | None = None
         self._epochs: list[Fingerprint] = []
-        self._batches: list[Fingerprint] = []
-        self._batch_lanes: list[tuple[int, int, np.ndarray]] = []  # not yet in _batches
-        self._checksums: BatchChecksums | None = None
-        self._expected_batches: dict[tuple[int, int], Fingerprint] = {}
-        self._expected_lanes: dict[tuple[int, int], np.ndarray] = {}
-        self._sha256_batches = False
+        self._batch_checker: BatchChecker | None = None
         self._epoch = 0
         self._first_epoch: int | None = None
         self._environment: dict[str, str] = {}
@@ -186,7 +195,7 @@ class SeedCallback(keras.callbacks.Callback):
         """The fingerprints of the current (or last) fit."""
         return FingerprintLog(
             self._initial, tuple(self._epochs), dict(self._environment), self.seed, self._notes(), self.reference,
-            batches=tuple(self._batch_fingerprints()),
+            batches=tuple(self._batch_checker.fingerprints() if self._batch_checker else ()),
         )
 
     @property
@@ -218,6 +227,8 @@ class SeedCallback(keras.callbacks.Callback):
             ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief
         )
         self._provisional_mode_value = self._provisional_mode(chief)
+        if self.every_n_batches:
+            self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report)
         seed_everything(seed_for(self.seed, "fit"))
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
@@ -243,42 +254,29 @@ class SeedCallback(keras.callbacks.Callback):
         self._initial = self._fingerprint(epoch)
         planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1
         self._session.begin(epoch, max(planned_end, epoch + 1))
-        if self._session.expected is not None:
-            self._load_expected_batches(self._session.expected)
+        if self._session.expected is not None and self._batch_checker is not None:
+            self._batch_checker.expect(self._session.expected)
         self._check_replicas(epoch, "initial")
         self._check_initial(epoch)
         self._session.save(self.log)
 
-    def _load_expected_batches(self, expected: FingerprintLog) -> None:
-        """Indexes the reference's batch fingerprints for `on_train_batch_end`."""
-        self._expected_batches = {(fp.epoch, fp.batch): fp for fp in expected.batches}
-        self._expected_lanes = {key: expected_lanes(fp) for key, fp in self._expected_batches.items()}
-        # A reference recorded before batch checksums holds SHA-256 batch fingerprints.
-        self._sha256_batches = any(lanes is None for lanes in self._expected_lanes.values())
+    # Batch hooks use `self._model`: on JAX, Keras' `self.model` writes the trainer's state back
+    # into the variables (a write per variable, and the next step rebuilds its state), which
+    # the checksums avoid by reading the trainer's state.
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self._batch_checker is not None:
+            self._batch_checker.batch_begin(self._model, self._epoch, batch)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if not self.every_n_batches or (batch + 1) % self.every_n_batches:
-            return
-        key = (self._epoch, batch)
-        if self._sha256_batches:
-            _backend.sync_model_state(self.model)
-            current = fingerprint(self.model).with_epoch(self._epoch, batch=batch)
-            self._batches.append(current)
-            if key in self._expected_batches:
-                self._report(compare_fingerprints(self._expected_batches[key], current, self._epoch, "batch"))
-            return
-        if self._checksums is None:  # the variables are all there after the first step
-            self._checksums = BatchChecksums(self.model)
-        lanes = self._checksums.compute()
-        self._batch_lanes.append((self._epoch, batch, lanes))
-        expected = self._expected_lanes.get(key)  # never None here: see _sha256_batches
-        if expected is not None and not np.array_equal(expected, lanes):
-            current = self._checksums.fingerprint(lanes, self._epoch, batch)
-            self._report(compare_fingerprints(self._expected_batches[key], current, self._epoch, "batch"))
+        if self._batch_checker is not None:
+            self._batch_checker.batch_end(self._model, self._epoch, batch)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._context.clock.finished(epoch)
         epoch = self._epoch
+        if self._batch_checker is not None:  # the epoch's batches first: they name the first divergence
+            self._batch_checker.epoch_end(self.model, epoch)
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         current = self._fingerprint(epoch, summaries=True).with_epoch(epoch, metrics)
         self._epochs.append(current)
@@ -296,6 +294,8 @@ class SeedCallback(keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._session is None:
             return
+        if self._batch_checker is not None:
+            self._batch_checker.fetch()  # batches after the last epoch's end (a stopped fit)
         last = self._epochs[-1].epoch if self._epochs else None
         if last is not None and getattr(self.model, "stop_training", False):
             self._session.save(self.log, last, stopped_early=True)  # the run plans no further epochs
@@ -310,13 +310,6 @@ class SeedCallback(keras.callbacks.Callback):
         history = getattr(self.model, "history", None)
         if self.log_key and isinstance(history, keras.callbacks.History):
             history.history.setdefault(self.log_key, []).append(digest)
-
-    def _batch_fingerprints(self) -> list[Fingerprint]:
-        """The batch fingerprints so far (made from their checksums on first use)."""
-        if self._batch_lanes:
-            self._batches.extend(self._checksums.fingerprint(v, e, b) for e, b, v in self._batch_lanes)
-            self._batch_lanes.clear()
-        return self._batches
 
     def _fingerprint(self, epoch: int, summaries: bool = True) -> Fingerprint:
         """The model's fingerprint, with the data-order records of the fit's context."""

@@ -91,6 +91,81 @@ def _fmix32_inplace(h: np.ndarray, scratch: np.ndarray) -> None:
             np.multiply(h, np.uint32(factor), out=h)
 
 
+class FlatLayout:
+    """`lanes` of many arrays at once, as if their words were laid end to end.
+
+    Faster than `lanes` per array where there are many small arrays (biases, optimizer
+    scalars): the mixing runs over chunks of the whole sequence of words, a few NumPy
+    calls a chunk, instead of a dozen calls per array. The same result, array by array.
+
+    The work is in two stages, so a caller can run the second on another thread:
+    `positioned` reads the arrays once, into a buffer of w_i + i * PHI (which is also a
+    snapshot of them), and `mix` computes the lanes from that buffer. Lane 0 is summed
+    from the buffer, less the sum of the positions i * PHI (a constant per array).
+
+    Args:
+        sizes: Words (`words(array).size`) of each array, in order.
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = [int(n) for n in sizes]
+        self.total = sum(self.sizes)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.chunk = CHUNK_WORDS
+        self._ramp = np.arange(min(self.total, self.chunk), dtype=np.uint32) * np.uint32(PHI)  # i * PHI
+        # sum of i * PHI over each array: PHI * n (n - 1) / 2, mod 2**32
+        self._position_sums = np.array([(PHI * (n * (n - 1) // 2)) & 0xFFFFFFFF for n in self.sizes], np.uint32)
+        self._scratch = np.empty(min(self.total, self.chunk), np.uint32)
+        # (begin, end, rows, offsets): each chunk of the buffer, and the arrays in it
+        self._chunks = []
+        first = 0
+        for begin in range(0, self.total, self.chunk):
+            end = min(begin + self.chunk, self.total)
+            rows, offsets, index = [], [], first
+            while index < len(self.sizes) and self.starts[index] < end:
+                if min(self.starts[index + 1], end) > max(self.starts[index], begin):
+                    rows.append(index)
+                    offsets.append(int(max(self.starts[index], begin) - begin))
+                if self.starts[index + 1] > end:
+                    break
+                index += 1
+            first = index
+            self._chunks.append((begin, end, rows, offsets))
+
+    def positioned(self, arrays: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+        """Stage 1: a uint32 buffer of `total` words holding w_i + i * PHI of every array
+        (`arrays`: their `words`, in order)."""
+        out = np.empty(self.total, np.uint32) if out is None else out
+        ramp = self._ramp
+        for index, w in enumerate(arrays):
+            start, n = int(self.starts[index]), self.sizes[index]
+            for lo in range(0, n, self.chunk):
+                hi = min(lo + self.chunk, n)
+                target = out[start + lo : start + hi]
+                np.add(w[lo:hi], ramp[: hi - lo], out=target)
+                if lo:  # positions continue: (lo + k) * PHI
+                    np.add(target, np.uint32((lo * PHI) & 0xFFFFFFFF), out=target)
+        return out
+
+    def mix(self, buffer: np.ndarray) -> np.ndarray:
+        """Stage 2: the lanes, uint32 (arrays, 2), from a `positioned` buffer (which it
+        overwrites)."""
+        result = np.zeros((len(self.sizes), 2), np.uint32)
+        for begin, end, rows, offsets in self._chunks:
+            h = buffer[begin:end]
+            if rows:
+                result[rows, 0] += np.add.reduceat(h, offsets, dtype=np.uint32)
+            _fmix32_inplace(h, self._scratch[: end - begin])
+            if rows:
+                result[rows, 1] += np.add.reduceat(h, offsets, dtype=np.uint32)
+        result[:, 0] -= self._position_sums
+        return result
+
+    def lanes(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """uint32 (arrays, 2): the lanes of each of `arrays` (their `words`)."""
+        return self.mix(self.positioned(arrays))
+
+
 def lanes_to_digest(pair: Sequence[int] | np.ndarray) -> str:
     """A variable's batch digest (hex) from its two lanes."""
     return np.asarray(pair, dtype="<u4").tobytes().hex()

@@ -139,13 +139,14 @@ def test_every_n_batches_validation():
 def test_same_seed_verify_compares_batch_checksums_without_building_fingerprints(tmp_path, monkeypatch):
     """A matching batch costs an array comparison: no per-variable records are built and
     compared unless the checksums differ."""
-    from keras_repro import callbacks
+    from keras_repro import batch_checks, callbacks
 
     path = tmp_path / "run.h5"
     _fit([kr.SeedCallback(5, path, every_n_batches=1)])
     stages = []
     real = callbacks.compare_fingerprints
-    monkeypatch.setattr(callbacks, "compare_fingerprints", lambda *a, **k: stages.append(a[3:4]) or real(*a, **k))
+    for module in (callbacks, batch_checks):
+        monkeypatch.setattr(module, "compare_fingerprints", lambda *a, **k: stages.append(a[3:4]) or real(*a, **k))
     _fit([kr.SeedCallback(5, path, every_n_batches=1)])
     assert stages and ("batch",) not in stages
     stages.clear()
@@ -159,7 +160,7 @@ class LegacyBatchCallback(kr.SeedCallback):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._sha256_batches = True
+        self._batch_checker._sha256 = True
 
 
 def _as_format_2(path):

@@ -17,9 +17,9 @@ from typing import Any
 INTERFACE = (
     "version", "seed_backend", "to_numpy", "read_batch", "data_to_numpy", "replica_devices", "is_chief",
     "distribution_scope", "seed_state_max", "enable_op_determinism", "determinism_state", "devices",
-    "accelerators", "native_ordered_input", "input_hazards", "sync_model_state", "checksum_function",
+    "accelerators", "native_ordered_input", "input_hazards", "sync_model_state", "deferred_checksums",
     "child_determinism_environment", "prepare_kernels_at_import", "set_deterministic_kernels",
-    "kernels_in_effect", "determinism_failure", "plain_text",
+    "kernels_in_effect", "determinism_failure", "plain_text", "async_batch_hooks_help",
 )
 """What every backend module provides (see `common` for each function's meaning)."""
 
@@ -47,3 +47,10 @@ def __getattr__(attribute: str) -> Any:
     value = getattr(_chosen()[1], attribute)
     globals()[attribute] = value
     return value
+
+
+def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Any:
+    """The batch checksum lanes of `variables` now, uint32 (variables, 2): `deferred_checksums`
+    brought to the host at once."""
+    start, finish = __getattr__("deferred_checksums")(variables, replica, model)
+    return lambda: finish([start()])[0]

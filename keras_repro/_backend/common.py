@@ -137,6 +137,12 @@ def sync_model_state(model: Any) -> None:
     """Makes the model's variables current mid-epoch (the JAX trainer defers writing them)."""
 
 
+def async_batch_hooks_help() -> bool:
+    """Whether letting Keras run batch-end hooks on a thread saves time (it does where steps
+    are dispatched asynchronously: JAX)."""
+    return False
+
+
 def child_determinism_environment() -> dict[str, str]:
     """Environment variables that turn on, in a child process, the deterministic kernels
     this process has on."""
@@ -188,35 +194,47 @@ def first_match(text: str, patterns: tuple[str, ...]) -> str:
     return ""
 
 
-def host_checksum_function(
-    variables: list, replica: int = 0, read: Callable[[Any, int], np.ndarray] = to_numpy
-) -> Callable[[], np.ndarray]:
-    """Batch checksum lanes of `variables` computed on the host from `read` (a backend's
-    `to_numpy`: views where it can)."""
+Deferred = tuple[Callable[[], Any], Callable[[list], np.ndarray]]
+"""(start, finish) of batch checksums: `start()` checksums the variables' values now and
+returns at once with a pending result (on the device where the backend can); `finish(pending)`
+brings a list of them to the host together, uint32 of shape (len(pending), variables, 2)."""
+
+
+def _stack(count: int) -> Callable[[list], np.ndarray]:
+    """`finish` for results that are host arrays already."""
+    return lambda pending: np.stack(pending) if pending else np.zeros((0, count, 2), np.uint32)
+
+
+def host_checksums(variables: list, replica: int = 0, read: Callable[[Any, int], np.ndarray] = to_numpy) -> Deferred:
+    """Batch checksums computed on the host, at `start`, from `read` (a backend's
+    `to_numpy`: views where it can), all arrays in one `FlatLayout` pass."""
     from keras_repro import checksums
 
-    return lambda: np.stack([checksums.lanes(read(v, replica)) for v in variables])
+    def words() -> list[np.ndarray]:
+        return [checksums.words(read(v, replica)) for v in variables]
+
+    layout = checksums.FlatLayout([w.size for w in words()])
+    buffer = np.empty(layout.total, np.uint32)
+    return (lambda: layout.mix(layout.positioned(words(), out=buffer))), _stack(len(variables))
 
 
-def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
-    """A function returning the batch checksum lanes (`keras_repro.checksums`) of these
-    variables, uint32 of shape (variables, 2)."""
+def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> Deferred:
+    """(start, finish) of the batch checksum lanes (`keras_repro.checksums`) of `variables`
+    (see `Deferred`). With `model`, the JAX form reads the trainer's state mid-epoch."""
     if not variables:
-        return lambda: np.zeros((0, 2), np.uint32)
-    return host_checksum_function(variables, replica)
+        return (lambda: None), (lambda pending: np.zeros((len(pending), 0, 2), np.uint32))
+    return host_checksums(variables, replica)
 
 
-def compiled_or_host(
-    build: Callable[[], Callable[[], np.ndarray]], variables: list, replica: int,
-    read: Callable[[Any, int], np.ndarray] = to_numpy,
-) -> Callable[[], np.ndarray]:
-    """The compiled checksum function `build()` makes, or the host one where it cannot run."""
+def deferred_or_host(build: Callable[[], Deferred], variables: list, replica: int,
+                     read: Callable[[Any, int], np.ndarray] = to_numpy) -> Deferred:
+    """The device form `build()` makes, or the host one where it cannot run."""
     if not variables:
-        return lambda: np.zeros((0, 2), np.uint32)
+        return (lambda: None), (lambda pending: np.zeros((len(pending), 0, 2), np.uint32))
     try:
-        compiled = build()
-        compiled()  # compile now, and find out whether it runs here
+        start, finish = build()
+        finish([start()])  # compile now, and find out whether it runs here
     except Exception as error:  # noqa: BLE001 - any failure means: use the host path
-        logger.debug("batch checksums on the host: the compiled form failed (%s)", error)
-        return host_checksum_function(variables, replica, read)
-    return compiled
+        logger.debug("batch checksums on the host: the device form failed (%s)", error)
+        return host_checksums(variables, replica, read)
+    return start, finish

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -13,7 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
-    compiled_or_host,
+    async_batch_hooks_help,
+    Deferred,
+    deferred_or_host,
     data_to_numpy,
     first_match,
     input_hazards,
@@ -215,19 +216,27 @@ def native_ordered_input(data: tuple, rows_for_epoch: Any, num_rows: int, batch_
     return dataset, set_epoch
 
 
-def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
-    """Batch checksum lanes compiled with XLA in one call (on the host for distributed variables)."""
+def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> Deferred:
+    """Batch checksums compiled with XLA, called as a concrete function (the polymorphic
+    function's matching of two handles a variable cost about 0.13 ms a call); results stay
+    tensors until `finish` stacks them (on the host for distributed variables)."""
 
-    def build() -> Callable[[], np.ndarray]:
+    def build() -> Deferred:
         if any(isinstance(v.value, tf.distribute.DistributedValues) for v in variables):
             raise TypeError("distributed variables")
-        run = _checksum_runner()
         handles = [v.value for v in variables]
-        return lambda: np.asarray(run(handles))
+        run = _checksum_runner().get_concrete_function(handles)
 
-    return compiled_or_host(build, variables, replica, to_numpy)
+        def finish(pending: list) -> np.ndarray:
+            return np.asarray(tf.stack(pending)) if pending else np.zeros((0, len(handles), 2), np.uint32)
+
+        return (lambda: run(handles)), finish
+
+    return deferred_or_host(build, variables, replica, to_numpy)
 
 
+# One compiled checksum function per process (`functools.cache`), shared by every model: XLA
+# compiles it once per layout (shapes and dtypes), so only the first fit of a layout pays.
 @functools.cache
 def _checksum_runner() -> Any:
     from keras_repro import checksums
@@ -254,9 +263,23 @@ def _checksum_runner() -> Any:
         h = h * tf.constant(checksums.FMIX_2, u32)
         return tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
 
+    try:  # XLA's variadic reduce: both sums in one pass, 2-3x faster on CPU than two reduce_sums
+        from tensorflow.compiler.tf2xla.python import xla as tf_xla
+
+        @tf.function(autograph=False)
+        def add_pairs(a0: Any, b0: Any, a1: Any, b1: Any) -> Any:
+            return a0 + a1, b0 + b1
+
+        reducer = add_pairs.get_concrete_function(*[tf.TensorSpec([], u32)] * 4)
+    except (ImportError, AttributeError):  # pragma: no cover - a semi-private module moved
+        tf_xla = None
+
     def lanes(value: Any) -> Any:
         w = words(tf.convert_to_tensor(value))
         positions = tf.cast(tf.range(tf.size(w)), u32) * tf.constant(checksums.PHI, u32)
+        if tf_xla is not None:
+            zero = tf.constant(0, u32)
+            return tf.stack(tf_xla.variadic_reduce([w, fmix(w + positions)], [zero, zero], [0], reducer))
         return tf.stack([tf.reduce_sum(w), tf.reduce_sum(fmix(w + positions))])
 
     @tf.function(jit_compile=True, autograph=False)

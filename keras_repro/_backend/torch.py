@@ -13,12 +13,14 @@ import torch
 
 from keras_repro._backend import flags
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    async_batch_hooks_help,
     child_determinism_environment,
-    compiled_or_host,
+    Deferred,
+    deferred_or_host,
     data_to_numpy,
     distribution_scope,
     first_match,
-    host_checksum_function,
+    host_checksums,
     input_hazards,
     native_ordered_input,
     plain_text,
@@ -186,12 +188,25 @@ def accelerators() -> list[str]:
         return []
 
 
-def checksum_function(variables: list, replica: int = 0, model: Any = None) -> Callable[[], np.ndarray]:
-    """torch ops where the variables live on an accelerator; NumPy over zero-copy views on
-    CPU, which is faster there than torch's integer ops."""
+def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> Deferred:
+    """torch ops where the variables live on an accelerator (results stay there until
+    `finish`); on CPU, NumPy over zero-copy views in one `FlatLayout` pass on the training
+    thread (torch's integer ops are slower there and go parallel, which on a busy machine
+    waits for descheduled threads; a worker thread loses on a machine without a free core)."""
     if not any(value_of(v).device.type != "cpu" for v in variables):
-        return host_checksum_function(variables, replica, to_numpy) if variables else (lambda: np.zeros((0, 2), np.uint32))
-    return compiled_or_host(lambda: _device_checksum_function(variables), variables, replica, to_numpy)
+        return deferred_or_host(lambda: host_checksums(variables, replica, to_numpy), variables, replica, to_numpy)
+
+    def build() -> Deferred:
+        run = _device_checksum_function(variables)
+
+        def finish(pending: list) -> np.ndarray:
+            if not pending:
+                return np.zeros((0, len(variables), 2), np.uint32)
+            return (torch.stack(pending).cpu().numpy() & 0xFFFFFFFF).astype(np.uint32)
+
+        return run, finish
+
+    return deferred_or_host(build, variables, replica, to_numpy)
 
 
 def _device_checksum_function(variables: list) -> Callable[[], np.ndarray]:
@@ -238,6 +253,6 @@ def _device_checksum_function(variables: list) -> Callable[[], np.ndarray]:
                 torch.stack([a.sum(dtype=torch.int64), b.sum(dtype=torch.int64)])
                 for a, b in zip(w.split(cache["sizes"]), h.split(cache["sizes"]))
             ]
-            return (torch.stack(sums).cpu().numpy() & 0xFFFFFFFF).astype(np.uint32)
+            return torch.stack(sums)  # on the device: `finish` brings a group over
 
     return run
