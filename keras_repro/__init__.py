@@ -47,6 +47,7 @@ _EXPORTS = {
     "load_fingerprints": "keras_repro.log",
     "DeterministicModel": "keras_repro.model",
     "DeterministicSequential": "keras_repro.model",
+    "fix_multi_worker_fit": "keras_repro.multi_worker",
     "PreflightReport": "keras_repro.preflight",
     "preflight": "keras_repro.preflight",
     "plot_drift": "keras_repro.plotting",
@@ -87,6 +88,7 @@ __all__ = [
     "enable_determinism",
     "find_hazards",
     "fingerprint",
+    "fix_multi_worker_fit",
     "load_fingerprints",
     "plot_drift",
     "plot_heatmap",
@@ -142,6 +144,7 @@ if TYPE_CHECKING or not _started_as_command():
     from keras_repro.fingerprints import Fingerprint, fingerprint
     from keras_repro.log import FingerprintLog, load_fingerprints
     from keras_repro.model import DeterministicModel, DeterministicSequential
+    from keras_repro.multi_worker import fix_multi_worker_fit
     from keras_repro.plotting import plot_drift, plot_heatmap, plot_metrics
     from keras_repro.preflight import PreflightReport, preflight
     from keras_repro.seeding import derive_seed, seed_everything

@@ -143,6 +143,12 @@ def async_batch_hooks_help() -> bool:
     return False
 
 
+def trains_under_tf_distribute() -> bool:
+    """Whether Keras' trainer on this backend runs `fit` under a `tf.distribute` strategy
+    (only TensorFlow's does)."""
+    return False
+
+
 def child_determinism_environment() -> dict[str, str]:
     """Environment variables that turn on, in a child process, the deterministic kernels
     this process has on."""

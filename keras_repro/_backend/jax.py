@@ -24,6 +24,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     native_ordered_input,
     plain_text,
     seed_backend,
+    trains_under_tf_distribute,
     value_of,
 )
 

@@ -31,6 +31,10 @@ def version() -> str:
     return str(tf.__version__)
 
 
+def trains_under_tf_distribute() -> bool:
+    return True
+
+
 def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
     """A host NumPy view of a variable: one ReadVariableOp, viewed without a copy on CPU
     (`.numpy()` copies; `read_value()` adds an Identity op)."""
