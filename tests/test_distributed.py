@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import keras
 import pytest
 
 from keras_repro import load_fingerprints
@@ -61,14 +62,15 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _run_workers(references: list, mode: str = "auto") -> list[dict]:
-    """Runs the two workers of one MultiWorkerMirroredStrategy cluster at the same time;
-    kills both if either fails or they do not finish within the timeout."""
+def _run_workers(references: list, mode: str = "auto", fix: bool = True) -> list[dict]:
+    """Runs the two workers of one MultiWorkerMirroredStrategy cluster at the same time
+    (each calling `kr.fix_multi_worker_fit()` first, unless `fix` is False); kills both if
+    either fails or they do not finish within the timeout."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     workers = []
     for index, reference in enumerate(references):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        command = [sys.executable, os.path.join(SCRIPTS, "multi_worker.py"), str(reference), mode]
+        command = [sys.executable, os.path.join(SCRIPTS, "multi_worker.py"), str(reference), mode, "fix" if fix else "nofix"]
         workers.append(
             subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(TF_CONFIG=config))
         )
@@ -162,6 +164,7 @@ def test_multi_worker_fingerprints_agree_and_only_the_chief_writes(tmp_path):
     alone writes; workers verify with mode="verify"."""
     shared = tmp_path / "shared.h5"
     first = _run_workers([shared, shared])
+    assert [w["FIXED"] for w in first] == ["True True", "True True"]  # kr.fix_multi_worker_fit(), twice
     assert [w["TASK"] for w in first] == ["worker 0", "worker 1"] and first[0]["REPLICAS"] == "2"
     assert first[0]["EPOCHS"] == first[1]["EPOCHS"] and first[0]["INITIAL"] == first[1]["INITIAL"]
     assert [w["MODE"] for w in first] == ["record", "record"]
@@ -180,6 +183,33 @@ def test_multi_worker_fingerprints_agree_and_only_the_chief_writes(tmp_path):
     third = _run_workers([shared, shared], mode="verify")
     assert [(w["MODE"], w["DIVERGENCE"]) for w in third] == [("verify", "None"), ("verify", "None")]
     assert third[1]["EPOCHS"] == first[0]["EPOCHS"]
+
+
+KERAS_MULTI_WORKER_ERRORS = (
+    "with an unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>)",  # _maybe_symbolic_build
+    "Invalid reduction dimension 0 for input with 0 dimensions",  # reduce_per_replica, scalar loss
+)
+"""The errors of Keras' own `fit` under MultiWorkerMirroredStrategy that
+`kr.fix_multi_worker_fit` works around (keras-team/keras#20585)."""
+
+
+@pytest.mark.slow
+def test_keras_still_needs_the_multi_worker_fix(tmp_path):
+    """Without `kr.fix_multi_worker_fit()`, Keras' fit under MultiWorkerMirroredStrategy (2 workers on loopback)
+    still fails with one of the errors the fix works around; when it no longer does, the fix can go."""
+    from keras_repro.multi_worker import NEWEST_KERAS_NEEDING_FIX
+
+    workers = _run_workers([tmp_path / "unfixed.h5"] * 2, fix=False)
+    unfixed = [w for w in workers if "FIT_ERROR" not in w]
+    assert not unfixed, (
+        f"Keras {keras.__version__} now trains under MultiWorkerMirroredStrategy without the fix: raise the "
+        f"version bound NEWEST_KERAS_NEEDING_FIX {NEWEST_KERAS_NEEDING_FIX} in keras_repro/multi_worker.py, or retire "
+        f"the fix (keras-team/keras#20585). Worker outputs: {workers}"
+    )
+    for worker in workers:
+        assert any(known in worker["FIT_ERROR"] for known in KERAS_MULTI_WORKER_ERRORS), (
+            f"fit without the fix fails with another error than the ones the fix works around: {worker['FIT_ERROR']}"
+        )
 
 
 @pytest.mark.slow
