@@ -73,6 +73,7 @@ class ReferenceSession:
     _first: int = 0
     _planned_end: int = 0
     _last_recorded: int | None = None
+    _written: FingerprintLog | None = None
 
     @property
     def writes(self) -> bool:
@@ -164,8 +165,7 @@ class ReferenceSession:
         """After a divergence: a verify run never extends its reference."""
         if self.expected is not None and self.record_from is not None:
             self.record_from = None
-            if self.reference is not None:
-                self.reference.release()
+            self.close()
 
     def save(self, current: FingerprintLog, last_epoch: int | None = None, stopped_early: bool = False) -> None:
         """Writes the file: the kept earlier epochs, then this fit's from `record_from` on.
@@ -206,6 +206,7 @@ class ReferenceSession:
             planned_epochs=planned,
         )
         self.reference.write(log)
+        self._written = log
 
     def recorded(self, epochs: Sequence[int]) -> list[int]:
         """The epochs of this fit that were written to the file."""
@@ -214,8 +215,12 @@ class ReferenceSession:
         return [epoch for epoch in epochs if epoch >= self.record_from]
 
     def close(self) -> None:
-        """Releases the file's lock."""
+        """Folds the epochs appended to the file into its HDF5 part, then releases its lock
+        (the fold reads nothing back: it rewrites the last run written)."""
         if self.reference is not None:
+            if self._written is not None:
+                self.reference.fold(self._written)
+                self._written = None
             self.reference.release()
 
 

@@ -87,6 +87,7 @@ class ReferenceFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock: filelock.FileLock | None = None
+        self._written = store.WriteState()
 
     @property
     def locked(self) -> bool:
@@ -173,7 +174,27 @@ class ReferenceFile:
             store.remove_stale_temporaries(self.path)
 
     def write(self, log: FingerprintLog) -> None:
-        """Replaces the file with `log`, atomically (the lock must be held)."""
+        """Writes `log` to the file (the lock must be held): appended when it only adds to
+        what this object wrote last, else the file is replaced atomically."""
         if self._lock is None:
             raise RuntimeError(f"ReferenceFile.write without the lock of '{self.path}'")
-        log.save(self.path)
+        store.write_run(self.path, **_run(log), state=self._written)
+
+    def fold(self, log: FingerprintLog) -> None:
+        """At the end of a recording: rewrites the file whole if epochs were appended, so
+        HDF5 tools see them too. A failure is logged: the file is valid either way."""
+        if self._lock is None:
+            return
+        try:
+            store.fold(self.path, self._written, **_run(log))
+        except ReferenceFileError as error:
+            logger.warning("Could not fold the appended epochs of %s into its HDF5 part: %s", self.path, error)
+
+
+def _run(log: FingerprintLog) -> dict[str, Any]:
+    """The fields of `log` as `store.write_run` takes them."""
+    return {
+        "seed": log.seed, "environment": log.environment, "initial": log.initial, "epochs": list(log.epochs),
+        "notes": log.notes, "created": log.created, "batches": list(log.batches),
+        "planned_epochs": log.planned_epochs,
+    }

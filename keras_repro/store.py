@@ -32,9 +32,14 @@ Schema (format "keras_repro.fingerprints", version 3)::
                             variable_digests (uint8, B x rows x W: each variable's
                               raw digest; W = 8 for checksum64-v1, 32 for sha256)
 
-Reading and validating a file is `keras_repro.store_reader`'s. Every write goes to a temporary file in the same folder that is flushed, fsync'ed
-and renamed over the target (`os.replace`), so a crash leaves either the old file
-or the new one, never a mix. Every read first checks the user block's checksum
+While a recording runs, each epoch is appended to the file's tail instead
+(`keras_repro.store_tail`: a frame per record, the header updated last), so writing epoch
+n costs the same at n = 10 and n = 1,000; the recording rewrites the file whole when it
+ends (`fold`), and an HDF5 tool sees the tail's epochs only from then on.
+
+Reading and validating a file is `keras_repro.store_reader`'s. Every whole write goes to
+a temporary file in the same folder that is flushed, fsync'ed and renamed over the target
+(`os.replace`), so a crash leaves either the old file or the new one, never a mix. Every read first checks the user block's checksum
 over the whole file, before HDF5 parses a byte of it (the HDF5 library can loop
 forever or crash on some damaged files), then checks the whole schema and
 recomputes each digest from its variables, so a damaged or edited file raises
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -55,13 +61,19 @@ from typing import Any
 import h5py
 import numpy as np
 
-from keras_repro import checksums
+from keras_repro import checksums, store_tail
 from keras_repro.errors import ReferenceFileError
 from keras_repro.fingerprints import STAT_NAMES, Fingerprint, VariableDigest
+from keras_repro.store_tail import (
+    FORMAT_NAME,
+    USER_BLOCK,
+    WriteState,
+    append_record,
+    header_block,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "keras_repro.fingerprints"
 FORMAT_VERSION = 3
 """Version 3 stores batch fingerprints as on-device checksums (`keras_repro.checksums`);
 version 2 added the checksum user block. Version 1 files (without it) are refused."""
@@ -72,7 +84,6 @@ MIN_FORMAT_VERSION = 2
 
 BATCH_METHODS = {"sha256": 32, checksums.METHOD: checksums.DIGEST_BYTES}
 """Batch fingerprint methods this version reads, and their per-variable digest bytes."""
-USER_BLOCK = 512
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -87,14 +98,108 @@ def write_run(
     created: str | None = None,
     batches: list[Fingerprint] | None = None,
     planned_epochs: int | None = None,
+    state: WriteState | None = None,
 ) -> None:
-    """Writes a whole run to `path` atomically (temporary file + fsync + rename).
+    """Writes a whole run to `path`: atomically (temporary file + fsync + rename), or, given
+    the `state` of this process's last write there, by appending what the run adds to the
+    file (new epochs, batches, `planned_epochs`) as one tail record, at a cost that does not
+    grow with the file (`keras_repro.store_tail`).
 
     Raises:
         ReferenceFileError: If `path` is a folder, or its folder is missing or not
             writable, or the write fails (a full disk); the previous file is kept.
+
+    Example:
+
+    >>> state = WriteState()
+    >>> write_run("run.h5", seed=7, environment={}, initial=None, epochs=[], state=state)  # doctest: +SKIP
+    >>> write_run("run.h5", seed=7, environment={}, initial=None, epochs=[epoch0], state=state)  # doctest: +SKIP
     """
     target = os.path.abspath(os.fspath(path))
+    run = (seed, created, tuple(environment.items()), tuple((notes or {}).items()), initial and initial.digest)
+    batches = batches or []
+    if state is not None and _appendable(target, state, run, epochs, batches, planned_epochs):
+        try:
+            append_record(target, state, _record(epochs[state.epochs :], batches[state.batches :], planned_epochs))
+        except OSError as error:
+            state.forget()
+            raise ReferenceFileError(
+                path, f"cannot be written: {error.strerror or error}; its earlier epochs are kept"
+            ) from error
+        _remember(state, run, epochs, batches, planned_epochs)
+        logger.debug("Appended epochs %d.. to %s", state.epochs, target)
+        return
+    if state is not None:
+        state.forget()
+    digest = _write_whole(path, target, seed, environment, initial, epochs, notes, created, batches, planned_epochs)
+    if state is not None:
+        with open(target, "rb") as handle:
+            state.signature = store_tail.signature(handle)
+        state.header = store_tail.Header(digest)
+        _remember(state, run, epochs, batches, planned_epochs)
+
+
+def fold(path: str | os.PathLike, state: WriteState, **run: Any) -> bool:
+    """Rewrites a file that has a tail as a whole HDF5 file (what `write_run` takes as
+    `run`), so that HDF5 tools see every epoch; returns whether it did. A file
+    without a tail, or one this process did not write last, is left alone."""
+    target = os.path.abspath(os.fspath(path))
+    if state.header is None or not state.header.count or not state.current(target):
+        return False
+    state.forget()
+    _write_whole(
+        path, target, run["seed"], run["environment"], run["initial"], run["epochs"], run.get("notes"),
+        run.get("created"), run.get("batches") or [], run.get("planned_epochs"),
+    )
+    logger.debug("Folded the tail of %s", target)
+    return True
+
+
+def _appendable(
+    target: str, state: WriteState, run: tuple, epochs: list[Fingerprint], batches: list[Fingerprint],
+    planned: int | None,
+) -> bool:
+    """Whether the run only adds to what `state` says the file holds (checked in constant time:
+    the counts and the digests of the last epoch and batch), and the file is unchanged."""
+    if state.run != run or len(epochs) < state.epochs or len(batches) < state.batches:
+        return False
+    if state.epochs and epochs[state.epochs - 1].digest != state.last_epoch:
+        return False
+    if state.batches and batches[state.batches - 1].digest != state.last_batch:
+        return False
+    if len(epochs) == state.epochs and len(batches) == state.batches and planned == state.planned:
+        return False  # nothing new: rewrite (as before) rather than append an empty record
+    return state.current(target)
+
+
+def _remember(state: WriteState, run: tuple, epochs: list[Fingerprint], batches: list[Fingerprint], planned: int | None) -> None:
+    """Records in `state` what the file now holds."""
+    state.run, state.planned = run, planned
+    state.epochs, state.last_epoch = len(epochs), epochs[-1].digest if epochs else None
+    state.batches, state.last_batch = len(batches), batches[-1].digest if batches else None
+
+
+def _record(epochs: list[Fingerprint], batches: list[Fingerprint], planned: int | None) -> bytes:
+    """A tail record: an HDF5 image with the new epoch groups, batch groups and
+    `planned_epochs`, laid out as in the file."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        if planned is not None:
+            file.attrs["planned_epochs"] = int(planned)
+        group = file.create_group("epochs")
+        for fingerprint in epochs:
+            _write_fingerprint(group.create_group(f"{fingerprint.epoch:05d}"), fingerprint)
+        if batches:
+            _write_batches(file.create_group("batches"), batches)
+    return buffer.getvalue()
+
+
+def _write_whole(
+    path: str | os.PathLike, target: str, seed: int | None, environment: Mapping[str, str],
+    initial: Fingerprint | None, epochs: list[Fingerprint], notes: Mapping[str, str] | None,
+    created: str | None, batches: list[Fingerprint], planned_epochs: int | None,
+) -> str:
+    """Writes the file whole, atomically; returns the SHA-256 in its header."""
     folder = os.path.dirname(target)
     if os.path.isdir(target):
         raise ReferenceFileError(path, "is a folder; pass the path of a file in it, such as 'run.h5'")
@@ -110,7 +215,7 @@ def write_run(
             file.attrs["format"] = FORMAT_NAME
             file.attrs["format_version"] = FORMAT_VERSION
             file.attrs["seed"] = -1 if seed is None else int(seed)
-            file.attrs["created"] = created or datetime.datetime.now(datetime.timezone.utc).isoformat()
+            file.attrs["created"] = created or datetime.datetime.now(datetime.UTC).isoformat()
             from keras_repro.version import __version__
 
             file.attrs["keras_repro_version"] = __version__
@@ -125,7 +230,7 @@ def write_run(
                 _write_fingerprint(group.create_group(f"{fingerprint.epoch:05d}"), fingerprint)
             if batches:
                 _write_batches(file.create_group("batches"), batches)
-        seal(temporary)
+        digest = seal(temporary)
         os.chmod(temporary, _new_file_mode(target))
         os.replace(temporary, target)
         _fsync_folder(folder)
@@ -138,6 +243,7 @@ def write_run(
             ) from error
         raise
     logger.debug("Wrote %d epoch fingerprints to %s", len(epochs), target)
+    return digest
 
 
 def _temporary_prefix(target: str) -> str:
@@ -170,11 +276,6 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
     return removed
 
 
-def header_block(digest: str) -> bytes:
-    """The user block of a file whose bytes after it have SHA-256 `digest`."""
-    return f"{FORMAT_NAME}\nsha256 {digest}\n".encode("ascii").ljust(USER_BLOCK, b"\0")
-
-
 def body_digest(handle: Any) -> str:
     """SHA-256 (hex) of everything after the user block of an open binary file."""
     handle.seek(USER_BLOCK)
@@ -184,10 +285,11 @@ def body_digest(handle: Any) -> str:
     return hasher.hexdigest()
 
 
-def seal(path: str | os.PathLike) -> None:
-    """Writes the checksum user block of a file HDF5 created with a 512-byte user block,
-    and fsyncs it. `write_run` seals every file it writes; a file edited afterwards
-    (even with h5py) is refused by `read_run` until it is sealed again.
+def seal(path: str | os.PathLike) -> str:
+    """Writes the checksum user block of a file HDF5 created with a 512-byte user block
+    (a file without a tail), and fsyncs it; returns the SHA-256. `write_run` seals every
+    file it writes whole; a file edited afterwards (even with h5py) is refused by
+    `read_run` until it is sealed again.
     """
     with open(path, "rb+") as handle:
         digest = body_digest(handle)
@@ -195,6 +297,7 @@ def seal(path: str | os.PathLike) -> None:
         handle.write(header_block(digest))
         handle.flush()
         os.fsync(handle.fileno())
+    return digest
 
 
 def _new_file_mode(target: str) -> int:

@@ -4,6 +4,8 @@ so a damaged or edited file raises `ReferenceFileError` instead of a wrong verdi
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from typing import Any
 
@@ -26,9 +28,8 @@ from keras_repro.store import (
     HDF5_SIGNATURE,
     MIN_FORMAT_VERSION,
     USER_BLOCK,
-    body_digest,
-    header_block,
 )
+from keras_repro.store_tail import parse_header, read_records
 
 
 class _Reader:
@@ -37,6 +38,7 @@ class _Reader:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         self.version = FORMAT_VERSION
+        self.tail: list[bytes] = []
 
     def fail(self, reason: str) -> ReferenceFileError:
         """The error to raise for `reason`."""
@@ -69,15 +71,34 @@ class _Reader:
                 "is not a keras_repro fingerprint file (its first bytes are not a keras_repro "
                 "header; the file may be damaged). Pass a file recorded by SeedCallback"
             )
-        stored = head[len(FORMAT_NAME) + 1 :].split(b"\n", 1)[0]
-        digest = stored[len(b"sha256 ") :].decode("ascii", "replace")
-        if head != header_block(digest) or len(digest) != 64:
+        header = parse_header(head)
+        if header is None:
             raise self.fail("has a damaged keras_repro header (bytes 0-511). Record it again")
-        if self._read(body_digest) != digest:
-            raise self.fail(
-                "is damaged or was changed after keras_repro wrote it: the SHA-256 of its contents does "
-                "not match the one in its header. Record it again, or restore it from a backup"
-            )
+
+        def check(handle: Any) -> list[bytes]:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(USER_BLOCK)
+            hasher, remaining = hashlib.sha256(), (header.start if header.has_tail else size) - USER_BLOCK
+            while remaining > 0:
+                block = handle.read(min(remaining, 1 << 20))
+                if not block:
+                    break
+                hasher.update(block)
+                remaining -= len(block)
+            if remaining or hasher.hexdigest() != header.digest:
+                raise self.fail(
+                    "is damaged or was changed after keras_repro wrote it: the SHA-256 of its contents "
+                    "does not match the one in its header. Record it again, or restore it from a backup"
+                )
+            try:
+                return read_records(handle, header, size)
+            except ValueError as error:
+                raise self.fail(
+                    f"is damaged: {error} (the epochs a recording appended). Record it again, or restore "
+                    "it from a backup"
+                ) from None
+
+        self.tail = self._read(check)
 
     def _read(self, reader: Any) -> Any:
         """`reader(handle)` of the file opened for binary reading; OSError becomes our error."""
@@ -273,6 +294,8 @@ class _Reader:
                 if any(f"{b.epoch:05d}" != key for b in found):
                     raise self.fail(f"'/batches/{key}' holds epoch {found[0].epoch}; the file is damaged")
                 batches.extend(found)
+        for index, payload in enumerate(self.tail):
+            planned = self._tail_record(index, payload, epochs, batches, planned)
         if initial is not None and epochs and initial.epoch != epochs[0].epoch:
             raise self.fail(
                 f"'/initial' is labelled epoch {initial.epoch}, but the first recorded epoch is "
@@ -289,6 +312,33 @@ class _Reader:
             "format_version": version,
             "planned_epochs": planned,
         }
+
+    def _tail_record(
+        self, index: int, payload: bytes, epochs: list[Fingerprint], batches: list[Fingerprint], planned: int | None
+    ) -> int | None:
+        """Adds the epochs and batches of tail record `index` (checked as in the HDF5 part,
+        and following what came before); returns `planned_epochs` after it."""
+        where = f"tail record {index}"
+        try:
+            record = h5py.File(io.BytesIO(payload), "r")
+        except (OSError, ValueError) as error:
+            raise self.fail(f"{where} cannot be opened as HDF5: {error}") from None
+        with record:
+            if "planned_epochs" in record.attrs:
+                planned = self.attr(record, "planned_epochs", (int,), where)
+            for key in sorted(record.get("epochs", {})):
+                fingerprint = self.fingerprint(record["epochs"][key], f"{where} /epochs/{key}")
+                if fingerprint.epoch is None or f"{fingerprint.epoch:05d}" != key or (
+                    epochs and fingerprint.epoch <= epochs[-1].epoch
+                ):
+                    raise self.fail(f"{where} holds epoch {fingerprint.epoch} out of order; the file is damaged")
+                epochs.append(fingerprint)
+            for key in sorted(record.get("batches", {})):
+                found = self.batches(record["batches"][key])
+                if any(f"{b.epoch:05d}" != key for b in found):
+                    raise self.fail(f"{where} '/batches/{key}' holds epoch {found[0].epoch}; the file is damaged")
+                batches.extend(found)
+        return planned
 
     def _text_attrs(self, file: h5py.File, name: str) -> dict[str, str]:
         """A group of text attributes as a dict."""
