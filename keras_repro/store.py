@@ -5,6 +5,8 @@ Schema (format "keras_repro.fingerprints", version 3)::
     bytes 0-511             HDF5 user block (ignored by HDF5 tools): the text
                             "keras_repro.fingerprints\nsha256 <64 hex>\n", padded
                             with NUL bytes; the SHA-256 of every byte after it
+                            (while a recording appends: of the HDF5 part, and a
+                            third line describing the tail; see store_tail)
     /                       attrs: format, format_version, seed (-1: none),
                                    created (ISO 8601 UTC), keras_repro_version,
                                    planned_epochs (optional: the epoch count the
