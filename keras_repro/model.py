@@ -290,9 +290,13 @@ class DeterministicModel(keras.Model):
         self._repro_build(data[0], train_rows)
         source, setter = feeding.ordered_input(data, self._repro_feed, clock)
         seed_callback.use_fit_context(context(data_records=self._repro_feed.records))
-        return super().fit(
-            source, callbacks=[setter] + callbacks, validation_data=validation_data, shuffle=False, **common
-        )
+        validation = feeding.process_validation(validation_data, validation_batch_size or batch_size or 32)
+        if validation is not validation_data:  # batched already: this process's part of each batch
+            common["validation_batch_size"] = None
+        with feeding.fed_by_process():
+            return super().fit(
+                source, callbacks=[setter] + callbacks, validation_data=validation, shuffle=False, **common
+            )
 
     def _repro_build(self, x: Any, train_rows: np.ndarray) -> None:
         """Builds an unbuilt model on a sample batch (a Sequential then settles its weights)."""
