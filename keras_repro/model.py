@@ -225,6 +225,10 @@ class DeterministicModel(keras.Model):
         by the model; datasets, generators and `PyDataset`s are passed on unchanged,
         with a warning if they are known to be nondeterministic.
 
+        In a multi-process run (a Keras distribution over several JAX processes), every
+        process passes the same global arrays and the global `batch_size`: each feeds its
+        own part of every batch, in the same order (see `keras_repro.feeding`).
+
         Args:
             validation_split_mode: "last" (default, as Keras: the last fraction of the
                 rows, before shuffling), "shuffled" (a seeded random subset) or
