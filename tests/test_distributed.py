@@ -250,8 +250,8 @@ def test_a_drifted_replica_is_named_with_its_variable():
     assert result["EARLY_MESSAGE"].startswith("initial state (before the first step of epoch 0), replica 1:")
 
 
-# Two JAX processes on loopback (CPU, gloo collectives), one device each: four runs of two
-# processes in all, each case's processes started once and shared by the tests below.
+# Two JAX processes on loopback (CPU, gloo collectives; DataParallel on two devices each,
+# ModelParallel on one each): four runs of two processes in all, shared by the tests below.
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +278,8 @@ def test_jax_processes_record_once_from_process_0(jax_data_parallel):
     folder, record, _ = jax_data_parallel
     assert [r["PROCESS"] for r in record] == ["0 2", "1 2"]
     assert record[0]["KERNEL"] == "64x32 64x32 False"  # replicated on the devices of both processes
+    devices = [set(r["REPLICA_DEVICES"].split()) for r in record]  # each process checks its own copies
+    assert [len(d) for d in devices] == [2, 2] and not devices[0] & devices[1]
     assert [(r["MODE"], r["DIVERGENCE"]) for r in record] == [("record", "None")] * 2
     assert record[0]["INITIAL"] == record[1]["INITIAL"] and record[0]["EPOCHS"] == record[1]["EPOCHS"]
     recorded = load_fingerprints(folder / "dp.h5")
@@ -286,7 +288,7 @@ def test_jax_processes_record_once_from_process_0(jax_data_parallel):
     assert recorded.batches
     environment = recorded.environment
     assert (environment["process_count"], environment["distribution"]) == ("2", "DataParallel")
-    assert environment["distribution.mesh"] == "batch=2"
+    assert environment["distribution.mesh"] == "batch=4"  # 2 processes x 2 devices
     assert os.listdir(folder / "p1") == []  # process 1 neither wrote nor locked its own path
 
 

@@ -1,5 +1,5 @@
-"""Two JAX processes on loopback (CPU, gloo collectives), one device each, training one
-DeterministicModel together under a Keras distribution, with a SeedCallback.
+"""Two JAX processes on loopback (CPU, gloo collectives) training one DeterministicModel
+together under a Keras distribution, with a SeedCallback.
 
 Run as (KERAS_BACKEND=jax; both processes at once, with the same PORT and FOLDER):
     python tests/scripts/distributed/jax_multi_process.py PROCESS PORT FOLDER CASE
@@ -27,7 +27,9 @@ PROCESS, PORT, FOLDER, CASE = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.ar
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
-jax.config.update("jax_num_cpu_devices", 1)  # one device per process: the mesh spans processes
+# DataParallel: two devices per process (a copy on each of the 4); ModelParallel: one per
+# process, so that the model axis of the mesh spans the processes.
+jax.config.update("jax_num_cpu_devices", 2 if CASE.startswith("dp") else 1)
 
 import common  # noqa: E402
 import keras  # noqa: E402
@@ -116,6 +118,7 @@ def dp_record() -> None:
     callback = kr.SeedCallback(7, reference("dp.h5"), every_n_batches=2)
     fit("", common.build(7), callback)
     emit_environment(callback)
+    common.emit("REPLICA_DEVICES", *kr.state.replica_devices(callback.model))
     common.emit("KERNEL", *_kernel_layout(callback.model))
     resumable = common.build(7)
     fit("FIRST_", resumable, kr.SeedCallback(7), epochs=1)
