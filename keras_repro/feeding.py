@@ -59,6 +59,7 @@ class FixedOrder:
         self.count, self.batch_size = count, batch_size
 
     def rows(self, epoch: int) -> np.ndarray:
+        """All rows, in order, whatever the epoch."""
         return np.arange(self.count, dtype=np.int64)
 
 
@@ -153,9 +154,10 @@ class _EpochSetter(keras.callbacks.Callback):
 
 def ordered_input(data: tuple, feed: EpochFeed, clock: EpochClock) -> tuple[Any, keras.callbacks.Callback]:
     """The input to pass to `fit` and the callback that switches its order per epoch."""
-    check_share(len(feed.train_rows), feed.batch_size, process_share()[0])
-    native = _backend.native_ordered_input(data, feed.rows, len(feed.train_rows), feed.batch_size)
-    if native is not None and process_share()[0] == 1:
+    parts = process_share()[0]
+    check_share(len(feed.train_rows), feed.batch_size, parts)
+    native = _backend.native_ordered_input(data, feed.rows, len(feed.train_rows), feed.batch_size) if parts == 1 else None
+    if native is not None:
         dataset, set_epoch = native
         return dataset, _EpochSetter(set_epoch, clock)
     batches = OrderedBatches(data, feed)
