@@ -340,10 +340,14 @@ def test_jax_sharded_variables_are_fingerprinted_whole(jax_model_parallel, jax_d
     for process in record:
         shape_rows, shape_columns, whole = process["KERNEL_WHOLE"].split()
         assert (shape_rows, shape_columns) == ("64", "32") and process["KERNEL_RECORDED"] == whole
+        lanes = process["KERNEL_CHECKSUM"].split()  # batch checksums cover the whole kernel too
+        assert len(lanes) == 4 and lanes[:2] == lanes[2:]
     assert [(r["MODE"], r["DIVERGENCE"]) for r in record] == [("record", "None")] * 2
     assert record[0]["EPOCHS"] == record[1]["EPOCHS"]
     assert record[0]["INITIAL"] == jax_data_parallel[1][0]["INITIAL"]
-    environment = load_fingerprints(folder / "mp.h5").environment
+    recorded = load_fingerprints(folder / "mp.h5")
+    assert recorded.batches and " ".join(fp.digest for fp in recorded.epochs) == record[0]["EPOCHS"]
+    environment = recorded.environment
     assert (environment["process_count"], environment["distribution"]) == ("2", "ModelParallel")
     assert environment["distribution.mesh"] == "batch=1, model=2"
     assert ".*d1/kernel: (None, 'model')" in environment["distribution.layout_map"]

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 import keras_repro as kr  # noqa: E402
+from keras_repro import _backend, checksums  # noqa: E402
 from keras_repro.fingerprints import hash_array  # noqa: E402
 
 EPOCHS = 3
@@ -152,6 +153,8 @@ def mp_record() -> None:
     header = f"trainable\0{index}\0{whole.dtype.name}\0{tuple(whole.shape)}\0".encode()
     common.emit("KERNEL_WHOLE", whole.shape[0], whole.shape[1], hash_array(whole, header))
     common.emit("KERNEL_RECORDED", callback.log.epochs[-1].variables[kernel.path])
+    # A batch checksum of the kernel (compiled over the global array) against the host's of the whole.
+    common.emit("KERNEL_CHECKSUM", *_backend.checksum_function([kernel])()[0].tolist(), *checksums.lanes(whole).tolist())
 
 
 def mp_check() -> None:
