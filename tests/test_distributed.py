@@ -8,6 +8,7 @@ be configured before the framework starts), each bounded by a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -67,35 +68,45 @@ def _free_ports(count: int) -> list[int]:
 def _run_together(commands: list[list[str]], envs: list[dict]) -> list[dict]:
     """Runs the processes of one distributed run at the same time; kills them all as soon as
     one fails (the others would wait for it in a collective) or the timeout passes."""
-    logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in commands]
-    processes = [
-        subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=REPO, env=env)
-        for command, env, (out, err) in zip(commands, envs, logs)
-    ]
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while any(process.poll() is None for process in processes):
-            failed = any(process.returncode not in (None, 0) for process in processes)
-            if failed or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    outputs = []
-    for out, err in logs:
-        out.seek(0), err.seek(0)
-        outputs.append((out.read(), err.read()))
-        out.close(), err.close()
+    with contextlib.ExitStack() as stack:
+        logs = [(stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
+                for _ in commands]
+        processes = [
+            subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=REPO, env=env)
+            for command, env, (out, err) in zip(commands, envs, logs)
+        ]
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while True:
+                codes = [process.poll() for process in processes]  # every one, each time
+                if None not in codes or any(code not in (None, 0) for code in codes) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            timed_out = time.monotonic() > deadline
+            late = [process.poll() is None for process in processes]
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        outputs = []
+        for out, err in logs:
+            out.seek(0), err.seek(0)
+            outputs.append((out.read(), err.read()))
     failed = [
-        f"process {index} failed ({process.returncode}):\n{out}\n{err[-3000:]}"
-        for index, (process, (out, err)) in enumerate(zip(processes, outputs))
+        f"process {index} {_ended(process.returncode, killed, timed_out)}:\n{out}\n{err[-3000:]}"
+        for index, (process, killed, (out, err)) in enumerate(zip(processes, late, outputs))
         if process.returncode != 0
     ]
     assert not failed, "\n".join(failed)  # every failing process: the first error may be in either
     return [_parse(out) for out, _ in outputs]
+
+
+def _ended(returncode: int, killed: bool, timed_out: bool) -> str:
+    """How a process of `_run_together` ended, for its failure message."""
+    if not killed:
+        return f"failed ({returncode})"
+    return f"did not finish within {TIMEOUT} s" if timed_out else "was stopped: another process failed"
 
 
 def _run_workers(references: list, mode: str = "auto") -> list[dict]:
