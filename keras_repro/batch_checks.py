@@ -72,6 +72,17 @@ class BatchChecker:
         # A reference recorded before batch checksums holds SHA-256 batch fingerprints.
         self._sha256 = any(lanes is None for lanes in self._expected_lanes.values())
 
+    @property
+    def sha256(self) -> bool:
+        """Whether batches are checked with SHA-256 fingerprints (an old reference's kind)."""
+        return self._sha256
+
+    def use_sha256(self, sha256: bool) -> None:
+        """Checks batches with SHA-256 fingerprints (or checksums): in a multi-process run,
+        every process must take the same kind, which only the processes that read the
+        reference can tell."""
+        self._sha256 = sha256
+
     def batch_begin(self, model: Any, epoch: int, batch: int) -> None:
         if self.capture == "begin" and batch > 0 and batch % self.every == 0:
             self._capture(model, epoch, batch - 1)

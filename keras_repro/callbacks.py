@@ -23,6 +23,14 @@ from keras_repro.errors import (
 from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.log import FingerprintLog
+from keras_repro.processes import (
+    agree,
+    divergence_of,
+    divergence_verdict,
+    process_count,
+    process_divergence,
+    together,
+)
 from keras_repro.recording import ReferenceSession, describe, epoch_span, mode_for
 from keras_repro.reference import ReferenceFile, lock_path, normalize_path
 from keras_repro.seeding import (
@@ -106,7 +114,14 @@ class SeedCallback(keras.callbacks.Callback):
             (`tf.distribute` mirrored variables, replicated JAX arrays), check before
             the first step and at every epoch end that all copies are equal, and
             report the first replica and variable that drifted (as `on_mismatch` says),
-            in record mode too. Costs a host read and hash per copy.
+            in record mode too. Costs a host read and hash per copy. In a multi-process
+            run (JAX), also check that every process holds the same state as process 0
+            (`keras_repro.processes`); every process must pass the same value.
+
+    Multi-process runs (JAX): every process runs the callback with the same arguments; only
+    process 0 writes the reference (and, but with mode="verify", reads it); a divergence or a
+    reference error found by any process is acted on by all, at the initial check and at each
+    epoch end (`keras_repro.processes`).
 
     Attributes:
         log: The `FingerprintLog` of the last fit.
@@ -184,6 +199,8 @@ class SeedCallback(keras.callbacks.Callback):
         self._first_epoch: int | None = None
         self._environment: dict[str, str] = {}
         self._warned_missing = False
+        self._processes = 1
+        self._undecided: Divergence | None = None
 
     def use_fit_context(self, context: FitContext) -> None:
         """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
@@ -230,6 +247,7 @@ class SeedCallback(keras.callbacks.Callback):
         if self.every_n_batches:
             self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report)
         seed_everything(seed_for(self.seed, "fit"))
+        self._processes = process_count()
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
 
@@ -253,11 +271,14 @@ class SeedCallback(keras.callbacks.Callback):
         _build_optimizer_early(self.model)
         self._initial = self._fingerprint(epoch)
         planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1
-        self._session.begin(epoch, max(planned_end, epoch + 1))
+        together(lambda: self._session.begin(epoch, max(planned_end, epoch + 1)), self.reference, self._session.close)
         if self._session.expected is not None and self._batch_checker is not None:
             self._batch_checker.expect(self._session.expected)
-        self._check_replicas(epoch, "initial")
+        if self._processes > 1 and self._batch_checker is not None:  # one kind of batch check in all
+            self._batch_checker.use_sha256(agree({"sha256": True} if self._batch_checker.sha256 else None) is not None)
+        self._check_replicas(epoch, "initial", self._initial)
         self._check_initial(epoch)
+        self._settle()
         self._session.save(self.log)
 
     # Batch hooks use `self._model`: on JAX, Keras' `self.model` writes the trainer's state back
@@ -280,13 +301,14 @@ class SeedCallback(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
         current = self._fingerprint(epoch, summaries=True).with_epoch(epoch, metrics)
         self._epochs.append(current)
-        self._check_replicas(epoch, "epoch")
+        self._check_replicas(epoch, "epoch", current)
         expected = self._session.expected_epoch(epoch)
         if expected is not None:
             self.verified_epochs += (epoch,)
             self._report(compare_fingerprints(expected, current, epoch))
         elif self._session.record_from is None and self._session.expected is not None:
             self._warn_missing(epoch)
+        self._settle()
         self._add_to_history(current.digest)
         self._session.save(self.log, epoch)
         self.recorded_epochs = tuple(self._session.recorded([fp.epoch for fp in self._epochs]))
@@ -296,6 +318,7 @@ class SeedCallback(keras.callbacks.Callback):
             return
         if self._batch_checker is not None:
             self._batch_checker.fetch()  # batches after the last epoch's end (a stopped fit)
+        self._settle()
         last = self._epochs[-1].epoch if self._epochs else None
         if last is not None and getattr(self.model, "stop_training", False):
             self._session.save(self.log, last, stopped_early=True)  # the run plans no further epochs
@@ -315,8 +338,9 @@ class SeedCallback(keras.callbacks.Callback):
         """The model's fingerprint, with the data-order records of the fit's context."""
         return fingerprint(self.model, summaries=summaries).with_epoch(epoch).with_records(self._context.data_records(epoch))
 
-    def _check_replicas(self, epoch: int, stage: str) -> None:
-        """Reports the first variable whose copy on some replica drifted from replica 0's."""
+    def _check_replicas(self, epoch: int, stage: str, current: Fingerprint) -> None:
+        """Reports the first variable whose copy on some device of this process drifted from
+        replica 0's, then in some process from process 0's (`current`: this process's state)."""
         if not self.check_replicas:
             return
         devices = replica_devices(self.model)
@@ -325,6 +349,8 @@ class SeedCallback(keras.callbacks.Callback):
                 replica_fingerprints(self.model), epoch, stage, replica_local_paths(self.model), devices
             )
             self._report(found)
+        if self._processes > 1:  # a collective: every process checks, whatever it found
+            self._report(process_divergence(current, epoch, stage, replica_local_paths(self.model)))
 
     def _check_initial(self, epoch: int) -> None:
         """Compares the state before the first step with the reference (or, recording a
@@ -341,13 +367,41 @@ class SeedCallback(keras.callbacks.Callback):
             self._report(found)
 
     def _report(self, divergence: Divergence | None) -> None:
-        """Raises or warns about the first divergence; a verify then stops extending its file."""
+        """Raises or warns about the first divergence; a verify then stops extending its file.
+        In a multi-process run, it is kept until the processes decide together (`_settle`)."""
         if divergence is None or self.divergence is not None:
             return
+        if self._processes > 1:
+            self._undecided = self._undecided or divergence
+            return
+        self._act_on(divergence)
+
+    def _settle(self) -> None:
+        """Multi-process: all act on the first divergence any process found (a collective)."""
+        if self._processes == 1:
+            return
+        mine, self._undecided = self._undecided, None
+        found = agree(divergence_verdict(mine, self.reference, self._likely_cause(mine)) if mine else None)
+        if found is not None and self.divergence is None:
+            divergence, reference, cause = divergence_of(found[1])
+            self._act_on(divergence, (reference, cause))  # as the process that found it words it
+
+    def _act_on(self, divergence: Divergence, worded: tuple[str | None, str | None] | None = None) -> None:
+        """Raises or warns about a divergence, found against `worded` = (reference, likely cause)
+        (by default this callback's reference and the cause this process sees)."""
         self.divergence = divergence
         self._session.stop_extending()
+        reference, cause = worded or (self.reference, self._likely_cause(divergence))
+        error = FingerprintMismatch(divergence, reference, cause)
+        if self.on_mismatch == "raise":
+            self._session.close()  # Keras skips on_train_end after an exception
+            raise error
+        warn(str(error), FingerprintMismatchWarning)
+
+    def _likely_cause(self, divergence: Divergence) -> str | None:
+        """The likely cause of a divergence from the reference (None for replicas')."""
         expected = self._session.expected
-        cause = likely_cause(
+        return likely_cause(
             divergence,
             reference_seed=expected.seed if expected is not None else None,
             seed=self.seed,
@@ -355,12 +409,7 @@ class SeedCallback(keras.callbacks.Callback):
             environment=self._environment,
             deterministic_model=getattr(self.model, "_repro_seed", None) is not None,
             resumed_at=self._first_epoch,
-        ) if divergence.replica is None else None
-        error = FingerprintMismatch(divergence, self.reference, cause)
-        if self.on_mismatch == "raise":
-            self._session.close()  # Keras skips on_train_end after an exception
-            raise error
-        warn(str(error), FingerprintMismatchWarning)
+        ) if divergence.replica is None and divergence.process is None else None
 
     def _warn_missing(self, epoch: int) -> None:
         """Warns once that the reference is shorter than this run."""

@@ -35,6 +35,9 @@ class Divergence:
         batch: For `stage == "batch"`, the 0-based batch of `epoch`.
         replica: For a difference between the copies devices hold of one variable
             (`replica_divergence`), the replica whose copy differs from replica 0's.
+        process: For a difference between the copies the processes of a multi-process
+            run hold (`keras_repro.processes.process_divergence`), the process whose copy
+            differs from process 0's.
     """
 
     epoch: int | None
@@ -47,15 +50,19 @@ class Divergence:
     reason: str = ""
     batch: int | None = None
     replica: int | None = None
+    process: int | None = None
 
     def where(self) -> str:
-        """ "epoch 2", "epoch 2, batch 17", "epoch 2, replica 1" or the initial state of a fit."""
+        """ "epoch 2", "epoch 2, batch 17", "epoch 2, replica 1", "epoch 2, process 1" or the
+        initial state of a fit."""
         if self.stage == "initial":
             text = f"initial state (before the first step of epoch {self.epoch})"
         elif self.stage == "batch":
             text = f"epoch {self.epoch}, batch {self.batch}"
         else:
             text = f"epoch {self.epoch}"
+        if self.process is not None:
+            text = f"{text}, process {self.process}"
         return text if self.replica is None else f"{text}, replica {self.replica}"
 
     def __str__(self) -> str:

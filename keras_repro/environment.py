@@ -54,6 +54,9 @@ def collect() -> dict[str, str]:
         "hash_randomization": hash_randomization_enabled(),
         "byteorder": sys.byteorder,
     }
+    if _backend.process_count() > 1:
+        manifest["process_count"] = _backend.process_count()
+    manifest.update(distribution_layout())
     manifest["deterministic_kernels"] = str(kernel_state())
     for key, value in _backend.determinism_state().items():
         manifest[f"determinism.{key}"] = value
@@ -61,6 +64,38 @@ def collect() -> dict[str, str]:
         if key.startswith(RELEVANT_PREFIXES) or key in RELEVANT_NAMES:
             manifest[f"env.{key}"] = os.environ[key]
     return {key: str(value) for key, value in manifest.items()}
+
+
+def distribution_layout() -> dict[str, str]:
+    """The Keras distribution in effect (`keras.distribution.set_distribution`), as manifest
+    entries: its kind, device mesh (axis names and sizes), batch axis and layout map; empty
+    when none is set. The same in every process of a multi-process run.
+
+    Example:
+
+    >>> distribution_layout()  # doctest: +SKIP
+    {'distribution': 'ModelParallel', 'distribution.mesh': 'batch=1, model=2',
+     'distribution.batch_dim': 'batch', 'distribution.layout_map': ".*d1/kernel: (None, 'model')"}
+    """
+    import keras
+
+    try:
+        distribution = keras.distribution.distribution()
+    except (AttributeError, NotImplementedError):  # a backend without the distribution API
+        return {}
+    if distribution is None:
+        return {}
+    found = {"distribution": type(distribution).__name__}
+    mesh = getattr(distribution, "device_mesh", None)
+    if mesh is not None:
+        found["distribution.mesh"] = ", ".join(f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.shape))
+    if getattr(distribution, "batch_dim_name", None):
+        found["distribution.batch_dim"] = str(distribution.batch_dim_name)
+    layout_map = getattr(distribution, "_layout_map", None)  # ModelParallel's; no public accessor
+    if layout_map is not None:
+        found["distribution.layout_map"] = "; ".join(
+            f"{key}: {tuple(getattr(layout, 'axes', layout))}" for key, layout in layout_map.items())
+    return found
 
 
 def differences(a: dict[str, str], b: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:

@@ -225,6 +225,10 @@ class DeterministicModel(keras.Model):
         by the model; datasets, generators and `PyDataset`s are passed on unchanged,
         with a warning if they are known to be nondeterministic.
 
+        In a multi-process run (a Keras distribution over several JAX processes), every
+        process passes the same global arrays and the global `batch_size`: each feeds its
+        own part of every batch, in the same order (see `keras_repro.feeding`).
+
         Args:
             validation_split_mode: "last" (default, as Keras: the last fraction of the
                 rows, before shuffling), "shuffled" (a seeded random subset) or
@@ -290,9 +294,13 @@ class DeterministicModel(keras.Model):
         self._repro_build(data[0], train_rows)
         source, setter = feeding.ordered_input(data, self._repro_feed, clock)
         seed_callback.use_fit_context(context(data_records=self._repro_feed.records))
-        return super().fit(
-            source, callbacks=[setter] + callbacks, validation_data=validation_data, shuffle=False, **common
-        )
+        validation = feeding.process_validation(validation_data, validation_batch_size or batch_size or 32)
+        if validation is not validation_data:  # batched already: this process's part of each batch
+            common["validation_batch_size"] = None
+        with feeding.fed_by_process():
+            return super().fit(
+                source, callbacks=[setter] + callbacks, validation_data=validation, shuffle=False, **common
+            )
 
     def _repro_build(self, x: Any, train_rows: np.ndarray) -> None:
         """Builds an unbuilt model on a sample batch (a Sequential then settles its weights)."""

@@ -1,5 +1,6 @@
 """Distributed training: tf.distribute MirroredStrategy and MultiWorkerMirroredStrategy,
-Keras' JAX DataParallel, and the consistency of per-device copies of variables.
+Keras' JAX DataParallel and ModelParallel (in one process, and in two JAX processes on
+loopback), and the consistency of per-device and per-process copies of variables.
 
 Each test runs scripts in tests/scripts/distributed/ in fresh interpreters (devices must
 be configured before the framework starts), each bounded by a timeout.
@@ -7,11 +8,14 @@ be configured before the framework starts), each bounded by a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import keras
 import pytest
@@ -62,39 +66,70 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def _run_together(commands: list[list[str]], envs: list[dict]) -> list[dict]:
+    """Runs the processes of one distributed run at the same time; kills them all as soon as
+    one fails (the others would wait for it in a collective) or the timeout passes."""
+    with contextlib.ExitStack() as stack:
+        logs = [(stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
+                for _ in commands]
+        processes = [
+            subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=REPO, env=env)
+            for command, env, (out, err) in zip(commands, envs, logs)
+        ]
+        deadline = time.monotonic() + TIMEOUT
+        try:
+            while True:
+                codes = [process.poll() for process in processes]  # every one, each time
+                if None not in codes or any(code not in (None, 0) for code in codes) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            timed_out = time.monotonic() > deadline
+            late = [process.poll() is None for process in processes]
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        outputs = []
+        for out, err in logs:
+            out.seek(0), err.seek(0)
+            outputs.append((out.read(), err.read()))
+    failed = [
+        f"process {index} {_ended(process.returncode, killed, timed_out)}:\n{out}\n{err[-3000:]}"
+        for index, (process, killed, (out, err)) in enumerate(zip(processes, late, outputs))
+        if process.returncode != 0
+    ]
+    assert not failed, "\n".join(failed)  # every failing process: the first error may be in either
+    return [_parse(out) for out, _ in outputs]
+
+
+def _ended(returncode: int, killed: bool, timed_out: bool) -> str:
+    """How a process of `_run_together` ended, for its failure message."""
+    if not killed:
+        return f"failed ({returncode})"
+    return f"did not finish within {TIMEOUT} s" if timed_out else "was stopped: another process failed"
+
+
 def _run_workers(references: list, mode: str = "auto", fix: bool = True) -> list[dict]:
     """Runs the two workers of one MultiWorkerMirroredStrategy cluster at the same time
-    (each calling `kr.fix_multi_worker_fit()` first, unless `fix` is False); kills both if
-    either fails or they do not finish within the timeout."""
+    (each calling `kr.fix_multi_worker_fit()` first, unless `fix` is False)."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    workers = []
+    commands, envs = [], []
     for index, reference in enumerate(references):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        command = [sys.executable, os.path.join(SCRIPTS, "multi_worker.py"), str(reference), mode, "fix" if fix else "nofix"]
-        workers.append(
-            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env(TF_CONFIG=config))
-        )
-    outputs = []
-    try:
-        for worker in workers:
-            outputs.append(worker.communicate(timeout=TIMEOUT))
-    except subprocess.TimeoutExpired:
-        for worker in workers:
-            worker.kill()
-        details = [worker.communicate() for worker in workers]
-        pytest.fail("workers did not finish in time:\n" + "\n".join(err[-2000:] for _, err in details))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.communicate()
-    failed = [
-        f"worker {index} failed ({worker.returncode}):\n{out}\n{err[-3000:]}"
-        for index, (worker, (out, err)) in enumerate(zip(workers, outputs))
-        if worker.returncode != 0
-    ]
-    assert not failed, "\n".join(failed)  # every failing worker: the first error may be in either
-    return [_parse(out) for out, _ in outputs]
+        commands.append([sys.executable, os.path.join(SCRIPTS, "multi_worker.py"), str(reference), mode, "fix" if fix else "nofix"])
+        envs.append(_env(TF_CONFIG=config))
+    return _run_together(commands, envs)
+
+
+def _run_jax_processes(folder, case: str) -> list[dict]:
+    """Runs one case of jax_multi_process.py in two JAX processes on loopback (process 1's
+    reference path is in folder/p1, created empty)."""
+    (folder / "p1").mkdir(exist_ok=True)
+    port = _free_ports(1)[0]
+    script = os.path.join(SCRIPTS, "jax_multi_process.py")
+    commands = [[sys.executable, script, str(process), str(port), str(folder), case] for process in (0, 1)]
+    return _run_together(commands, [_env(KERAS_BACKEND="jax")] * 2)
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +289,118 @@ def test_a_drifted_replica_is_named_with_its_variable():
     assert result["EARLY_WARNED"] == "True"
     assert result["EARLY_FOUND"] == f"0 initial trainable {result['EARLY_TARGET']} 1"
     assert result["EARLY_MESSAGE"].startswith("initial state (before the first step of epoch 0), replica 1:")
+
+
+# Two JAX processes on loopback (CPU, gloo collectives; DataParallel on two devices each,
+# ModelParallel on one each): four runs of two processes in all, shared by the tests below.
+
+
+@pytest.fixture(scope="module")
+def jax_data_parallel(tmp_path_factory):
+    """(folder, record, check): DataParallel over two processes: a run recording dp.h5 (and
+    a checkpoint after epoch 0), then new processes verifying, resuming, and the failures."""
+    folder = tmp_path_factory.mktemp("jax_dp")
+    record = _run_jax_processes(folder, "dp-record")
+    return folder, record, _run_jax_processes(folder, "dp-check")
+
+
+@pytest.fixture(scope="module")
+def jax_model_parallel(tmp_path_factory):
+    """(folder, record, check): ModelParallel with kernels split across the two processes."""
+    folder = tmp_path_factory.mktemp("jax_mp")
+    record = _run_jax_processes(folder, "mp-record")
+    return folder, record, _run_jax_processes(folder, "mp-check")
+
+
+@pytest.mark.slow
+def test_jax_processes_record_once_from_process_0(jax_data_parallel):
+    """DataParallel over 2 JAX processes: both see the same fingerprints, process 0 alone writes
+    the file, which records the process count and the mesh."""
+    folder, record, _ = jax_data_parallel
+    assert [r["PROCESS"] for r in record] == ["0 2", "1 2"]
+    assert record[0]["KERNEL"] == "64x32 64x32 False"  # replicated on the devices of both processes
+    devices = [set(r["REPLICA_DEVICES"].split()) for r in record]  # each process checks its own copies
+    assert [len(d) for d in devices] == [2, 2] and not devices[0] & devices[1]
+    assert [(r["MODE"], r["DIVERGENCE"]) for r in record] == [("record", "None")] * 2
+    assert record[0]["INITIAL"] == record[1]["INITIAL"] and record[0]["EPOCHS"] == record[1]["EPOCHS"]
+    recorded = load_fingerprints(folder / "dp.h5")
+    assert " ".join(fp.digest for fp in recorded.epochs) == record[0]["EPOCHS"]
+    assert len({next(r.digest for r in fp.part("data") if r.path == "order") for fp in recorded.epochs}) == 3
+    assert recorded.batches
+    environment = recorded.environment
+    assert (environment["process_count"], environment["distribution"]) == ("2", "DataParallel")
+    assert environment["distribution.mesh"] == "batch=4"  # 2 processes x 2 devices
+    assert os.listdir(folder / "p1") == []  # process 1 neither wrote nor locked its own path
+
+
+@pytest.mark.slow
+def test_jax_processes_verify_in_new_processes_and_agree_on_a_mismatch(jax_data_parallel):
+    """New processes verify the recording bit for bit; with seed 8, process 0 finds the mismatch
+    in the file, and process 1, which never reads it, raises the same error."""
+    folder, record, check = jax_data_parallel
+    assert (check[0]["MODE"], check[0]["DIVERGENCE"], check[1]["DIVERGENCE"]) == ("verify", "None", "None")
+    assert check[0]["EPOCHS"] == check[1]["EPOCHS"] == record[0]["EPOCHS"]
+    assert check[0]["INITIAL"] == record[0]["INITIAL"]
+    assert [c["OTHER_FOUND"] for c in check] == ["0 initial data order None"] * 2
+    assert check[0]["OTHER_MISMATCH"] == check[1]["OTHER_MISMATCH"]
+    assert f"reference: '{folder / 'dp.h5'}'" in check[1]["OTHER_MISMATCH"] and "seed 8" in check[1]["OTHER_MISMATCH"]
+    assert os.listdir(folder / "p1") == []
+
+
+@pytest.mark.slow
+def test_jax_processes_resume_from_a_checkpoint_as_the_straight_run(jax_data_parallel):
+    """One epoch saved to a .keras file, loaded in new processes and fit from epoch 1 on: the
+    epochs equal the straight run's, verified against its file."""
+    _, record, check = jax_data_parallel
+    straight = record[0]["EPOCHS"].split()
+    assert record[0]["FIRST_EPOCHS"] == record[1]["FIRST_EPOCHS"] == straight[0]
+    assert (check[0]["RESUMED_MODE"], check[0]["RESUMED_DIVERGENCE"]) == ("verify", "None")
+    assert check[1]["RESUMED_DIVERGENCE"] == "None"
+    assert check[0]["RESUMED_EPOCHS"].split() == check[1]["RESUMED_EPOCHS"].split() == straight[1:]
+
+
+@pytest.mark.slow
+def test_jax_drift_in_one_process_is_named_with_process_and_variable(jax_data_parallel):
+    """One ulp added to process 1's copy of a replicated kernel after epoch 0 (no reference):
+    both processes stop at epoch 0, naming process 1 and the variable."""
+    _, _, check = jax_data_parallel
+    target = check[0]["DRIFT_TARGET"]
+    assert [c["DRIFT_FOUND"] for c in check] == [f"0 epoch trainable {target} 1"] * 2
+    assert all(f"epoch 0, process 1: trainable weights differ, first at '{target}'" in c["DRIFT_MISMATCH"] for c in check)
+    assert check[0]["DRIFT_INITIAL"] == check[1]["DRIFT_INITIAL"]
+    assert check[0]["DRIFT_EPOCHS"] != check[1]["DRIFT_EPOCHS"]  # the copies did drift apart
+
+
+@pytest.mark.slow
+def test_jax_sharded_variables_are_fingerprinted_whole(jax_model_parallel, jax_data_parallel):
+    """ModelParallel, kernels split across the 2 processes: each process's digest of a kernel is
+    the digest of the whole kernel gathered, and the initial state (whole variables) is the same
+    as under DataParallel; the file records the layout."""
+    folder, record, _ = jax_model_parallel
+    assert record[0]["KERNEL"] == record[1]["KERNEL"] == "64x32 64x16 False"  # each process holds half
+    for process in record:
+        shape_rows, shape_columns, whole = process["KERNEL_WHOLE"].split()
+        assert (shape_rows, shape_columns) == ("64", "32") and process["KERNEL_RECORDED"] == whole
+        lanes = process["KERNEL_CHECKSUM"].split()  # batch checksums cover the whole kernel too
+        assert len(lanes) == 4 and lanes[:2] == lanes[2:]
+    assert [(r["MODE"], r["DIVERGENCE"]) for r in record] == [("record", "None")] * 2
+    assert record[0]["EPOCHS"] == record[1]["EPOCHS"]
+    assert record[0]["INITIAL"] == jax_data_parallel[1][0]["INITIAL"]
+    recorded = load_fingerprints(folder / "mp.h5")
+    assert recorded.batches and " ".join(fp.digest for fp in recorded.epochs) == record[0]["EPOCHS"]
+    environment = recorded.environment
+    assert (environment["process_count"], environment["distribution"]) == ("2", "ModelParallel")
+    assert environment["distribution.mesh"] == "batch=1, model=2"
+    assert ".*d1/kernel: (None, 'model')" in environment["distribution.layout_map"]
+    assert os.listdir(folder / "p1") == []
+
+
+@pytest.mark.slow
+def test_jax_sharded_run_verifies_and_a_changed_shard_is_found_by_both(jax_model_parallel):
+    """ModelParallel in new processes, mode="verify" in both: identical; seed 8 detected; one ulp
+    in process 1's half of the kernel is found by process 0 too, which does not hold that half."""
+    _, record, check = jax_model_parallel
+    assert [(c["MODE"], c["DIVERGENCE"]) for c in check] == [("verify", "None")] * 2
+    assert check[0]["EPOCHS"] == check[1]["EPOCHS"] == record[0]["EPOCHS"]
+    assert [c["OTHER_FOUND"] for c in check] == ["0 initial data order None"] * 2
+    assert [c["SHARD_FOUND"] for c in check] == [f"0 epoch trainable {check[0]['SHARD_TARGET']} None"] * 2

@@ -20,7 +20,7 @@ INTERFACE = (
     "accelerators", "native_ordered_input", "input_hazards", "sync_model_state", "deferred_checksums",
     "child_determinism_environment", "prepare_kernels_at_import", "set_deterministic_kernels",
     "kernels_in_effect", "determinism_failure", "plain_text", "async_batch_hooks_help",
-    "trains_under_tf_distribute",
+    "trains_under_tf_distribute", "process_count", "gather_from_processes",
 )
 """What every backend module provides (see `common` for each function's meaning)."""
 

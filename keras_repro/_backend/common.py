@@ -58,6 +58,18 @@ def is_chief(model: Any = None) -> bool:
     return True
 
 
+def process_count() -> int:
+    """The processes that train together (several in a multi-process JAX run), else 1."""
+    return 1
+
+
+def gather_from_processes(array: np.ndarray) -> np.ndarray:
+    """Every process's `array`, stacked in process order: shape (process_count(), *shape).
+    A collective in a multi-process run: every process calls it at the same point, with
+    an array of the same shape and dtype."""
+    return np.asarray(array)[None]
+
+
 def distribution_scope(model: Any) -> contextlib.AbstractContextManager:
     """The scope a model's variables must be created in (a tf.distribute strategy's)."""
     return contextlib.nullcontext()

@@ -36,18 +36,21 @@ def version() -> str:
 
 
 def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
-    """A host NumPy view of an array (replica k: its k-th shard when fully replicated)."""
+    """A host NumPy view of an array (replica k: its k-th shard when fully replicated). An
+    array sharded across processes is gathered whole (a collective: see `read_batch`)."""
     value = value_of(value)
     if replica:
         copies = _replicated_shards(value)
         if replica < len(copies):
             return np.asarray(copies[replica].data)
-    return np.asarray(value)
+    return read_batch([value])[0]
 
 
 def _replicated_shards(value: Any) -> list:
     """The per-device shards of a fully replicated array on several devices, else []."""
     sharding = getattr(value, "sharding", None)
+    if sharding is None or len(getattr(sharding, "addressable_devices", ())) < 2:
+        return []  # (and: a replicated array put on one device of each process has no readable shards)
     shards = getattr(value, "addressable_shards", None) or []
     if sharding is None or not getattr(sharding, "is_fully_replicated", False) or len(shards) < 2:
         return []
@@ -56,11 +59,67 @@ def _replicated_shards(value: Any) -> list:
 
 def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     """Host arrays of several variables: views on CPU; on accelerators one `device_get`,
-    which starts every copy before it waits for any."""
+    which starts every copy before it waits for any.
+
+    In a multi-process run, an array that no process holds whole (sharded across processes)
+    is gathered whole with one `process_allgather` for all such arrays of the batch: a
+    collective, which every process reaches in the same order since every process reads the
+    same variables in the same order. A replicated array is read from this process's own copy,
+    so copies that drifted apart stay visible (see `keras_repro.processes`).
+    """
     values = [value_of(variable) for variable in variables]
-    if replica or all(_on_cpu(value) for value in values):
-        return [to_numpy(variable, replica) for variable in variables]
-    return [np.asarray(array) for array in jax.device_get(values)]
+    spread = [index for index, value in enumerate(values) if _spread_over_processes(value)]
+    local = [index for index, value in enumerate(values) if index not in spread] if spread else range(len(values))
+    arrays: list[Any] = [None] * len(values)
+    if spread:
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather([values[i] for i in spread], tiled=True)
+        for index, array in zip(spread, gathered):
+            arrays[index] = np.asarray(array)
+    if replica or all(_on_cpu(values[i]) for i in local):
+        for index in local:
+            arrays[index] = _local_copy(values[index], replica)
+    else:
+        for index, array in zip(local, jax.device_get([values[i] for i in local])):
+            arrays[index] = np.asarray(array)
+    return arrays
+
+
+def _local_copy(value: Any, replica: int) -> np.ndarray:
+    """A host array of a value this process holds whole (replica k: its k-th copy)."""
+    if replica:
+        copies = _replicated_shards(value)
+        if replica < len(copies):
+            return np.asarray(copies[replica].data)
+    if getattr(value, "is_fully_addressable", True) or value.sharding.is_fully_replicated:
+        return np.asarray(value)
+    whole = np.empty(value.shape, np.dtype(value.dtype))  # sharded within this process only
+    for shard in value.addressable_shards:
+        whole[shard.index] = np.asarray(shard.data)
+    return whole
+
+
+def _spread_over_processes(value: Any) -> bool:
+    """Whether some process does not hold the whole array (then it must be gathered)."""
+    if getattr(value, "is_fully_addressable", True):
+        return False
+    return _sharded_across_processes(value.sharding, tuple(value.shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _sharded_across_processes(sharding: Any, shape: tuple[int, ...]) -> bool:
+    """Whether the devices of some process hold only part of an array of this sharding: the
+    same answer in every process (it reads the global sharding, not this process's part)."""
+    if sharding.is_fully_replicated:
+        return False
+    tiles: dict[int, set] = {}  # the distinct tiles of a regular grid each process holds
+    for device, index in sharding.devices_indices_map(shape).items():
+        tiles.setdefault(device.process_index, set()).add(
+            tuple(part.indices(size)[:2] for part, size in zip(index, shape)))
+    total = int(np.prod(shape))
+    return any(sum(int(np.prod([stop - start for start, stop in tile])) for tile in held) < total
+               for held in tiles.values())
 
 
 def _on_cpu(value: Any) -> bool:
@@ -79,6 +138,22 @@ def replica_devices(value: Any) -> tuple[str, ...]:
 def is_chief(model: Any = None) -> bool:
     """Process 0 of a multi-process run."""
     return jax.process_index() == 0
+
+
+def process_count() -> int:
+    """The processes of the run (`jax.process_count()`, 1 unless `jax.distributed` started)."""
+    return int(jax.process_count())
+
+
+def gather_from_processes(array: np.ndarray) -> np.ndarray:
+    """Every process's `array`, stacked in process order (a collective: every process calls
+    it at the same point, with an array of the same shape and dtype)."""
+    array = np.asarray(array)
+    if jax.process_count() == 1:
+        return array[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=False))
 
 
 def seed_state_max() -> int:
