@@ -169,6 +169,8 @@ class ReferenceSession:
 
     def save(self, current: FingerprintLog, last_epoch: int | None = None, stopped_early: bool = False) -> None:
         """Writes the file: the kept earlier epochs, then this fit's from `record_from` on.
+        An epoch of the fit is appended to the file; the fit's last (planned or stopped)
+        is written whole, so a finished recording is one HDF5 file that HDF5 tools read.
 
         Args:
             current: This fit's fingerprints so far.
@@ -205,8 +207,9 @@ class ReferenceSession:
             + tuple(fp for fp in current.batches if fp.epoch >= start),
             planned_epochs=planned,
         )
-        self.reference.write(log)
-        self._written = log
+        last = stopped_early or (last_epoch is not None and last_epoch + 1 >= self._planned_end)
+        self.reference.write(log, whole=last)
+        self._written = None if last else log
 
     def recorded(self, epochs: Sequence[int]) -> list[int]:
         """The epochs of this fit that were written to the file."""
@@ -215,8 +218,9 @@ class ReferenceSession:
         return [epoch for epoch in epochs if epoch >= self.record_from]
 
     def close(self) -> None:
-        """Folds the epochs appended to the file into its HDF5 part, then releases its lock
-        (the fold reads nothing back: it rewrites the last run written)."""
+        """Releases the file's lock; a fit that ended before its last epoch (an exception,
+        a divergence) first folds the epochs it appended into the HDF5 part (rewriting the
+        last run written: nothing is read back)."""
         if self.reference is not None:
             if self._written is not None:
                 self.reference.fold(self._written)

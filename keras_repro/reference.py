@@ -173,16 +173,19 @@ class ReferenceFile:
         if self._lock is not None:
             store.remove_stale_temporaries(self.path)
 
-    def write(self, log: FingerprintLog) -> None:
+    def write(self, log: FingerprintLog, whole: bool = False) -> None:
         """Writes `log` to the file (the lock must be held): appended when it only adds to
-        what this object wrote last, else the file is replaced atomically."""
+        what this object wrote last, else (or if `whole`) the file is replaced atomically."""
         if self._lock is None:
             raise RuntimeError(f"ReferenceFile.write without the lock of '{self.path}'")
-        store.write_run(self.path, **_run(log), state=self._written)
+        if whole:
+            self._written.forget()
+        store.write_run(self.path, **_run(log), state=None if whole else self._written)
 
     def fold(self, log: FingerprintLog) -> None:
-        """At the end of a recording: rewrites the file whole if epochs were appended, so
-        HDF5 tools see them too. A failure is logged: the file is valid either way."""
+        """After a recording that stopped before its last write: rewrites the file whole if
+        epochs were appended, so HDF5 tools see them too. A failure is logged: the file is
+        valid either way."""
         if self._lock is None:
             return
         try:

@@ -36,8 +36,9 @@ Schema (format "keras_repro.fingerprints", version 3)::
 
 While a recording runs, each epoch is appended to the file's tail instead
 (`keras_repro.store_tail`: a frame per record, the header updated last), so writing epoch
-n costs the same at n = 10 and n = 1,000; the recording rewrites the file whole when it
-ends (`fold`), and an HDF5 tool sees the tail's epochs only from then on.
+n costs the same at n = 10 and n = 1,000; the recording writes its last epoch whole (or,
+stopped by an error, rewrites the file whole with `fold`), and an HDF5 tool sees the
+tail's epochs only from then on.
 
 Reading and validating a file is `keras_repro.store_reader`'s. Every whole write goes to
 a temporary file in the same folder that is flushed, fsync'ed and renamed over the target

@@ -52,14 +52,14 @@ def _header(path):
         return store_tail.parse_header(handle.read(store.USER_BLOCK))
 
 
-def test_a_recording_appends_each_epoch_then_folds(recorded):
-    """Epoch k's write is one more record (the HDF5 part unchanged); at the end the file is
-    whole HDF5 again (the version 3 header), so h5py sees every epoch."""
+def test_a_recording_appends_each_epoch_and_writes_the_last_whole(recorded):
+    """Epoch k's write is one more record (the HDF5 part unchanged); the last epoch's write
+    makes the file whole HDF5 again (the version 3 header), so h5py sees every epoch."""
     path, log, headers = recorded
-    assert [h.count for h in headers] == [1, 2, 3, 4]
-    assert len({(h.digest, h.start) for h in headers}) == 1  # the HDF5 part is never rewritten
-    assert all(b.end > a.end for a, b in zip(headers, headers[1:]))
-    assert not _header(path).has_tail
+    assert [h.count for h in headers[:3]] == [1, 2, 3]
+    assert len({(h.digest, h.start) for h in headers[:3]}) == 1  # the HDF5 part is never rewritten
+    assert all(b.end > a.end for a, b in zip(headers[:3], headers[1:3]))
+    assert not headers[3].has_tail and not _header(path).has_tail
     with h5py.File(path, "r") as file:
         assert sorted(file["epochs"]) == ["00000", "00001", "00002", "00003"]
     again = load_fingerprints(path)
@@ -170,3 +170,29 @@ def test_header_round_trip_and_damage():
     assert store_tail.parse_header(tail.block()) == tail
     for bad in (tail.block().replace(b"tail", b"tall"), tail.block()[:-1] + b"x", plain.block().replace(b"a", b"g", 1)):
         assert store_tail.parse_header(bad) is None
+
+
+def test_an_interrupted_recording_keeps_its_tail_until_the_next_recording(tmp_path):
+    """A fit stopped by an exception after epoch 1 of 4 leaves epochs 0-1 in the tail
+    (keras_repro reads them; the HDF5 part holds none); the re-run completes the file, whole."""
+    path = tmp_path / "run.h5"
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    x, y = make_data()
+    with pytest.raises(KeyboardInterrupt):
+        make_model(7).fit(x, y, epochs=4, batch_size=16, verbose=0,
+                          callbacks=[SeedCallback(7, path), Interrupt()])
+    assert _header(path).count == 2
+    assert [fp.epoch for fp in load_fingerprints(path).epochs] == [0, 1]
+    with h5py.File(path, "r") as file:
+        assert list(file["epochs"]) == []
+    callback = SeedCallback(7, path)
+    make_model(7).fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[callback])
+    assert callback.verified_epochs == (0, 1) and callback.recorded_epochs == (2, 3)
+    assert not _header(path).has_tail
+    with h5py.File(path, "r") as file:
+        assert sorted(file["epochs"]) == ["00000", "00001", "00002", "00003"]

@@ -7,9 +7,11 @@ Prints "FIT" just before `fit` starts, "EPOCH k DIGEST" (flushed) right after
 `SeedCallback` has written epoch k to REFERENCE (a callback placed after it), and
 "DONE" at the end. A `ReferenceFileError` is printed as "ERROR message" (exit 3).
 
---slow-write sleeps twice inside every write of the reference: after the initial
+--slow-write sleeps twice inside every whole write of the reference: after the initial
 fingerprint group is written to the temporary file (the epochs still to come), and
-after the rename (before write_run returns), so that more kills land inside a write. --markers prints "W+" before and "W-"
+after the rename (before write_run returns); and once inside every appended epoch
+(keras_repro.store_tail): after its record is written, before the header that commits
+it; so that more kills land inside a write, at its most delicate point. --markers prints "W+" before and "W-"
 after every write, so a test can tell which kills landed inside one.
 --epoch-sleep sleeps at every epoch begin (after SeedCallback has run), to make a
 fit last long enough for two processes to overlap.
@@ -26,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_repro as kr  # noqa: E402
-from keras_repro import store  # noqa: E402
+from keras_repro import store, store_tail  # noqa: E402
 
 
 def _say(*words) -> None:
@@ -36,6 +38,7 @@ def _say(*words) -> None:
 def _instrument_writes(slow: float, markers: bool) -> None:
     """Wraps the writer (in this process only) to slow it down and/or mark it."""
     write_run, write_fingerprint, fsync_folder = store.write_run, store._write_fingerprint, store._fsync_folder
+    write_header = store_tail._write_header
 
     def slow_fingerprint(group, fingerprint):
         write_fingerprint(group, fingerprint)
@@ -51,9 +54,15 @@ def _instrument_writes(slow: float, markers: bool) -> None:
         write_run(*args, **kwargs)
         _say("W-", time.time())
 
+    def slow_header(handle, header):
+        if header.count:  # a record is written, the header that commits it is not
+            time.sleep(slow)
+        write_header(handle, header)
+
     if slow:
         store._write_fingerprint = slow_fingerprint
         store._fsync_folder = slow_fsync_folder
+        store_tail._write_header = slow_header
     if markers:
         store.write_run = marked_write_run
 
