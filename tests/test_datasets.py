@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -33,9 +34,12 @@ def test_digits_match_scikit_learn():
 
 @pytest.mark.slow
 def test_wheel_contains_the_data(tmp_path):
-    """A plain (non-editable) build ships the data file and the console script."""
+    """A plain (non-editable) build ships the data file and the console script. It builds a
+    copy of the checkout: setuptools writes its build/ folder beside the sources."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", ".*_cache"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), REPO],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = tmp_path.glob("keras_repro-*.whl")
