@@ -98,6 +98,14 @@ def fresh_keras_session(request):
     yield
 
 
+def nudge_one_ulp(variable) -> None:
+    """Moves the first value of a Keras variable by one ulp (one step, for integers)."""
+    values = keras.ops.convert_to_numpy(variable).copy()
+    flat = values.reshape(-1)
+    flat[0] = np.nextafter(flat[0], np.inf) if values.dtype.kind == "f" else flat[0] + 1
+    variable.assign(values)
+
+
 def make_data(n: int = 64, features: int = 6, classes: int = 3, seed: int = 0):
     """A small classification problem, the same for every call."""
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ from keras_repro import (
     SeedCallback,
     load_fingerprints,
 )
-from tests.conftest import make_data, make_model, run_python
+from tests.conftest import make_data, make_model, nudge_one_ulp, run_python
 
 
 def _fit(callbacks, seed=7, epochs=3, model=None, **kwargs):
@@ -42,10 +42,7 @@ class Nudge(keras.callbacks.Callback):
         if epoch == self.epoch:
             variable = self.pick(self.model)
             self.path = variable.path
-            values = keras.ops.convert_to_numpy(variable).copy()
-            flat = values.reshape(-1)
-            flat[0] = np.nextafter(flat[0], np.inf) if values.dtype.kind == "f" else flat[0] + 1
-            variable.assign(values)
+            nudge_one_ulp(variable)
 
 
 def test_record_then_verify_same_seed(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import keras_repro as kr
 from keras_repro.fingerprints import data_record
 from keras_repro.fit_context import EpochClock, FitContext
+from tests.conftest import nudge_one_ulp
 
 
 def _model():
@@ -56,13 +57,6 @@ def _play(callback, model, epochs=2, first=0, nudge=None, order=None, stop_after
     return history
 
 
-def _ulp(variable):
-    values = keras.ops.convert_to_numpy(variable).copy()
-    flat = values.reshape(-1)
-    flat[0] = np.nextafter(flat[0], np.inf) if values.dtype.kind == "f" else flat[0] + 1
-    variable.assign(values)
-
-
 def test_record_then_verify(tmp_path):
     """The same states verify; the digests are in History, not in the logs."""
     path = tmp_path / "run.h5"
@@ -92,7 +86,7 @@ def test_a_mismatch_in_each_part_is_named(tmp_path, part, pick):
     callback = kr.SeedCallback(7, path, on_mismatch="warn")
     model = _model()
     with pytest.warns(kr.FingerprintMismatchWarning, match="epoch 1"):
-        _play(callback, model, epochs=3, nudge=(1, lambda m: _ulp(pick(m))))
+        _play(callback, model, epochs=3, nudge=(1, lambda m: nudge_one_ulp(pick(m))))
     found = callback.divergence
     assert (found.stage, found.epoch, found.part) == ("epoch", 1, part)
     # named as in the reference (Keras numbers auto-named layers per process), and in this run
