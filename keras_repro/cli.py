@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 
-from keras_repro.errors import ReferenceFileError
+from keras_repro.errors import MissingMainGuardError, ReferenceFileError
 
 EXIT_OK, EXIT_DIFFER, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.handler(args)
-    except ReferenceFileError as error:
+    except (ReferenceFileError, MissingMainGuardError) as error:
         print(f"keras-repro: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
