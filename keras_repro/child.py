@@ -6,6 +6,10 @@ only way to catch state that a process carries (string hashing, import order, RN
 draws at import). The parent writes a job (a pickled dict), the arrays (`.npz`) and
 the location of the user's function; the child imports it, runs an entry function
 of keras_repro and saves the resulting `FingerprintLog`, which the parent reads.
+
+A fresh process never starts another (`keras_repro.nesting`): a check called in it (a
+script without `if __name__ == "__main__":`) raises `MissingMainGuardError` there, which
+the child hands to the parent through a file and the parent raises again.
 """
 
 from __future__ import annotations
@@ -25,17 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from keras_repro.errors import ReproError
+from keras_repro import nesting
+from keras_repro.errors import MissingMainGuardError, ReproError
 from keras_repro.log import FingerprintLog, load_fingerprints
+from keras_repro.nesting import CHILD_ENVIRONMENT_VARIABLE  # noqa: F401 - re-exported
 from keras_repro.seeding import MAX_SEED, _startup_environment_value
 
 logger = logging.getLogger(__name__)
 
-CHILD_ENVIRONMENT_VARIABLE = "KERAS_REPRO_AUDIT_CHILD"
-"""Set in the fresh process, so a check run again by importing a script fails clearly."""
-
 TIMEOUT = 900.0
 """Seconds a fresh-process run may take."""
+
+NESTED_EXIT = 3
+"""Exit code of a fresh process that refused a nested check (`MissingMainGuardError`)."""
 
 SCRIPT_PREFIX = "_keras_repro_script_"
 """Module-name prefix of scripts imported by path."""
@@ -112,7 +118,8 @@ def load_target(target: Target) -> Any:
     module = None
     if target.module and not target.module.startswith(SCRIPT_PREFIX):
         try:
-            module = importlib.import_module(target.module)
+            with nesting.importing(target.module):
+                module = importlib.import_module(target.module)
         except ImportError:
             module = None
         source = getattr(module, "__file__", None)
@@ -121,7 +128,8 @@ def load_target(target: Target) -> Any:
     if module is None:
         if not target.path:
             raise ReproError(f"The fresh process cannot import module '{target.module}'. Received: target={target}")
-        module = import_path(target.path)
+        with nesting.importing(target.path):
+            module = import_path(target.path)
     return _resolve(module, target.qualname)
 
 
@@ -178,12 +186,13 @@ def other_hash_seed() -> str:
     return "1"
 
 
-def _environment(hash_seed: str) -> dict[str, str]:
-    """This process's environment, with another PYTHONHASHSEED and the same backend."""
+def _environment(hash_seed: str, started_by: str) -> dict[str, str]:
+    """This process's environment, with another PYTHONHASHSEED and the same backend, marked
+    as a fresh process (`nesting`)."""
     from keras_repro import _backend
 
     env = dict(os.environ, PYTHONHASHSEED=hash_seed, KERAS_BACKEND=_backend.name())
-    env[CHILD_ENVIRONMENT_VARIABLE] = "1"
+    nesting.mark_child(env, started_by)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.update(_backend.child_determinism_environment())
     return env
@@ -202,11 +211,15 @@ def run(entry: str, payload: Mapping[str, Any], arrays: Any, what: str, hash_see
         hash_seed: The child's PYTHONHASHSEED (default: another than this process's).
 
     Raises:
+        MissingMainGuardError: If the child refused a check called in it (the user's module
+            runs one at import), with the child's message.
         ReproError: If the child fails or takes longer than `TIMEOUT`, with its last lines.
     """
+    nesting.refuse_nested(what)
     hash_seed = hash_seed or other_hash_seed()
     with tempfile.TemporaryDirectory(prefix="keras-repro-child-") as folder:
-        data_path, job_path, out_path = (os.path.join(folder, n) for n in ("data.npz", "job.pkl", "run.h5"))
+        data_path, job_path, out_path, error_path = (
+            os.path.join(folder, n) for n in ("data.npz", "job.pkl", "run.h5", "refused.txt"))
         job = {
             "entry": entry,
             "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
@@ -214,19 +227,23 @@ def run(entry: str, payload: Mapping[str, Any], arrays: Any, what: str, hash_see
             "data": data_path,
             "structure": save_arrays(data_path, arrays),
             "out": out_path,
+            "refused": error_path,
         }
         with open(job_path, "wb") as handle:
             pickle.dump(job, handle)
         code = "import sys; from keras_repro.child import main; sys.exit(main(sys.argv[1:]))"
         logger.info("%s: fresh process with PYTHONHASHSEED=%s", what, hash_seed)
         try:
-            result = subprocess.run([sys.executable, "-c", code, job_path], env=_environment(hash_seed),
+            result = subprocess.run([sys.executable, "-c", code, job_path], env=_environment(hash_seed, what),
                                     capture_output=True, text=True, timeout=TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             raise ReproError(
                 f"The fresh-process run of {what} took more than {TIMEOUT:.0f} s; train fewer steps, or "
                 "skip the fresh process. Received: fresh_process=True"
             ) from None
+        if os.path.exists(error_path):
+            with open(error_path, encoding="utf-8") as handle:
+                raise MissingMainGuardError(f"The fresh process of {what} stopped: {handle.read()}")
         if result.returncode != 0 or not os.path.exists(out_path):
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])
             raise ReproError(
@@ -244,6 +261,11 @@ def main(argv: list[str]) -> int:
     sys.path[:0] = [p for p in job["sys_path"] if p not in sys.path]
     module_name, function_name = job["entry"].split(":")
     entry = getattr(importlib.import_module(module_name), function_name)
-    log = entry(job["payload"], load_arrays(job["data"], job["structure"]))
+    try:
+        log = entry(job["payload"], load_arrays(job["data"], job["structure"]))
+    except MissingMainGuardError as error:  # the parent raises it again, with this message
+        with open(job["refused"], "w", encoding="utf-8") as handle:
+            handle.write(str(error))
+        return NESTED_EXIT
     log.save(job["out"])
     return 0

@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 
-from keras_repro.errors import ReferenceFileError
+from keras_repro.errors import MissingMainGuardError, ReferenceFileError
 
 EXIT_OK, EXIT_DIFFER, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -80,8 +80,13 @@ def _load(path: str):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """`keras-repro show FILE`."""
+    """`keras-repro show FILE`: values an older version stored that this one would not
+    (any `TF_*`..., secrets among them) are redacted, and the output says so."""
+    from keras_repro.environment import redacted, redacted_notes
+
     log = _load(args.file)
+    environment, hidden = redacted(log.environment)
+    notes, hidden_notes = redacted_notes(log.notes)
     print(f"file:     {args.file}")
     print(f"created:  {log.created}")
     print(f"seed:     {log.seed if log.seed is not None else '-'}")
@@ -89,9 +94,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"kernels:  deterministic kernels {log.environment.get('deterministic_kernels', 'not recorded')}")
     print()
     print("environment:")
-    for key, value in log.environment.items():
+    for key, value in environment.items():
         print(f"  {key}: {value}")
-    for key, value in log.notes.items():
+    if hidden or hidden_notes:
+        counted = [f"{n} {what}{'s' if n != 1 else ''}"
+                   for n, what in ((len(hidden), "value"), (len(hidden_notes), "note")) if n]
+        print(f"  ({' and '.join(counted)} redacted: an older keras_repro stored every "
+              "TF_/XLA_/CUDA_/CUBLAS_/KERAS_/OMP_/MKL_/JAX_/TORCH_ variable, secrets among them; keras_repro "
+              "now records only the variables in keras_repro.environment.RECORDED_VARIABLES, never one whose "
+              "name looks secret. Record the run again to drop them from the file.)")
+    for key, value in notes.items():
         print(f"note {key}: {value}")
     print()
     print(epoch_table(log))
@@ -334,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.handler(args)
-    except ReferenceFileError as error:
+    except (ReferenceFileError, MissingMainGuardError) as error:
         print(f"keras-repro: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:

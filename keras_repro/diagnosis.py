@@ -10,23 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from keras_repro.compare import Divergence
+from keras_repro.environment import differences
 
-IGNORED_ENVIRONMENT = (
-    "env.PYTHONHASHSEED", "hash_randomization", "env.KERAS_BACKEND", "env.KERAS_HOME",
-    "env.TF_CPP_MIN_LOG_LEVEL", "env.TF_CPP_MIN_VLOG_LEVEL",
-)
-"""Environment entries that differ between runs without changing results (the
-guarantee holds under any PYTHONHASHSEED; log levels change nothing; the backend
-is compared as `backend`)."""
+IGNORED_ENVIRONMENT = ("env.PYTHONHASHSEED", "hash_randomization", "env.KERAS_BACKEND")
+"""Recorded environment entries that differ between runs without changing results (the
+guarantee holds under any PYTHONHASHSEED; the backend is compared as `backend`). Entries
+that only files of older versions hold (log levels, `KERAS_HOME`, any `TF_*`) are not
+compared at all (`environment.differences`)."""
 
 MAX_LISTED = 3
 """Environment differences named in one hint."""
 
 
 def environment_changes(reference: Mapping[str, str], current: Mapping[str, str]) -> dict[str, tuple]:
-    """{key: (reference value, current value)} of the entries that can change results."""
-    keys = sorted((set(reference) | set(current)) - set(IGNORED_ENVIRONMENT))
-    return {key: (reference.get(key), current.get(key)) for key in keys if reference.get(key) != current.get(key)}
+    """{key: (reference value, current value)} of the recorded entries that can change results."""
+    return {key: change for key, change in differences(reference, current).items() if key not in IGNORED_ENVIRONMENT}
 
 
 def run_cause(

@@ -56,6 +56,13 @@ class FingerprintMismatch(ReproError, AssertionError):
         super().__init__(f"Run is not reproducible{where}: {divergence}{why}")
 
 
+class MissingMainGuardError(ReproError, RuntimeError):
+    """A check that starts fresh processes (`audit`, `assert_resumable`...) was called inside
+    one of those processes: most often a script that runs it at import, without
+    `if __name__ == "__main__":`, as Python's `multiprocessing` requires for spawn
+    (`keras_repro.nesting`). Raised there, and again in the parent with the same message."""
+
+
 class ReproWarning(UserWarning):
     """Base class of the warnings issued by keras_repro."""
 

@@ -1,5 +1,11 @@
 """`keras-repro run`: start a program with the variables that only work when set
-before the interpreter (and the backends) start."""
+before the interpreter (and the backends) start.
+
+The program it starts is the user's top-level program, not a fresh process of a check: it
+is not marked as one (`keras_repro.nesting`), so it may call `kr.audit` or
+`kr.assert_resumable`, which start their own. `run` refuses only inside a fresh process of
+a check (a module that starts `keras-repro run` at import), like every entry point that
+starts processes."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 
+from keras_repro import nesting
 from keras_repro._backend import flags
 from keras_repro.seeding import MAX_SEED
 
@@ -58,7 +65,12 @@ def launch_environment(
 
 
 def run(command: Sequence[str], env: Mapping[str, str]) -> int:
-    """Runs `command` with `env`; returns its exit code (127 if it cannot be started)."""
+    """Runs `command` with `env`; returns its exit code (127 if it cannot be started).
+
+    Raises:
+        MissingMainGuardError: Inside a fresh process of keras_repro (`nesting`).
+    """
+    nesting.refuse_nested("keras-repro run")
     try:
         return subprocess.run(list(command), env=dict(env), check=False).returncode
     except FileNotFoundError:

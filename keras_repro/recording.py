@@ -199,7 +199,8 @@ class ReferenceSession:
         log = FingerprintLog(
             initial=base.initial if base is not None and kept else current.initial,
             epochs=tuple(kept + [fp for fp in current.epochs if fp.epoch >= start]),
-            environment=dict(base.environment) if base is not None and kept else dict(current.environment),
+            environment=(environment_module.recorded(base.environment) if base is not None and kept
+                         else dict(current.environment)),
             seed=self.seed,
             notes=_merged_notes(base, current, start) if base is not None and kept else dict(current.notes),
             created=base.created if base is not None and kept else None,
@@ -229,8 +230,9 @@ class ReferenceSession:
 
 
 def _merged_notes(base: FingerprintLog, current: FingerprintLog, start: int) -> dict[str, str]:
-    """The notes of an extended file: the earlier ones, this fit's, and what changed."""
-    notes = {**base.notes, **current.notes}
+    """The notes of an extended file: the earlier ones (values an older version should not have
+    stored redacted), this fit's, and what changed."""
+    notes = {**environment_module.redacted_notes(base.notes)[0], **current.notes}
     changes = environment_module.differences(dict(base.environment), dict(current.environment))
     changes = {k: v for k, v in changes.items() if k not in ("env.PYTHONHASHSEED", "hash_randomization")}
     if changes:

@@ -38,7 +38,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from keras_repro import child
+from keras_repro import child, nesting
 from keras_repro.callbacks import SeedCallback
 from keras_repro.compare import DIVERGED, Comparison
 from keras_repro.diagnosis import likely_cause
@@ -98,6 +98,8 @@ def assert_reproducible(
             the first divergence (epoch, part, variable), the verdict and a hint.
         TypeError: If `build_model` is not callable or returns something without `fit`.
         ValueError: If `fit_kwargs` already holds a `SeedCallback`, or `epochs` < 1.
+        MissingMainGuardError: If called inside a fresh process of keras_repro (a module
+            that runs it at import, without `if __name__ == "__main__":`).
 
     Example:
 
@@ -108,6 +110,7 @@ def assert_reproducible(
     >>> assert_reproducible(build_model, x, y, epochs=2).verdict  # doctest: +SKIP
     'identical'
     """
+    nesting.refuse_nested("assert_reproducible()")
     callbacks = _check_arguments(build_model, epochs, fit_kwargs)
     first, deterministic = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
     second, _ = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
@@ -210,6 +213,9 @@ def assert_resumable(
         AssertionError: If the resumed run differs, with the first divergence (epoch,
             part, variable) and its likely cause.
         TypeError, ValueError: For bad arguments.
+        MissingMainGuardError: If called inside a fresh process of keras_repro: `build_model`'s
+            module calls it at import, without `if __name__ == "__main__":` (raised in the
+            fresh process, which imports that module, and again here, in its parent).
         ReproError: If the fresh process fails.
 
     Example:
@@ -217,6 +223,7 @@ def assert_resumable(
     >>> assert_resumable(build_model, x, y, epochs=4, at=2, batch_size=32).identical   # doctest: +SKIP
     True
     """
+    nesting.refuse_nested("assert_resumable()")
     callbacks = _check_arguments(build_model, epochs, fit_kwargs)
     if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at < epochs:
         raise ValueError(f"`at` must be an int with 1 <= at < epochs ({epochs}). Received: at={at!r}")
@@ -335,6 +342,7 @@ if pytest is not None:
         >>> def test_reproducible(reproducible):        # doctest: +SKIP
         ...     reproducible(build_model, x, y, epochs=2)
         """
+        nesting.refuse_nested("the reproducible fixture")
         yield assert_reproducible
         import keras
 
@@ -349,6 +357,7 @@ if pytest is not None:
         >>> def test_resumes(resumable):                # doctest: +SKIP
         ...     resumable(build_model, x, y, epochs=4, at=2)
         """
+        nesting.refuse_nested("the resumable fixture")
         yield assert_resumable
         import keras
 

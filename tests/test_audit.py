@@ -18,7 +18,7 @@ from keras_repro.audit import (
     find_hazards,
 )
 from keras_repro.cli import main
-from keras_repro.errors import ReproError, ReproWarning
+from keras_repro.errors import ReproWarning
 from tests.conftest import child_env, REPO
 from tests.scripts.audit import models
 
@@ -132,11 +132,13 @@ def test_bad_arguments_say_what_to_do(data):
         audit(lambda: keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]), *data, steps=1, fresh_process=False)
 
 
-def test_nested_audit_in_fresh_process_fails_clearly(monkeypatch, data):
-    """audit() run while the fresh process imports a script: a clear error, no recursion."""
+def test_nested_audit_in_fresh_process_fails_clearly(monkeypatch, data, checkpoints):
+    """audit() or bisect() run in a fresh process (a script imported there): a clear error, no recursion."""
     monkeypatch.setenv(CHILD_ENVIRONMENT_VARIABLE, "1")
-    with pytest.raises(ReproError, match="if __name__ == "):
+    with pytest.raises(kr.MissingMainGuardError, match="audit.. was called inside a fresh process.*if __name__ == "):
         audit(models.build_deterministic, *data)
+    with pytest.raises(kr.MissingMainGuardError, match="bisect.. was called inside a fresh process.*if __name__ == "):
+        bisect(checkpoints["build_deterministic"], *data, epoch=1)
 
 
 @pytest.mark.slow

@@ -62,6 +62,72 @@ def test_diff_lists_environment_differences(runs, tmp_path, capsys):
     assert "keras: " in capsys.readouterr().out.split("environment differences")[1]
 
 
+TERRAFORM = {"TF_TOKEN_app_terraform_io": "tf-token-3f9a1c", "TF_VAR_db_password": "hunter2-db"}
+"""Terraform's variables, common on training machines: a TF_ prefix, secret values."""
+
+
+def _record(path, model_seed, epochs=2, mode="record"):
+    """Fits make_model(model_seed) with SeedCallback(7, path, mode)."""
+    import keras
+
+    keras.backend.clear_session()
+    x, y = make_data()
+    make_model(model_seed).fit(x, y, epochs=epochs, batch_size=16, verbose=0,
+                               callbacks=[SeedCallback(7, path, mode=mode)])
+
+
+def _secrets_in(text):
+    """The secret values of TERRAFORM found in `text` (str or bytes)."""
+    return [v for v in (*TERRAFORM.values(), "old-pass") if (v.encode() if isinstance(text, bytes) else v) in text]
+
+
+def test_no_secret_in_reference_or_show_while_listed_variables_are_compared(tmp_path, monkeypatch, capsys):
+    """With Terraform's secrets set, neither the file's bytes nor show hold them; OMP_NUM_THREADS
+    is recorded, and diff names its change."""
+    for name, value in TERRAFORM.items():
+        monkeypatch.setenv(name, value)
+    paths = {threads: tmp_path / f"threads{threads}.h5" for threads in (3, 5)}
+    for threads, model_seed in ((3, 7), (5, 8)):
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+        _record(paths[threads], model_seed)
+        assert _secrets_in(paths[threads].read_bytes()) == []
+    assert main(["show", str(paths[3])]) == 0
+    out = capsys.readouterr().out
+    assert _secrets_in(out) == [] and "TF_TOKEN" not in out and "redacted" not in out
+    assert "  env.OMP_NUM_THREADS: 3\n" in out
+    assert main(["diff", str(paths[3]), str(paths[5])]) == 1
+    out = capsys.readouterr().out
+    assert _secrets_in(out) == []
+    assert "  env.OMP_NUM_THREADS: 3 -> 5" in out.split("environment differences")[1]
+
+
+def test_an_older_files_secrets_are_redacted_in_show_and_dropped_when_extended(runs, tmp_path, capsys):
+    """A file of an older version holding Terraform's secrets: show prints them redacted and says
+    so, diff does not print them, and a recording that extends the file drops them."""
+    old = tmp_path / "old.h5"
+    shutil.copy(runs["a"], old)
+    with edit_reference(old) as file:
+        for name, value in TERRAFORM.items():
+            file["environment"].attrs[f"env.{name}"] = value
+        file["environment"].attrs["env.TF_CPP_MIN_LOG_LEVEL"] = "2"
+        file.require_group("notes").attrs["environment_from_epoch_1"] = (
+            f"env.TF_VAR_db_password: old-pass -> {TERRAFORM['TF_VAR_db_password']}; keras: 3.14 -> 3.15")
+    assert _secrets_in(old.read_bytes())  # the test's premise: the secrets are in the file
+    assert main(["show", str(old)]) == 0
+    out = capsys.readouterr().out
+    assert _secrets_in(out) == []
+    assert "  env.TF_TOKEN_app_terraform_io: (redacted)\n" in out and "  env.TF_CPP_MIN_LOG_LEVEL: (redacted)\n" in out
+    assert "(3 values and 1 note redacted: an older keras_repro stored" in out
+    assert "note environment_from_epoch_1: env.TF_VAR_db_password: (redacted); keras: 3.14 -> 3.15" in out
+    assert main(["diff", str(old), str(runs["c"])]) == 1
+    assert _secrets_in(capsys.readouterr().out) == []
+    _record(old, 7, epochs=3, mode="auto")  # verifies epochs 0 and 1, records epoch 2
+    assert _secrets_in(old.read_bytes()) == []
+    assert main(["show", str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "\n2 " in out and "TF_TOKEN" not in out and " redacted: " not in out
+
+
 @pytest.mark.parametrize("command", ["show", "diff"])
 def test_bad_file_exit_2_one_line(runs, tmp_path, capsys, command):
     """A damaged file: exit 2, one line on stderr naming the file, no traceback."""

@@ -8,6 +8,7 @@ import pytest
 
 from keras_repro.cli import main
 from keras_repro.launcher import XLA_DETERMINISM_FLAG, launch_environment
+from keras_repro.nesting import CHILD_ENVIRONMENT_VARIABLE
 
 
 def test_environment_sets_hash_seed_and_determinism_without_touching_base():
@@ -39,6 +40,20 @@ def test_run_starts_the_program_with_fixed_hashing_and_returns_its_code(capfd):
     assert main(["run", "--hash-seed", "0", "--", sys.executable, "-c", code]) == 3
     out, err = capfd.readouterr()
     assert out.strip() == "0 0" and "PYTHONHASHSEED=0" in err
+
+
+def test_run_starts_a_parent_and_refuses_inside_a_fresh_process(monkeypatch, tmp_path, capfd):
+    """The program run starts is not marked as a fresh process (it may call kr.audit); inside a
+    fresh process of a check, run refuses, naming the missing guard, and starts nothing."""
+    monkeypatch.delenv(CHILD_ENVIRONMENT_VARIABLE, raising=False)
+    marked = f"import os, sys; sys.exit(7 if {CHILD_ENVIRONMENT_VARIABLE!r} in os.environ else 0)"
+    assert main(["run", "--", sys.executable, "-c", marked]) == 0
+    monkeypatch.setenv(CHILD_ENVIRONMENT_VARIABLE, "the audit")
+    started = tmp_path / "started"
+    assert main(["run", "--", sys.executable, "-c", f"open({str(started)!r}, 'w')"]) == 2
+    err = capfd.readouterr().err
+    assert "keras-repro run was called inside a fresh process of keras_repro (started by the audit)" in err
+    assert 'if __name__ == "__main__":' in err and "Traceback" not in err and not started.exists()
 
 
 def test_run_errors(capsys):

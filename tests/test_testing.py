@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -10,7 +17,7 @@ import keras_repro as kr
 from keras_repro.compare import compare_runs
 from keras_repro.fingerprints import VariableDigest, make_fingerprint
 from keras_repro.testing import assert_reproducible, assert_resumable, divergence_report
-from tests.conftest import make_data, make_model
+from tests.conftest import REPO, child_env, make_data, make_model
 
 pytest_plugins = ["keras_repro.testing"]  # what users put in their root conftest.py
 
@@ -178,6 +185,75 @@ def test_resumable_in_a_fresh_process_and_its_fixture(resumable):
     assert resumable(_deterministic_model, x, y, epochs=3, at=1, batch_size=16).identical
     with pytest.raises(AssertionError, match="loaded in a fresh process and resumed"):
         resumable(_drifting_model, x, y, epochs=3, at=1, batch_size=16)
+
+
+UNGUARDED_SCRIPT = """\
+import os
+
+import keras
+import numpy as np
+
+import keras_repro as kr
+
+with open(os.environ["IMPORTS_LOG"], "a") as log:  # one line per process that runs this file
+    log.write(f"{os.getpid()}\\n")
+
+
+def build():
+    model = kr.DeterministicSequential([keras.Input((4,)), keras.layers.Dense(2)], seed=1)
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+x, y = np.zeros((8, 4), "float32"), np.zeros((8, 2), "float32")
+kr.assert_resumable(build, x, y, epochs=2, at=1, batch_size=8)  # no `if __name__ == "__main__":`
+print("after the check")
+"""
+
+
+@pytest.mark.slow
+def test_unguarded_script_stops_with_an_error_naming_main(tmp_path):
+    """A script calling assert_resumable at import: its fresh process refuses, the script ends
+    within a minute (of CPU time: the wall clock depends on the machine's load) with
+    MissingMainGuardError naming the guard, two processes in all."""
+    script, imports = tmp_path / "unguarded.py", tmp_path / "imports.txt"
+    script.write_text(UNGUARDED_SCRIPT)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env=child_env(IMPORTS_LOG=str(imports), PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:  # a runaway would leave nested processes behind: end the whole group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the script's, and its reaped child's
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    pids = imports.read_text().split()
+    assert len(pids) == 2 and len(set(pids)) == 2, pids  # the script, and one fresh process
+    assert process.returncode == 1 and "after the check" not in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("keras_repro.errors.MissingMainGuardError: The fresh process of assert_resumable stopped: "), err[-3000:]
+    assert 'if __name__ == "__main__":' in last and f"at import of '{script}'" in last
+    assert err.count("Traceback") == 1, "the script's own traceback only: the child's is not relayed"
+    assert cpu < 60, f"took {cpu:.0f} s of CPU time"
+
+
+def test_checks_refuse_inside_a_fresh_process(monkeypatch, request):
+    """Inside a fresh process the checks and their fixtures raise MissingMainGuardError before training."""
+    from keras_repro import nesting
+
+    monkeypatch.setenv(nesting.CHILD_ENVIRONMENT_VARIABLE, "assert_resumable")
+    x, y = make_data()
+    for check in (assert_reproducible, assert_resumable):
+        with pytest.raises(kr.MissingMainGuardError, match=r"started by assert_resumable.*if __name__ == "):
+            check(_deterministic_model, x, y, epochs=2)
+    with nesting.importing("/somewhere/train.py"), pytest.raises(
+            kr.MissingMainGuardError, match=r"imported '/somewhere/train.py'.*at import of '/somewhere/train.py'"):
+        assert_resumable(_deterministic_model, x, y, epochs=2, at=1)
+    for name in ("reproducible", "resumable"):
+        with pytest.raises(kr.MissingMainGuardError, match=f"the {name} fixture"):
+            request.getfixturevalue(name)
 
 
 def test_resumable_argument_errors():

@@ -13,7 +13,7 @@ from keras_repro.audit.hazards import find_hazards
 from keras_repro.audit.reports import AuditDivergence, AuditReport, BisectReport, Check
 from keras_repro.audit.runs import audit, bisect, validate_checkpoint
 from keras_repro.audit.steps import validate_options
-from keras_repro.child import CHILD_ENVIRONMENT_VARIABLE
+from keras_repro.nesting import CHILD_ENVIRONMENT_VARIABLE
 
 __all__ = [
     "CHILD_ENVIRONMENT_VARIABLE",

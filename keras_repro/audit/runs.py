@@ -49,7 +49,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_repro import _backend, child
+from keras_repro import _backend, child, nesting
 from keras_repro.audit.hazards import find_hazards
 from keras_repro.audit.reports import (
     IN_PROCESS,
@@ -66,10 +66,9 @@ from keras_repro.audit.steps import (
     validate_options,
 )
 from keras_repro.callbacks import SeedCallback
-from keras_repro.child import CHILD_ENVIRONMENT_VARIABLE
 from keras_repro.compare import compare_runs
 from keras_repro.diagnosis import FRESH_PROCESS, REPLAY
-from keras_repro.errors import ReproError, ReproWarning, warn
+from keras_repro.errors import ReproWarning, warn
 from keras_repro.log import FingerprintLog
 from keras_repro.seeding import seed_everything, seed_for
 
@@ -147,6 +146,9 @@ def audit(
 
     Raises:
         ValueError: On bad arguments, or if build_model returns an uncompiled model.
+        MissingMainGuardError: If called inside a fresh process of keras_repro (a script
+            that runs the audit at import, without `if __name__ == "__main__":`), there
+            and again in its parent.
         ReproError: If the fresh-process run fails or times out.
 
     Example:
@@ -157,11 +159,7 @@ def audit(
     REPRODUCIBLE: the first 20 training steps are bit-identical (in-process, fresh process)
     ...
     """
-    if os.environ.get(CHILD_ENVIRONMENT_VARIABLE):
-        raise ReproError(
-            "audit() was called while the audit's fresh process imported build_model's module: put the "
-            "module's top-level code under `if __name__ == \"__main__\":`. Received: a nested audit() call"
-        )
+    nesting.refuse_nested("audit()")
     if not callable(build_model):
         raise TypeError(f"`build_model` must be a function returning a compiled keras.Model. Received: build_model={build_model!r}")
     validate_options(batch_size, seed, steps=steps)
@@ -239,12 +237,18 @@ def bisect(
     Returns:
         A `BisectReport`.
 
+    Raises:
+        MissingMainGuardError: If called inside a fresh process of keras_repro (`audit`'s,
+            `assert_resumable`'s): a script that runs it at import lacks
+            `if __name__ == "__main__":`.
+
     Example:
 
     >>> report = kr.bisect("epoch_2.keras", x, y, epoch=3)   # doctest: +SKIP
     >>> print(report.divergence)                             # doctest: +SKIP
     replay: epoch 3, batch 17: non-trainable weights differ, first at 'noisy/drift' (values differ)
     """
+    nesting.refuse_nested("bisect()")
     path = validate_checkpoint(checkpoint)
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
         raise ValueError(f"`epoch` must be an int >= 0 (the epoch to replay, 0-based). Received: epoch={epoch!r}")
