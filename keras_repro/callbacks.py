@@ -14,12 +14,7 @@ from keras_repro.batch_checks import BatchChecker, resolve_capture
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
 from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
-from keras_repro.errors import (
-    FingerprintMismatch,
-    FingerprintMismatchWarning,
-    ReproWarning,
-    warn,
-)
+from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
 from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.log import FingerprintLog
@@ -86,8 +81,10 @@ class SeedCallback(keras.callbacks.Callback):
             verifies the epochs it holds and records those it lacks after them (so an
             interrupted recording is completed and a continued fit extends it).
             "record" writes the file (replacing another run's; a continued fit extends
-            its own run's). "verify" only compares: the file must exist, is never
-            written, and may be read-only.
+            its own run's). "verify" only compares: the file must exist. Every mode
+            refuses a file keras_repro did not write, leaving it as it is, and only
+            verifies a file or folder made read-only (chmod; also as root), warning
+            once if the mode would have written it.
         on_mismatch: "raise" stops training with `FingerprintMismatch` at the end
             of the first epoch that differs (or before the first step when the
             initial state differs); "warn" warns once and goes on.
@@ -412,8 +409,8 @@ class SeedCallback(keras.callbacks.Callback):
         ) if divergence.replica is None and divergence.process is None else None
 
     def _warn_missing(self, epoch: int) -> None:
-        """Warns once that the reference is shorter than this run."""
-        if self._warned_missing:
+        """Warns once that the reference is shorter than this run (unless it is kept: said then)."""
+        if self._warned_missing or self._session.kept is not None:
             return
         self._warned_missing = True
         expected = self._session.expected

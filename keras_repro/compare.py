@@ -316,11 +316,21 @@ def compare_runs(reference: Run, other: Run, rtol: float = 0.0, atol: float = 0.
     Returns:
         A `Comparison`.
 
+    Raises:
+        TypeError: If a run is not a `FingerprintLog` (a path, say: load it first).
+
     Example:
 
     >>> compare_runs(load_fingerprints("a.h5"), load_fingerprints("b.h5")).first_divergence  # doctest: +SKIP
     Divergence(epoch=1, stage='batch', part='trainable', variable='dense/kernel', ..., batch=17)
     """
+    for name, run in (("reference", reference), ("other", other)):
+        if not all(hasattr(run, field) for field in ("initial", "epochs", "batches")):
+            raise TypeError(
+                f"`{name}` must be a FingerprintLog (or another run with `initial`, `epochs` and `batches`); "
+                f"to compare with a fingerprint file, load it first with `kr.load_fingerprints(path)`. "
+                f"Received: {name}={run!r}"
+            )
     if rtol < 0 or atol < 0:
         raise ValueError(f"Tolerances must be >= 0. Received: rtol={rtol}, atol={atol}")
     exact = not (rtol or atol)

@@ -89,6 +89,10 @@ class FingerprintLog:
             A `Comparison`: `.identical`, `.verdict`, `.first_divergence` (the first
             batch when both runs kept batch fingerprints) and `.details`.
 
+        Raises:
+            TypeError: If `other` is not a `FingerprintLog`: for a file, pass
+                `kr.load_fingerprints(path)`.
+
         Example:
 
         >>> load_fingerprints("a.h5").compare(load_fingerprints("b.h5")).identical  # doctest: +SKIP

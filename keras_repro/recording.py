@@ -11,6 +11,11 @@ With a reference file:
 * "auto": "record" when the file is missing; otherwise the epochs it holds are
   verified and the ones it lacks are recorded after them (an interrupted recording
   is completed, a continued fit extends it), unless a divergence was found first.
+
+In every mode, a file keras_repro did not write is refused and left as it is, and a file
+that must not be written (it or its folder is read-only, by its permission bits too:
+`keras_repro.file_access`) is verified as in "verify" and kept as it is: a fit that would
+have written it warns once, naming the file and what it holds.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class ReferenceSession:
         record_from: The first epoch this fit writes to the file, or None.
         resolved_mode: "record", "verify", or "extend" once a verify run recorded
             epochs its reference lacked.
+        kept: Why the file is kept as it is although the mode would write it (it or
+            its folder cannot be written), or None.
     """
 
     reference: ReferenceFile | None
@@ -69,6 +76,7 @@ class ReferenceSession:
     expected: FingerprintLog | None = None
     record_from: int | None = None
     resolved_mode: str | None = None
+    kept: str | None = None
     _base: FingerprintLog | None = None
     _first: int = 0
     _planned_end: int = 0
@@ -84,17 +92,37 @@ class ReferenceSession:
         """Decides what the fit does with the file, before its first step.
 
         Raises:
-            ReferenceFileError: The file cannot be used as the mode requires.
+            ReferenceFileError: The file cannot be used as the mode requires (a path
+                problem, a file keras_repro did not write, a damaged or missing file);
+                the lock is then released.
         """
         self._first, self._planned_end = first, planned_end
         reference = self.reference
         if reference is None or (not self.chief and self.mode != "verify"):
             self.resolved_mode, self.record_from = "record", first
             return
-        if self.mode == "verify" or (self.mode == "auto" and reference.exists()):
+        try:
+            self._open(reference)
+        except BaseException:
+            reference.release()
+            raise
+
+    def _open(self, reference: ReferenceFile) -> None:
+        """Refuses what is not ours, then verifies or records as the mode and the file's
+        permissions allow."""
+        exists = reference.exists()  # refuses a file keras_repro did not write, before any lock
+        if self.mode == "verify" or not self.chief:
             self._begin_verify(reference)
-        else:
+        elif not exists:
             self._begin_record(reference)
+        else:
+            kept = reference.read_only()
+            if kept is None and not reference.lock(required=False):
+                kept = reference.lock_failure
+            if self.mode == "record" and kept is None:
+                self._begin_record(reference)
+            else:
+                self._begin_verify(reference, kept)
 
     def _begin_record(self, reference: ReferenceFile) -> None:
         """Record mode: lock, clean up, and keep the earlier epochs a continued fit extends."""
@@ -107,17 +135,31 @@ class ReferenceSession:
             except ReferenceFileError as error:
                 logger.info("Replacing %s, which cannot be read: %s", reference.path, error)
 
-    def _begin_verify(self, reference: ReferenceFile) -> None:
-        """Verify (or auto on an existing file): read it; extend it past its last epoch in auto mode."""
+    def _begin_verify(self, reference: ReferenceFile, kept: str | None = None) -> None:
+        """Verify (or auto on an existing file): read it; extend it past its last epoch in auto
+        mode. A file `kept` as it is (see `kept`) is only verified, in every mode."""
         # Refused while a recorder holds the lock (the chief's check; other workers only read).
         locked = reference.lock(required=False) if self.chief else False
-        self.expected = reference.read()
+        try:
+            self.expected = reference.read()
+        except ReferenceFileError as error:
+            if kept is None:
+                raise
+            raise ReferenceFileError(reference.path, f"{error.reason} (it is not replaced: {kept})") from None
         self.resolved_mode = "verify"
         if self.mode == "verify" or not self.chief:
             reference.release()
             return
         recorded = [fp.epoch for fp in self.expected.epochs]
         after = max(recorded) + 1 if recorded else self.expected.first_epoch or 0
+        if kept is None and not locked:
+            kept = reference.lock_failure
+        if kept is not None:
+            reference.release()
+            if self.mode == "record" or self._planned_end > after:
+                self.kept = kept
+                self._warn_kept(recorded, after)
+            return
         if self._planned_end <= after:
             reference.release()
             return
@@ -127,13 +169,22 @@ class ReferenceSession:
                  f"{self._first}: its epochs are neither verified nor recorded. Resume from epoch {after}, "
                  "or record a new reference", ReproWarning)
             return
-        if not locked:
-            warn(f"Reference '{reference.path}' holds {epoch_span(recorded)} and cannot be extended "
-                 "(its folder is read-only): later epochs are not verified. Record it where it can be "
-                 "written", ReproWarning)
-            return
         reference.remove_stale_temporaries()
         self._base, self.record_from = self.expected, after
+
+    def _warn_kept(self, recorded: Sequence[int], after: int) -> None:
+        """Warns once that the file is kept as it is: why, what it holds, what this fit verifies."""
+        log = self.expected
+        holds = epoch_span(recorded)
+        if not log.complete and log.planned_epochs is not None:
+            holds += f" ({len(recorded)} of {log.planned_epochs} planned: an interrupted recording)"
+        mine = [epoch for epoch in recorded if self._first <= epoch < self._planned_end]
+        does = f"this fit verifies {epoch_span(mine)} against it" if mine else "this fit verifies none of its epochs"
+        later = max(after, self._first)
+        if self._planned_end > later:
+            does += f", does not verify its epochs from {later} on,"
+        warn(f"Reference '{self.reference.path}' cannot be written, so it is kept as it is: {self.kept}. It holds "
+             f"{holds}; {does} and records nothing. To record, make it writable or pass another path", ReproWarning)
 
     def initial_reference(self) -> tuple[Fingerprint | None, tuple[str, ...]]:
         """The recorded state this fit's initial state must equal, and the parts to ignore.

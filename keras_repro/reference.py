@@ -1,12 +1,14 @@
 """A reference file as `SeedCallback` uses it: its path, its lock, reading and writing it.
 
-Recording takes an OS lock (`.NAME.lock` beside the file, via `filelock`; the kernel
-releases it when the process dies), so a second recorder gets a clear error instead
-of interleaving its epochs. Verifying needs no write access: it checks that no
-recorder holds the lock where it can, and reads the file as it is where it cannot
-(a read-only checkout). Within one process a lock is owned by one fit at a time: a
-fit that was interrupted (an exception, a stopped notebook cell) leaves its lock to
-the next fit of the same thread, which takes it over.
+Only keras_repro's own fingerprint files are used: any other file at the path is refused
+before anything is created beside it (`exists`). Recording takes an OS lock (`.NAME.lock`
+beside the file, via `filelock`; the kernel releases it when the process dies), so a
+second recorder gets a clear error instead of interleaving its epochs. Verifying needs
+no write access: it checks that no recorder holds the lock where it can, and reads the
+file as it is where it cannot (a read-only checkout). Whether the file or its folder may
+be written is `keras_repro.file_access`'s decision (`read_only`). Within one process a
+lock is owned by one fit at a time: a fit that was interrupted (an exception, a stopped
+notebook cell) leaves its lock to the next fit of the same thread, which takes it over.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import filelock
 
-from keras_repro import store
+from keras_repro import file_access, store, store_tail
 from keras_repro.errors import ReferenceFileError
 from keras_repro.log import FingerprintLog, load_fingerprints
 
@@ -31,7 +33,7 @@ def normalize_path(reference: Any) -> str | None:
 
     Raises:
         ValueError: For an empty path or something that is not a path.
-        ReferenceFileError: For a path that names a folder.
+        ReferenceFileError: For a path that names a folder, or one under a file.
     """
     if reference is None:
         return None
@@ -46,8 +48,7 @@ def normalize_path(reference: Any) -> str | None:
             "`reference` must be the path of a fingerprint file (e.g. 'run.h5'), or None to keep "
             f"the fingerprints in memory only. Received: reference={reference!r}"
         )
-    if os.path.isdir(path):
-        raise ReferenceFileError(path, "is a folder; pass the path of a file in it, such as 'run.h5'")
+    file_access.check_path(path)
     return path
 
 
@@ -88,6 +89,7 @@ class ReferenceFile:
         self.path = path
         self._lock: filelock.FileLock | None = None
         self._written = store.WriteState()
+        self.lock_failure: str | None = None
 
     @property
     def locked(self) -> bool:
@@ -95,10 +97,21 @@ class ReferenceFile:
         return self._lock is not None
 
     def exists(self) -> bool:
-        """Whether the file exists (a folder raises `ReferenceFileError`)."""
-        if os.path.isdir(self.path):
-            raise ReferenceFileError(self.path, "is a folder; pass the path of a file in it, such as 'run.h5'")
-        return os.path.exists(self.path)
+        """Whether a fingerprint file is there.
+
+        Raises:
+            ReferenceFileError: If the path is a folder or under a file, or names a file
+                keras_repro did not write (left as it is).
+        """
+        file_access.check_path(self.path)
+        if not os.path.exists(self.path):
+            return False
+        store_tail.refuse_foreign(self.path)
+        return True
+
+    def read_only(self) -> str | None:
+        """Why the file (or its folder) must not be written, or None (`file_access.read_only`)."""
+        return file_access.read_only(self.path)
 
     def read(self) -> FingerprintLog:
         """The recorded run (`ReferenceFileError` if it is missing or damaged)."""
@@ -110,12 +123,13 @@ class ReferenceFile:
         Args:
             required: True to record: any failure raises. False to verify: a lock held
                 by a recorder still raises, but a folder where no lock can be made
-                (read-only) returns False, since no recorder can write there either.
+                (read-only) returns False, since no recorder can write there either;
+                `lock_failure` then says why.
 
         Raises:
             ReferenceFileError: If another process, or another fit of this process
                 running in another thread, holds the lock; or (`required`) if the
-                lock cannot be made.
+                lock cannot be made, or a missing folder cannot be created.
         """
         if self._lock is not None:
             return True
@@ -133,25 +147,28 @@ class ReferenceFile:
                 holder.lock.release()
                 del _held[key]
             if required:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                file_access.make_folder(self.path)
             lock = filelock.FileLock(key)
-            try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
-                raise ReferenceFileError(
-                    self.path,
-                    f"is being recorded by another process (it holds '{key}'). Wait for that fit to "
-                    "finish, or record to another file",
-                ) from None
-            except OSError as error:
+            # A folder the user made read-only gets no lock file, also where the system allows it.
+            self.lock_failure = file_access.read_only(os.path.dirname(key))
+            if self.lock_failure is None:
+                try:
+                    lock.acquire(timeout=0)
+                except filelock.Timeout:
+                    raise ReferenceFileError(
+                        self.path,
+                        f"is being recorded by another process (it holds '{key}'). Wait for that fit to "
+                        "finish, or record to another file",
+                    ) from None
+                except OSError as error:
+                    self.lock_failure = f"its lock '{key}' cannot be created ({error.strerror or error})"
+            if self.lock_failure is not None:
                 if not required:
-                    logger.info("Reading %s without its lock: %s", self.path, error)
+                    logger.info("Reading %s without its lock: %s", self.path, self.lock_failure)
                     return False
                 raise ReferenceFileError(
-                    self.path,
-                    f"cannot be recorded: its lock '{key}' cannot be created ({error.strerror or error}). "
-                    "Record to a writable folder",
-                ) from None
+                    self.path, f"cannot be recorded: {self.lock_failure}. Record to a writable folder"
+                )
             _held[key] = _Holder(lock, threading.get_ident())
             self._lock = lock
         return True

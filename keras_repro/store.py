@@ -64,7 +64,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from keras_repro import checksums, store_tail
+from keras_repro import checksums, file_access, store_tail
 from keras_repro.errors import ReferenceFileError
 from keras_repro.fingerprints import STAT_NAMES, Fingerprint, VariableDigest
 from keras_repro.store_tail import (
@@ -87,7 +87,6 @@ MIN_FORMAT_VERSION = 2
 
 BATCH_METHODS = {"sha256": 32, checksums.METHOD: checksums.DIGEST_BYTES}
 """Batch fingerprint methods this version reads, and their per-variable digest bytes."""
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def write_run(
@@ -110,7 +109,10 @@ def write_run(
 
     Raises:
         ReferenceFileError: If `path` is a folder, or its folder is missing or not
-            writable, or the write fails (a full disk); the previous file is kept.
+            writable, or the write fails (a full disk); the previous file is kept. A
+            file or folder made read-only (`file_access.read_only`, its permission bits
+            too) and a file keras_repro did not write are never written: they raise
+            and are left as they are.
 
     Example:
 
@@ -122,6 +124,7 @@ def write_run(
     run = (seed, created, tuple(environment.items()), tuple((notes or {}).items()), initial and initial.digest)
     batches = batches or []
     if state is not None and _appendable(target, state, run, epochs, batches, planned_epochs):
+        _check_target(path, target, whole=False)
         try:
             append_record(target, state, _record(epochs[state.epochs :], batches[state.batches :], planned_epochs))
         except OSError as error:
@@ -204,8 +207,7 @@ def _write_whole(
 ) -> str:
     """Writes the file whole, atomically; returns the SHA-256 in its header."""
     folder = os.path.dirname(target)
-    if os.path.isdir(target):
-        raise ReferenceFileError(path, "is a folder; pass the path of a file in it, such as 'run.h5'")
+    _check_target(path, target, whole=True)
     try:
         handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=folder)
         os.close(handle)
@@ -247,6 +249,19 @@ def _write_whole(
         raise
     logger.debug("Wrote %d epoch fingerprints to %s", len(epochs), target)
     return digest
+
+
+def _check_target(path: str | os.PathLike, target: str, whole: bool) -> None:
+    """Refuses a write keras_repro must not make: to a file or folder that must not be
+    written, or (`whole`: replacing it) over a file keras_repro did not write."""
+    file_access.check_path(path)
+    reason = file_access.read_only(target)
+    if reason is not None:
+        raise ReferenceFileError(
+            path, f"cannot be written: {reason}; it is left as it is. Make it writable, or write to another path"
+        )
+    if whole and os.path.exists(target):
+        store_tail.refuse_foreign(path)
 
 
 def _temporary_prefix(target: str) -> str:

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from keras_repro.errors import ReferenceFileError
+from keras_repro.file_access import check_path
 from keras_repro.fingerprints import (
     PARTS,
     STAT_NAMES,
@@ -25,11 +26,10 @@ from keras_repro.store import (
     BATCH_METHODS,
     FORMAT_NAME,
     FORMAT_VERSION,
-    HDF5_SIGNATURE,
     MIN_FORMAT_VERSION,
     USER_BLOCK,
 )
-from keras_repro.store_tail import parse_header, read_records
+from keras_repro.store_tail import foreign, parse_header, read_records
 
 
 class _Reader:
@@ -45,32 +45,21 @@ class _Reader:
         return ReferenceFileError(self.path, reason)
 
     def check_file(self) -> None:
-        """Checks existence, size and the HDF5 signature before h5py sees the file."""
+        """Checks the path, existence and the header's checksum before h5py sees the file."""
+        check_path(self.path)
         if not os.path.exists(self.path):
             raise self.fail(
                 "does not exist. Record one first (SeedCallback(mode='record') or mode='auto')"
             )
-        if os.path.isdir(self.path):
-            raise self.fail("is a folder, not a fingerprint file")
-        if not self._read(lambda handle: handle.read(8)):
-            raise self.fail("is empty (0 bytes); it was never written completely. Record it again")
         self.check_seal()
 
     def check_seal(self) -> None:
         """Checks the user block's checksum of everything after it, so HDF5 only ever
         parses bytes exactly as keras_repro wrote them."""
+        reason = foreign(self.path)
+        if reason is not None:
+            raise self.fail(f"{reason}. Pass a fingerprint file recorded by SeedCallback")
         head = self._read(lambda handle: handle.read(USER_BLOCK))
-        if head.startswith(HDF5_SIGNATURE):
-            raise self.fail(
-                "is an HDF5 file without a keras_repro header: a file of another program, or a "
-                f"fingerprint file older than format version {MIN_FORMAT_VERSION}. Pass a file "
-                "recorded by this keras_repro, or record it again"
-            )
-        if not head.startswith(f"{FORMAT_NAME}\n".encode()):
-            raise self.fail(
-                "is not a keras_repro fingerprint file (its first bytes are not a keras_repro "
-                "header; the file may be damaged). Pass a file recorded by SeedCallback"
-            )
         header = parse_header(head)
         if header is None:
             raise self.fail("has a damaged keras_repro header (bytes 0-511). Record it again")

@@ -32,8 +32,11 @@ import os
 import struct
 from typing import Any, BinaryIO
 
+from keras_repro.errors import ReferenceFileError
+
 FORMAT_NAME = "keras_repro.fingerprints"
 USER_BLOCK = 512
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAGIC = b"KRTAIL01"
 FRAME = struct.Struct("<8sQ32s")
 """A record's frame: magic, payload length, SHA-256 of the payload."""
@@ -88,6 +91,43 @@ def parse_header(head: bytes) -> Header | None:
     if len(digest) != 64 or (header.has_tail and len(header.chain) != 64) or header.block() != head:
         return None
     return header
+
+
+def foreign(path: str | os.PathLike) -> str | None:
+    """Why the existing file `path` is not a keras_repro fingerprint file, or None when it is
+    one: a file is keras_repro's when it starts with the first line of its header (every
+    file keras_repro writes does, from its first write on), damaged further on or not.
+
+    Raises:
+        ReferenceFileError: If the file cannot be read.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(FORMAT_NAME) + 1)
+    except OSError as error:
+        raise ReferenceFileError(path, f"cannot be read: {error.strerror or error}") from None
+    if not head:
+        return "is empty (0 bytes): not a keras_repro fingerprint file"
+    if head.startswith(HDF5_SIGNATURE):
+        return (
+            "is an HDF5 file without a keras_repro header, not a keras_repro fingerprint file: a file of "
+            "another program (such as Keras' save_weights or a legacy .h5 model), or a fingerprint file "
+            "of format version 1"
+        )
+    if head != f"{FORMAT_NAME}\n".encode():
+        return "is not a keras_repro fingerprint file (its first bytes are not a keras_repro header)"
+    return None
+
+
+def refuse_foreign(path: str | os.PathLike) -> None:
+    """Raises the one error every mode and every write gives for a file keras_repro did not
+    write (`foreign`), which it leaves as it is."""
+    reason = foreign(path)
+    if reason is not None:
+        raise ReferenceFileError(
+            path, f"{reason}. keras_repro reads and writes only its own fingerprint files; this one is left "
+            "as it is: pass another path (a new one to record to)",
+        )
 
 
 def chain_next(chain: str, record_digest: bytes) -> str:

@@ -386,8 +386,9 @@ def read_only(folder):
 
 def test_verify_a_read_only_reference_in_a_read_only_folder(tmp_path):
     """A reference in a folder nobody may write (as in a CI checkout) verifies; auto mode
-    verifies too (and says it cannot extend a longer run); recording fails with a clear error;
-    nothing in the folder changes."""
+    verifies too (and says it cannot extend a longer run); record mode verifies it and warns
+    that it is kept; a new reference there fails with a clear error; nothing in the folder
+    changes."""
     folder = tmp_path / "checkout"
     folder.mkdir()
     path = folder / "run.h5"
@@ -403,10 +404,16 @@ def test_verify_a_read_only_reference_in_a_read_only_folder(tmp_path):
             assert callback.resolved_mode == "verify" and callback.verified_epochs == (0, 1)
             assert callback.divergence is None
         keras.backend.clear_session()
-        with pytest.warns(kr.ReproWarning, match="cannot be extended .*read-only"):
+        with pytest.warns(kr.ReproWarning, match="cannot be written, so it is kept as it is.* from 2 on"):
             make_model(7).fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[kr.SeedCallback(7, path)])
-        with pytest.raises(kr.ReferenceFileError, match="run.h5': cannot be recorded: its lock"):
-            make_model(7).fit(x, y, epochs=1, verbose=0, callbacks=[kr.SeedCallback(7, path, mode="record")])
+        keras.backend.clear_session()
+        recorder = kr.SeedCallback(7, path, mode="record")
+        with pytest.warns(kr.ReproWarning, match="cannot be written, so it is kept as it is"):
+            make_model(7).fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[recorder])
+        assert recorder.resolved_mode == "verify" and recorder.verified_epochs == (0, 1)
+        assert recorder.recorded_epochs == ()
+        with pytest.raises(kr.ReferenceFileError, match="new.h5': cannot be recorded: "):
+            make_model(7).fit(x, y, epochs=1, verbose=0, callbacks=[kr.SeedCallback(7, folder / "new.h5")])
     assert sorted(os.listdir(folder)) == ["run.h5"] and path.read_bytes() == before
 
 
