@@ -97,14 +97,15 @@ class ReferenceFile:
         return self._lock is not None
 
     def exists(self) -> bool:
-        """Whether a fingerprint file is there.
+        """Whether a fingerprint file is there: an empty file (0 bytes, such as one that
+        `tempfile` or `touch` made) holds nothing to lose, and counts as none.
 
         Raises:
             ReferenceFileError: If the path is a folder or under a file, or names a file
                 keras_repro did not write (left as it is).
         """
         file_access.check_path(self.path)
-        if not os.path.exists(self.path):
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             return False
         store_tail.refuse_foreign(self.path)
         return True

@@ -253,14 +253,15 @@ def _write_whole(
 
 def _check_target(path: str | os.PathLike, target: str, whole: bool) -> None:
     """Refuses a write keras_repro must not make: to a file or folder that must not be
-    written, or (`whole`: replacing it) over a file keras_repro did not write."""
+    written, or (`whole`: replacing it) over a file keras_repro did not write (an empty one
+    holds nothing to lose: it is written)."""
     file_access.check_path(path)
     reason = file_access.read_only(target)
     if reason is not None:
         raise ReferenceFileError(
             path, f"cannot be written: {reason}; it is left as it is. Make it writable, or write to another path"
         )
-    if whole and os.path.exists(target):
+    if whole and os.path.exists(target) and os.path.getsize(target) > 0:
         store_tail.refuse_foreign(path)
 
 

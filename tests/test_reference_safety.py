@@ -76,9 +76,9 @@ def foreign(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", ["save_weights", "legacy_model", "text", "empty", "hdf5"])
+@pytest.mark.parametrize("kind", ["save_weights", "legacy_model", "text", "hdf5"])
 def test_every_mode_refuses_a_file_keras_repro_did_not_write(foreign, kind, mode):
-    """A weights file, a legacy Keras model, a text file, an empty file and another program's
+    """A weights file, a legacy Keras model, a text file and another program's
     HDF5 file are refused by record, auto and verify alike, with the same error naming the file
     and what to do; each is byte-identical afterwards, with no lock file beside it."""
     path, before = foreign[kind]
@@ -108,15 +108,32 @@ def test_saving_a_log_over_a_foreign_file_is_refused(foreign, tmp_path):
     run = tmp_path / "run.h5"
     _fit(run, epochs=1)
     log = kr.load_fingerprints(run)
-    for kind in ("save_weights", "empty"):
-        path, before = foreign[kind]
-        with pytest.raises(kr.ReferenceFileError, match="not a keras_repro fingerprint file.*left as it is"):
-            log.save(path)
-        assert path.read_bytes() == before
+    path, before = foreign["save_weights"]
+    with pytest.raises(kr.ReferenceFileError, match="not a keras_repro fingerprint file.*left as it is"):
+        log.save(path)
+    assert path.read_bytes() == before
     other = tmp_path / "other.h5"
     log.save(other)
     dataclasses.replace(log, notes={"second": "save"}).save(other)
     assert kr.load_fingerprints(other).notes == {"second": "save"}
+
+
+@pytest.mark.parametrize("mode", ["record", "auto"])
+def test_an_empty_file_is_recorded_to_and_refused_by_verify(tmp_path, mode):
+    """An empty file (as `tempfile` or `touch` makes one) holds nothing to lose: record and
+    auto record into it, `log.save` writes it; verify refuses it, naming the file, and leaves
+    it empty."""
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"")
+    with pytest.raises(kr.ReferenceFileError, match="is empty"):
+        _fit(path, mode="verify", epochs=1)
+    assert path.read_bytes() == b""
+    _fit(path, mode=mode, epochs=1)
+    assert [fp.epoch for fp in kr.load_fingerprints(path).epochs] == [0]
+    saved = tmp_path / "saved.h5"
+    saved.write_bytes(b"")
+    kr.load_fingerprints(path).save(saved)
+    assert kr.load_fingerprints(saved).epochs[0].digest == kr.load_fingerprints(path).epochs[0].digest
 
 
 def test_a_damaged_file_of_ours_is_still_replaced_by_record(tmp_path):
