@@ -201,6 +201,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._warned_missing = False
         self._processes = 1
         self._undecided: Divergence | None = None
+        self._config: dict[str, str] | None = None
 
     def use_fit_context(self, context: FitContext) -> None:
         """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
@@ -212,7 +213,7 @@ class SeedCallback(keras.callbacks.Callback):
         """The fingerprints of the current (or last) fit."""
         return FingerprintLog(
             self._initial, tuple(self._epochs), dict(self._environment), self.seed, self._notes(), self.reference,
-            batches=tuple(self._batch_checker.fingerprints() if self._batch_checker else ()),
+            batches=tuple(self._batch_checker.fingerprints() if self._batch_checker else ()), config=self._config,
         )
 
     @property
@@ -269,6 +270,7 @@ class SeedCallback(keras.callbacks.Callback):
         """Before the first step: fingerprint the initial state, open the reference, check."""
         self._first_epoch = epoch
         _build_optimizer_early(self.model)
+        self._config = self._context.configuration(self.model, self.params, self.reset_layer_rng)
         self._initial = self._fingerprint(epoch)
         planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1
         together(lambda: self._session.begin(epoch, max(planned_end, epoch + 1)), self.reference, self._session.close)
