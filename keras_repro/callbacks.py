@@ -401,17 +401,12 @@ class SeedCallback(keras.callbacks.Callback):
         warn(str(error), FingerprintMismatchWarning)
 
     def _likely_cause(self, divergence: Divergence) -> str | None:
-        """The likely cause of a divergence from the reference (None for replicas')."""
-        expected = self._session.expected
-        return likely_cause(
-            divergence,
-            reference_seed=expected.seed if expected is not None else None,
-            seed=self.seed,
-            reference_environment=expected.environment if expected is not None else {},
-            environment=self._environment,
-            deterministic_model=getattr(self.model, "_repro_seed", None) is not None,
-            resumed_at=self._first_epoch,
-        ) if divergence.replica is None and divergence.process is None else None
+        """The likely cause of a divergence from the reference, from what differs between the
+        reference and this run (`keras_repro.diagnosis`); None for replicas'."""
+        if divergence.replica is not None or divergence.process is not None:
+            return None
+        deterministic = getattr(self.model, "_repro_seed", None) is not None
+        return likely_cause(divergence, self._session.expected, self.log, deterministic_model=deterministic)
 
     def _warn_missing(self, epoch: int) -> None:
         """Warns once that the reference is shorter than this run."""

@@ -119,8 +119,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"identical: {len(comparison.epochs_compared)} epochs compared")
         return EXIT_OK
     print(f"differ: {comparison.first_divergence}")
-    cause = likely_cause(comparison.first_divergence, reference_seed=reference.seed, seed=other.seed,
-                         reference_environment=reference.environment, environment=other.environment)
+    cause = likely_cause(comparison.first_divergence, reference, other)
     print(f"likely cause: {cause}")
     changed = differences(dict(reference.environment), dict(other.environment))
     if changed:
