@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -199,12 +200,18 @@ def _normalized(value: Any, strip_names: bool = True) -> Any:
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    return repr(value)
+    return _repr(value)
+
+
+def _repr(value: Any) -> str:
+    """`repr(value)` without memory addresses ("<function f at 0x7f...>"), which differ between
+    processes while the object does not."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
 def _digest(value: Any) -> str:
     """SHA-256 of JSON data, keys sorted."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_repr).encode()).hexdigest()
 
 
 def _text(value: Any) -> str:

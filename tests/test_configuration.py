@@ -124,3 +124,13 @@ def test_float_text_is_the_shortest_that_reads_back():
     """float32 values print as float32 prints them; other floats keep every digit they need."""
     assert configuration.float_text(float(np.float32(0.001))) == "0.001"
     assert configuration.float_text(0.1) == "0.1" and configuration.float_text(1 / 3) == repr(1 / 3)
+
+
+def test_objects_without_a_config_are_recorded_without_their_address():
+    """A value JSON cannot hold is recorded by its repr, less the memory address that changes
+    from process to process, so the same model built in two processes has the same digest."""
+    def activation(x):
+        return x
+
+    first, second = configuration._normalized({"f": activation}), configuration._normalized({"f": lambda x: x})
+    assert first == {"f": f"<function {activation.__qualname__}>"} and " at 0x" not in second["f"]
