@@ -159,7 +159,12 @@ def compile_settings(model: Any) -> dict[str, str]:
             config = dict(optimizer.get_config())
         except Exception:  # noqa: BLE001 - a custom optimizer without a config: its class remains
             config = {}
-        rate = config.pop("learning_rate", None)
+        inner = config.get("inner_optimizer")  # LossScaleOptimizer: the rate is the inner optimizer's
+        if isinstance(inner, Mapping) and isinstance(inner.get("config"), Mapping):
+            inner = config["inner_optimizer"] = {**inner, "config": dict(inner["config"])}
+            rate = inner["config"].pop("learning_rate", None)
+        else:
+            rate = config.pop("learning_rate", None)
         config = _normalized(config)
         settings["optimizer"] = json.dumps({"class": type(optimizer).__name__,
                                             "config": {key: _text(value) for key, value in config.items()},

@@ -64,6 +64,8 @@ def test_compile_settings_keep_the_learning_rate_apart():
     settings = configuration.compile_settings(
         _model(optimizer=keras.optimizers.SGD(schedule), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)))
     assert settings["learning_rate"].startswith("ExponentialDecay(initial_learning_rate=0.1, decay_steps=10")
+    scaled = configuration.compile_settings(_model(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(2e-3))))
+    assert scaled["learning_rate"] == "0.002" and "learning_rate" not in scaled["optimizer"]
     assert settings["loss"].startswith("SparseCategoricalCrossentropy(") and "from_logits=True" in settings["loss"]
 
 
