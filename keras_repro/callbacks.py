@@ -198,6 +198,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._warned_missing = False
         self._processes = 1
         self._undecided: Divergence | None = None
+        self._config: dict[str, str] | None = None
 
     def use_fit_context(self, context: FitContext) -> None:
         """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
@@ -209,7 +210,7 @@ class SeedCallback(keras.callbacks.Callback):
         """The fingerprints of the current (or last) fit."""
         return FingerprintLog(
             self._initial, tuple(self._epochs), dict(self._environment), self.seed, self._notes(), self.reference,
-            batches=tuple(self._batch_checker.fingerprints() if self._batch_checker else ()),
+            batches=tuple(self._batch_checker.fingerprints() if self._batch_checker else ()), config=self._config,
         )
 
     @property
@@ -266,6 +267,7 @@ class SeedCallback(keras.callbacks.Callback):
         """Before the first step: fingerprint the initial state, open the reference, check."""
         self._first_epoch = epoch
         _build_optimizer_early(self.model)
+        self._config = self._context.configuration(self.model, self.params, self.reset_layer_rng)
         self._initial = self._fingerprint(epoch)
         planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1
         together(lambda: self._session.begin(epoch, max(planned_end, epoch + 1)), self.reference, self._session.close)
@@ -396,17 +398,12 @@ class SeedCallback(keras.callbacks.Callback):
         warn(str(error), FingerprintMismatchWarning)
 
     def _likely_cause(self, divergence: Divergence) -> str | None:
-        """The likely cause of a divergence from the reference (None for replicas')."""
-        expected = self._session.expected
-        return likely_cause(
-            divergence,
-            reference_seed=expected.seed if expected is not None else None,
-            seed=self.seed,
-            reference_environment=expected.environment if expected is not None else {},
-            environment=self._environment,
-            deterministic_model=getattr(self.model, "_repro_seed", None) is not None,
-            resumed_at=self._first_epoch,
-        ) if divergence.replica is None and divergence.process is None else None
+        """The likely cause of a divergence from the reference, from what differs between the
+        reference and this run (`keras_repro.diagnosis`); None for replicas'."""
+        if divergence.replica is not None or divergence.process is not None:
+            return None
+        deterministic = getattr(self.model, "_repro_seed", None) is not None
+        return likely_cause(divergence, self._session.expected, self.log, deterministic_model=deterministic)
 
     def _warn_missing(self, epoch: int) -> None:
         """Warns once that the reference is shorter than this run (unless it is kept: said then)."""

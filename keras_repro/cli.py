@@ -106,8 +106,32 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key, value in notes.items():
         print(f"note {key}: {value}")
     print()
+    _print_configuration(log.config)
+    print()
     print(epoch_table(log))
     return EXIT_OK
+
+
+def _print_configuration(config) -> None:
+    """The recorded configuration: its settings, then one line per layer of the model."""
+    import json
+
+    from keras_repro.configuration import ORDER, layers
+
+    if config is None:
+        print("configuration: not recorded (the file was written by an earlier keras_repro)")
+        return
+    print("configuration:")
+    for key in sorted((k for k in config if not k.startswith("model.layer.")),
+                      key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k)):
+        value = config[key]
+        if key == "optimizer":
+            entry = json.loads(value)
+            value = f"{entry['class']}(" + ", ".join(f"{k}={v}" for k, v in entry["config"].items() if v != "None") + ")"
+        print(f"  {key}: {value}")
+    for index, layer in enumerate(layers(config)):
+        items = ", ".join(f"{k}={v}" for k, v in layer.get("config", {}).items() if v != "None" and k != "trainable")
+        print(f"  layer {index}: {layer.get('class')} '{layer.get('name')}' {items}"[:160].rstrip())
 
 
 def _planned(log) -> str:
@@ -131,9 +155,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"identical: {len(comparison.epochs_compared)} epochs compared")
         return EXIT_OK
     print(f"differ: {comparison.first_divergence}")
-    cause = likely_cause(comparison.first_divergence, reference_seed=reference.seed, seed=other.seed,
-                         reference_environment=reference.environment, environment=other.environment)
+    cause = likely_cause(comparison.first_divergence, reference, other)
     print(f"likely cause: {cause}")
+    if reference.config is not None and other.config is not None:
+        from keras_repro import configuration
+
+        changes = configuration.differences(reference.config, other.config,
+                                            learning_rate=reference.first_epoch == other.first_epoch)
+        if changes:
+            print("configuration differences:")
+            for _, text in changes:
+                print(f"  {text}")
     changed = differences(dict(reference.environment), dict(other.environment))
     if changed:
         print("environment differences (likely explanation):")

@@ -9,7 +9,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, part_differs
+from keras_repro.fingerprints import CONTENT_PREFIX, PARTS, Fingerprint, VariableDigest, part_differs
 
 IDENTICAL, WITHIN_TOLERANCE, DIVERGED = "identical", "within_tolerance", "diverged"
 
@@ -68,7 +68,7 @@ class Divergence:
     def __str__(self) -> str:
         if self.stage == "missing":
             return f"{self.where()}: {self.reason}"
-        text = f"{self.where()}: {part_differs(self.part)}, first at '{self.variable}'"
+        text = f"{self.where()}: {part_differs(self.part, self.variable)}, first at '{self.variable}'"
         if self.other_variable and self.other_variable != self.variable:
             text += f" (named '{self.other_variable}' in the other run)"
         return text + (f" ({self.reason})" if self.reason else "")
@@ -209,7 +209,7 @@ def compare_fingerprints(
     for part in PARTS:
         if part in ignore:
             continue
-        ref_records, other_records = reference.part(part), other.part(part)
+        ref_records, other_records = _comparable(reference.part(part), other.part(part))
         for ref, oth in zip(ref_records, other_records):
             status, relative = classify(ref, oth, rtol, atol)
             if details is not None:
@@ -232,6 +232,24 @@ def compare_fingerprints(
             if details is None:
                 return first
     return first
+
+
+def _comparable(
+    reference: tuple[VariableDigest, ...], other: tuple[VariableDigest, ...]
+) -> tuple[tuple[VariableDigest, ...], tuple[VariableDigest, ...]]:
+    """The records of one part to compare: the input content records (`CONTENT_PREFIX`) only
+    where both runs have them, since references recorded before keras_repro fingerprinted the
+    input's content lack them (and inputs it does not own have none)."""
+    def content(records: tuple[VariableDigest, ...]) -> bool:
+        return any(r.path.startswith(CONTENT_PREFIX) for r in records)
+
+    if content(reference) == content(other):
+        return reference, other
+
+    def kept(records: tuple[VariableDigest, ...]) -> tuple[VariableDigest, ...]:
+        return tuple(r for r in records if not (r.part == "data" and r.path.startswith(CONTENT_PREFIX)))
+
+    return kept(reference), kept(other)
 
 
 def replica_divergence(

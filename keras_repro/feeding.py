@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
 from keras_repro import _backend
-from keras_repro.fingerprints import VariableDigest, data_record
+from keras_repro.fingerprints import VariableDigest, content_record, data_record
 from keras_repro.fit_context import EpochClock
 from keras_repro.ordering import epoch_order
 
@@ -31,25 +31,47 @@ class EpochFeed:
         seed: The run's seed.
         shuffle: As `fit(shuffle=...)`.
         batch_size: Rows per batch.
+        content: The input arrays' content records (`content_records`), computed once per fit.
     """
 
-    def __init__(self, train_rows: np.ndarray, validation_rows: np.ndarray, seed: int, shuffle: Any, batch_size: int) -> None:
+    def __init__(
+        self, train_rows: np.ndarray, validation_rows: np.ndarray, seed: int, shuffle: Any, batch_size: int,
+        content: Sequence[VariableDigest] = (),
+    ) -> None:
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
         self.validation_rows = np.asarray(validation_rows, dtype=np.int64)
         self.seed = seed
         self.shuffle = shuffle
         self.batch_size = batch_size
+        self.content = tuple(content)
 
     def rows(self, epoch: int) -> np.ndarray:
         """Row indices in the order epoch `epoch` visits them."""
         return self.train_rows[epoch_order(len(self.train_rows), self.seed, epoch, self.shuffle, self.batch_size)]
 
     def records(self, epoch: int) -> list[VariableDigest]:
-        """Fingerprint records of the epoch's order and of the validation split."""
-        records = [data_record("order", self.rows(epoch))]
+        """Fingerprint records of the inputs' content, the epoch's order and the validation split."""
+        records = [*self.content, data_record("order", self.rows(epoch))]
         if len(self.validation_rows):
             records.append(data_record("validation_split", self.validation_rows))
         return records
+
+
+def named_arrays(parts: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """(name, array) for every array of the fit's inputs, named by their place: "x", "y",
+    "sample_weight", "x/0" or "x/image" for the arrays of a list or dict."""
+    named = []
+    for name, value in parts.items():
+        if isinstance(value, (list, tuple, dict)):
+            named += [("/".join([name, *map(str, path)]), np.asarray(leaf)) for path, leaf in keras.tree.flatten_with_path(value)]
+        else:
+            named.append((name, np.asarray(value)))
+    return named
+
+
+def content_records(named: Sequence[tuple[str, np.ndarray]]) -> list[VariableDigest]:
+    """The "data" part records of the arrays' content (`fingerprints.content_record`)."""
+    return [content_record(name, array) for name, array in named]
 
 
 class FixedOrder:

@@ -53,9 +53,15 @@ PART_LABELS = {
 
 _PLURAL_PARTS = ("trainable", "non_trainable")
 
+CONTENT_PREFIX = "content/"
+"""Paths of the "data" part records that hold an input array's content ("content/x")."""
 
-def part_differs(part: str | None) -> str:
-    """ "trainable weights differ", "data order differs"... for messages."""
+
+def part_differs(part: str | None, variable: str | None = None) -> str:
+    """ "trainable weights differ", "data order differs", "data content differs"... for
+    messages (`variable`: the first record that differs)."""
+    if part == "data" and (variable or "").startswith(CONTENT_PREFIX):
+        return "data content differs"
     label = PART_LABELS.get(part or "", str(part))
     return f"{label} {'differ' if part in _PLURAL_PARTS else 'differs'}"
 
@@ -370,6 +376,25 @@ def replica_fingerprints(model: Any, summaries: bool = False) -> dict[int, Finge
     """
     count = len(replica_devices(model)) or 1
     return {replica: fingerprint(model, summaries, replica) for replica in range(count)}
+
+
+def content_record(name: str, array: Any) -> VariableDigest:
+    """A "data" part record of one input array's content (`CONTENT_PREFIX` + name): its
+    dtype, shape and bytes, with float summaries. A DeterministicModel computes it once per
+    fit, so a run fed other data is named at its data, before a weight moves.
+
+    Example:
+
+    >>> content_record("x", np.zeros((4, 2), "float32")).path
+    'content/x'
+    """
+    array = np.asarray(array)
+    if array.dtype.kind == "O":  # Python objects (strings): hashed as text
+        array = array.astype(str)
+    path, dtype, shape = CONTENT_PREFIX + name, array.dtype.name, tuple(int(d) for d in array.shape)
+    pool = _shared_pool() if _workers() > 1 and array.nbytes >= PARALLEL_MIN_BYTES else None
+    digest = hash_array(array, f"data\0{path}\0{dtype}\0{shape}\0".encode(), pool)
+    return VariableDigest(path, "data", dtype, shape, digest, summarize(array))
 
 
 def data_record(name: str, values: np.ndarray) -> VariableDigest:

@@ -1,4 +1,5 @@
-"""What one fit is, for `SeedCallback`: its epoch numbering and its data-order records.
+"""What one fit is, for `SeedCallback`: its epoch numbering, its data records and its
+configuration (`keras_repro.configuration`), collected here for the reference.
 
 Keras numbers the epochs of every `fit` call from `initial_epoch` (0 by default), so
 a second `fit` of the same model, continuing its training as notebooks do, calls its
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from keras_repro import configuration
 from keras_repro.fingerprints import VariableDigest
 
 logger = logging.getLogger(__name__)
@@ -79,9 +81,24 @@ class FitContext:
         notes: Remarks recorded with the run ({topic: text}).
         kernels_chosen_off: The model was told to train without deterministic kernels
             (`DeterministicModel(deterministic_kernels=False)`): no warning about them.
+        settings: What the fit's caller knows of its configuration: the input, batch size,
+            shuffle, validation split (`configuration.array_input` / `other_input`); empty
+            for a model that is not a DeterministicModel.
     """
 
     clock: EpochClock
     data_records: Callable[[int], list[VariableDigest]] = _no_records
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     kernels_chosen_off: bool = False
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def configuration(self, model: Any, params: Mapping[str, Any] | None, reset_layer_rng: bool) -> dict[str, str]:
+        """The fit's configuration, to record with its fingerprints: `settings`, the fit's
+        steps per epoch (`params`), the model's seed, structure and compiled settings.
+
+        Example:
+
+        >>> context.configuration(model, callback.params, reset_layer_rng=True)["batch_size"]  # doctest: +SKIP
+        '32'
+        """
+        return configuration.collect(model, params, self.settings, reset_layer_rng)

@@ -29,6 +29,9 @@ class FingerprintLog:
         planned_epochs: One past the last epoch the recording fit planned (the
             `epochs` of `fit`, counted from epoch 0), or None when unknown (files of
             keras_repro 0.1). A fit stopped early by a callback plans no further.
+        config: The configuration of the fit that recorded it ({key: text}, see
+            `keras_repro.configuration`), or None when not recorded (files written
+            before keras_repro recorded it).
 
     Example:
 
@@ -46,6 +49,7 @@ class FingerprintLog:
     created: str | None = None
     batches: tuple[Fingerprint, ...] = ()
     planned_epochs: int | None = None
+    config: Mapping[str, str] | None = None
 
     @property
     def first_epoch(self) -> int | None:
@@ -112,6 +116,7 @@ class FingerprintLog:
             created=self.created,
             batches=list(self.batches),
             planned_epochs=self.planned_epochs,
+            config=self.config,
         )
 
     def to_dataframe(self, variables: bool = False) -> Any:
@@ -180,4 +185,5 @@ def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
         created=data["created"],
         batches=tuple(data["batches"]),
         planned_epochs=data["planned_epochs"],
+        config=data["config"],
     )

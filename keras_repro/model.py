@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_repro import feeding
+from keras_repro import configuration, feeding
 from keras_repro._backend import distribution_scope, input_hazards
 from keras_repro.callbacks import SeedCallback
 from keras_repro.determinism import use_deterministic_kernels
@@ -265,7 +265,7 @@ class DeterministicModel(keras.Model):
                 )
             self._repro_feed = None
             notes.update(self._repro_input_hazards(x))
-            seed_callback.use_fit_context(context())
+            seed_callback.use_fit_context(context(settings=configuration.other_input(x)))
             return super().fit(
                 x, y, batch_size=batch_size, callbacks=callbacks, validation_split=validation_split,
                 validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
@@ -282,6 +282,7 @@ class DeterministicModel(keras.Model):
             raise ValueError("`sample_weight` needs `y`. Received: y=None")
         data = keras.tree.map_structure(np.asarray, data)
         rows = _row_count(data)
+        validation_data_given = validation_data is not None
         if validation_data is None and validation_split:
             labels = _split_labels(None if y is None else data[1], validation_split_mode)
             train_rows, validation_rows = split_indices(rows, validation_split, validation_split_mode, self._repro_seed, labels)
@@ -290,10 +291,15 @@ class DeterministicModel(keras.Model):
             train_rows, validation_rows = np.arange(rows, dtype=np.int64), np.arange(0, dtype=np.int64)
         if len(train_rows) == 0:
             raise ValueError(f"No training rows left after validation_split={validation_split} of {rows} rows")
-        self._repro_feed = feeding.EpochFeed(train_rows, validation_rows, self._repro_seed, shuffle, batch_size or 32)
+        names = [name for name, part in zip(("x", "y", "sample_weight"), (x, y, sample_weight)) if part is not None]
+        named = feeding.named_arrays(dict(zip(names, data)))
+        self._repro_feed = feeding.EpochFeed(train_rows, validation_rows, self._repro_seed, shuffle, batch_size or 32,
+                                             feeding.content_records(named))
         self._repro_build(data[0], train_rows)
         source, setter = feeding.ordered_input(data, self._repro_feed, clock)
-        seed_callback.use_fit_context(context(data_records=self._repro_feed.records))
+        settings = configuration.array_input(named, batch_size or 32, shuffle, validation_split, validation_split_mode,
+                                             validation_data_given)
+        seed_callback.use_fit_context(context(data_records=self._repro_feed.records, settings=settings))
         validation = feeding.process_validation(validation_data, validation_batch_size or batch_size or 32)
         if validation is not validation_data:  # batched already: this process's part of each batch
             common["validation_batch_size"] = None

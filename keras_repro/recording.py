@@ -258,6 +258,7 @@ class ReferenceSession:
             batches=tuple([fp for fp in base.batches if fp.epoch < start] if base else [])
             + tuple(fp for fp in current.batches if fp.epoch >= start),
             planned_epochs=planned,
+            config=base.config if base is not None and kept else current.config,
         )
         last = stopped_early or (last_epoch is not None and last_epoch + 1 >= self._planned_end)
         self.reference.write(log, whole=last)

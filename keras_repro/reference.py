@@ -217,5 +217,5 @@ def _run(log: FingerprintLog) -> dict[str, Any]:
     return {
         "seed": log.seed, "environment": log.environment, "initial": log.initial, "epochs": list(log.epochs),
         "notes": log.notes, "created": log.created, "batches": list(log.batches),
-        "planned_epochs": log.planned_epochs,
+        "planned_epochs": log.planned_epochs, "config": log.config,
     }

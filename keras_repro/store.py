@@ -14,12 +14,17 @@ Schema (format "keras_repro.fingerprints", version 3)::
                                    means an interrupted recording)
     /environment            attrs: {name: text}  (see keras_repro.environment)
     /notes                  attrs: {topic: text}  (e.g. nondeterministic inputs)
+    /config                 attrs: {key: text}, optional: the recording fit's configuration
+                            (see keras_repro.configuration); absent in files written before
+                            keras_repro recorded it, which are read with no configuration
     /initial                fingerprint group, optional: state before the first step
     /epochs/00000 ...       one fingerprint group per finished epoch
     /batches/00000 ...      optional, per epoch: batch fingerprints (every_n_batches)
 
     fingerprint group       attrs: digest (hex), epoch (int)
-                            datasets, one row per variable, in part order:
+                            datasets, one row per variable, in part order
+                            (the "data" part: "content/NAME" rows, one per input array,
+                            then "order" and "validation_split"):
                               path (utf-8), part (utf-8), dtype (utf-8),
                               shape (utf-8, "3,4"; "" for a scalar),
                               digest (64 ASCII hex bytes),
@@ -101,6 +106,7 @@ def write_run(
     batches: list[Fingerprint] | None = None,
     planned_epochs: int | None = None,
     state: WriteState | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> None:
     """Writes a whole run to `path`: atomically (temporary file + fsync + rename), or, given
     the `state` of this process's last write there, by appending what the run adds to the
@@ -121,7 +127,8 @@ def write_run(
     >>> write_run("run.h5", seed=7, environment={}, initial=None, epochs=[epoch0], state=state)  # doctest: +SKIP
     """
     target = os.path.abspath(os.fspath(path))
-    run = (seed, created, tuple(environment.items()), tuple((notes or {}).items()), initial and initial.digest)
+    run = (seed, created, tuple(environment.items()), tuple((notes or {}).items()), initial and initial.digest,
+           None if config is None else tuple(config.items()))
     batches = batches or []
     if state is not None and _appendable(target, state, run, epochs, batches, planned_epochs):
         _check_target(path, target, whole=False)
@@ -137,7 +144,7 @@ def write_run(
         return
     if state is not None:
         state.forget()
-    digest = _write_whole(path, target, seed, environment, initial, epochs, notes, created, batches, planned_epochs)
+    digest = _write_whole(path, target, seed, environment, initial, epochs, notes, created, batches, planned_epochs, config)
     if state is not None:
         with open(target, "rb") as handle:
             state.signature = store_tail.signature(handle)
@@ -155,7 +162,7 @@ def fold(path: str | os.PathLike, state: WriteState, **run: Any) -> bool:
     state.forget()
     _write_whole(
         path, target, run["seed"], run["environment"], run["initial"], run["epochs"], run.get("notes"),
-        run.get("created"), run.get("batches") or [], run.get("planned_epochs"),
+        run.get("created"), run.get("batches") or [], run.get("planned_epochs"), run.get("config"),
     )
     logger.debug("Folded the tail of %s", target)
     return True
@@ -204,6 +211,7 @@ def _write_whole(
     path: str | os.PathLike, target: str, seed: int | None, environment: Mapping[str, str],
     initial: Fingerprint | None, epochs: list[Fingerprint], notes: Mapping[str, str] | None,
     created: str | None, batches: list[Fingerprint], planned_epochs: int | None,
+    config: Mapping[str, str] | None = None,
 ) -> str:
     """Writes the file whole, atomically; returns the SHA-256 in its header."""
     folder = os.path.dirname(target)
@@ -228,6 +236,8 @@ def _write_whole(
                 file.attrs["planned_epochs"] = int(planned_epochs)
             _write_attrs(file.create_group("environment"), environment)
             _write_attrs(file.create_group("notes"), notes or {})
+            if config is not None:
+                _write_attrs(file.create_group("config"), config)
             if initial is not None:
                 _write_fingerprint(file.create_group("initial"), initial)
             group = file.create_group("epochs")

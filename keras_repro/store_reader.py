@@ -265,6 +265,7 @@ class _Reader:
             raise self.fail(f"has planned_epochs {planned}, expected a positive count; the file is damaged")
         environment = self._text_attrs(file, "environment")
         notes = self._text_attrs(file, "notes")
+        config = self._text_attrs(file, "config") if "config" in file else None
         initial = self.fingerprint(file["initial"], "/initial") if "initial" in file else None
         if "epochs" not in file or not isinstance(file["epochs"], h5py.Group):
             raise self.fail("group '/epochs' is missing; the file is damaged")
@@ -296,6 +297,7 @@ class _Reader:
             "created": created,
             "environment": environment,
             "notes": notes,
+            "config": config,
             "initial": initial,
             "epochs": epochs,
             "format_version": version,
@@ -343,8 +345,8 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
     """Reads and validates a fingerprint file.
 
     Returns:
-        {"seed", "created", "environment", "notes", "initial", "epochs", "batches",
-        "format_version", "planned_epochs"}.
+        {"seed", "created", "environment", "notes", "config" (None: not recorded), "initial",
+        "epochs", "batches", "format_version", "planned_epochs"}.
 
     Raises:
         ReferenceFileError: naming the file and what is wrong with it.

@@ -117,7 +117,7 @@ def assert_reproducible(
     comparison = first.compare(second, rtol=rtol, atol=atol)
     tolerant = bool(rtol or atol)
     if not (comparison.within_tolerance if tolerant else comparison.identical):
-        raise AssertionError(divergence_report(comparison, seed, deterministic))
+        raise AssertionError(divergence_report(comparison, seed, deterministic, runs=(first, second)))
     logger.info("assert_reproducible: %s", comparison)
     return comparison
 
@@ -250,7 +250,7 @@ def assert_resumable(
     comparison = straight.compare(resumed)
     if not comparison.identical:
         raise AssertionError(divergence_report(
-            comparison, seed, deterministic,
+            comparison, seed, deterministic, runs=(straight, resumed),
             title=f"Training does not resume exactly: stopped after epoch {at - 1}, saved, loaded "
                   f"{'in a fresh process ' if fresh_process else ''}and resumed, it differs from a straight run",
         ))
@@ -280,7 +280,8 @@ def _resume_task(payload: Mapping[str, Any], arrays: Any) -> FingerprintLog:
 
 
 def divergence_report(
-    comparison: Comparison, seed: int | None = None, deterministic_model: bool = True, title: str | None = None
+    comparison: Comparison, seed: int | None = None, deterministic_model: bool = True, title: str | None = None,
+    runs: tuple[FingerprintLog, FingerprintLog] | None = None,
 ) -> str:
     """A readable explanation of why two runs are not reproducible.
 
@@ -289,6 +290,8 @@ def divergence_report(
         seed: The seed both runs used, for the message, or None.
         deterministic_model: Whether the model is a `DeterministicModel`, for the hint.
         title: The first line (default: "Training is not reproducible: ...").
+        runs: The two runs compared (reference first), whose configurations and
+            fingerprints the likely cause is named from (`keras_repro.diagnosis`).
 
     Returns:
         Several lines: the verdict, where the runs first differ (epoch, part,
@@ -308,7 +311,7 @@ def divergence_report(
     if found is not None:
         lines += [f"First divergence: {found}",
                   f"  epoch:    {found.where()}",
-                  f"  part:     {found.part} ({part_differs(found.part)})" if found.part else "  part:     -",
+                  f"  part:     {found.part} ({part_differs(found.part, found.variable)})" if found.part else "  part:     -",
                   f"  variable: {found.variable or '-'}"]
     diverged = [d for d in comparison.details if d.status == DIVERGED]
     if diverged:
@@ -320,7 +323,7 @@ def divergence_report(
     if found is None:
         lines.append("Likely cause: the runs have different epochs; fit both for the same number of epochs.")
     else:
-        lines.append(f"Likely cause: {likely_cause(found, deterministic_model=deterministic_model)}.")
+        lines.append(f"Likely cause: {likely_cause(found, *(runs or ()), deterministic_model=deterministic_model)}.")
     return "\n".join(lines)
 
 

@@ -36,6 +36,19 @@ def test_show(runs, capsys):
     assert "backend: " in out and "keras: " in out
     assert "start 0" in out and "\n1 " in out
     assert "loss" in out
+    assert "configuration:\n  model.seed: none\n" in out and "\n  layer 1: Dense 'dense" in out
+
+
+def test_diff_names_configuration_differences(runs, tmp_path, capsys):
+    """A recorded setting that differs is the likely cause and is listed."""
+    changed = tmp_path / "changed.h5"
+    shutil.copy(runs["c"], changed)
+    with edit_reference(changed) as file:
+        file["config"].attrs["steps"] = "8"
+    assert main(["diff", str(runs["a"]), str(changed)]) == 1
+    out = capsys.readouterr().out
+    assert "likely cause: the configuration differs from the reference's: steps per epoch: 4 in the reference, 8 in this run\n" in out
+    assert "configuration differences:\n  steps per epoch: 4 in the reference, 8 in this run\n" in out
 
 
 def test_diff_identical(runs, capsys):

@@ -50,6 +50,20 @@ def test_data_order_is_named_before_weights():
     assert found.part == "data" and "data order differs" in str(found)
 
 
+def test_content_records_are_compared_only_where_both_runs_have_them():
+    """A run whose data part holds the input's content verifies against a reference recorded
+    before content was fingerprinted; where both hold it, other content is the first divergence."""
+    content = VariableDigest("content/x", "data", "float32", (10, 2), "5" * 64)
+    with_content = make_fingerprint([content, *_fp(0).records], 0)
+    assert compare_fingerprints(_fp(0), with_content, 0) is None
+    assert compare_fingerprints(with_content, _fp(0), 0) is None
+    other = make_fingerprint([VariableDigest("content/x", "data", "float32", (10, 2), "6" * 64), *_fp(0).records], 0)
+    found = compare_fingerprints(with_content, other, 0)
+    assert (found.part, found.variable) == ("data", "content/x")
+    assert str(found) == "epoch 0: data content differs, first at 'content/x' (values differ)"
+    assert _runs(_fp(0), [_fp(0)], with_content, [with_content]).identical
+
+
 def test_initial_state_divergence():
     """A different start is reported as the initial state, before any epoch."""
     result = _runs(_fp(0), [_fp(0)], _fp(0, **{"adam/iteration": "9" * 64}), [_fp(0)])

@@ -237,14 +237,17 @@ def test_data_order_divergence_is_named_as_data(tmp_path):
     assert "data order differs" in str(info.value)
 
 
-def test_fingerprint_records_order_and_split(tmp_path):
-    """The reference file holds the order of each epoch and the validation split."""
+def test_fingerprint_records_content_order_and_split(tmp_path):
+    """The reference file holds the input arrays' content, the order of each epoch and the
+    validation split; only the order changes from epoch to epoch."""
     path = tmp_path / "run.h5"
     _recorded_fit(validation_split=0.25, epochs=2, callbacks=[kr.SeedCallback(7, path)])
     log = kr.load_fingerprints(path)
     first, second = (fp.part("data") for fp in log.epochs)
-    assert [r.path for r in first] == ["order", "validation_split"]
-    assert first[0].digest != second[0].digest and first[1].digest == second[1].digest
+    assert [r.path for r in first] == ["content/x", "content/y", "order", "validation_split"]
+    assert [r.digest == s.digest for r, s in zip(first, second)] == [True, True, False, True]
+    x, _ = _row_data()
+    assert first[0].shape == x.shape and first[0].stats[0] == pytest.approx(float(x.astype("float64").sum()))
 
 
 def test_unseeded_tf_data_shuffle_warns_and_is_recorded(tmp_path):

@@ -46,6 +46,22 @@ def test_round_trip_is_exact(recorded, tmp_path):
     assert again.compare(log).identical
 
 
+def test_configuration_round_trips_and_an_absent_one_reads_as_none(recorded, tmp_path):
+    """The recording fit's configuration is stored in /config and read back as written; a file
+    without that group (as earlier versions wrote) reads as "not recorded" (None)."""
+    log = load_fingerprints(recorded)
+    assert log.config["model.class"] == "Sequential" and log.config["model.seed"] == "none"
+    assert log.config["steps"] == "4" and log.config["input.ordered_by"] == "Keras"
+    log.save(tmp_path / "again.h5")
+    assert dict(load_fingerprints(tmp_path / "again.h5").config) == dict(log.config)
+    old = tmp_path / "old.h5"
+    shutil.copy(recorded, old)
+    with edit_reference(old) as file:
+        del file["config"]
+    assert load_fingerprints(old).config is None
+    assert load_fingerprints(old).compare(log).identical
+
+
 def test_write_is_atomic_and_leaves_no_temporary(recorded, tmp_path, monkeypatch):
     """A failure while writing keeps the previous file intact and removes the temporary."""
     target = tmp_path / "run.h5"
