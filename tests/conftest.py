@@ -84,6 +84,19 @@ def restore_environ():
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def kernels_off_for_module_fixtures(request):
+    """Module-scoped fixtures (recorded runs shared by a file's tests) are made before the
+    per-test fixture below turns deterministic kernels off: a test file run after one that built
+    a DeterministicModel would record them with the kernels on, and its tests then train
+    without them."""
+    if getattr(request.module, "IN_PROCESS_KERAS", True):
+        from keras_repro.determinism import use_deterministic_kernels
+
+        use_deterministic_kernels(False)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def fresh_keras_session(request):
     """Each test starts with fresh Keras name counters (unless its module trains only in
