@@ -10,6 +10,7 @@ import keras
 
 from keras_repro import _backend, environment
 from keras_repro.batch_checks import BatchChecker, resolve_capture
+from keras_repro.callback_state import warn_lost_state
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
 from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
@@ -260,6 +261,7 @@ class SeedCallback(keras.callbacks.Callback):
     def _begin(self, epoch: int) -> None:
         """Before the first step: fingerprint the initial state, open the reference, check."""
         self._first_epoch = epoch
+        warn_lost_state(self._context.callbacks, epoch, epoch - self._context.clock.offset, self.model)
         _build_optimizer_early(self.model)
         self._initial = self._fingerprint(epoch)
         planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1

@@ -79,9 +79,12 @@ class FitContext:
         notes: Remarks recorded with the run ({topic: text}).
         kernels_chosen_off: The model was told to train without deterministic kernels
             (`DeterministicModel(deterministic_kernels=False)`): no warning about them.
+        callbacks: The fit's callbacks, when the model knows them (`DeterministicModel`):
+            a resumed fit names those whose state starts afresh (`keras_repro.callback_state`).
     """
 
     clock: EpochClock
     data_records: Callable[[int], list[VariableDigest]] = _no_records
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     kernels_chosen_off: bool = False
+    callbacks: tuple[Any, ...] = ()
