@@ -52,7 +52,8 @@ def test_model_checkpoint_and_scheduler(tmp_path):
     model = make_model(7)
     path = str(tmp_path / "ck.keras")
     best_only = _after_train_begin(keras.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=True), model)
-    assert "best: " in lost_state(best_only, 2, 2, model) and "initial_value_threshold" in lost_state(best_only, 2, 2, model)
+    found = lost_state(best_only, 2, 2, model)
+    assert "best: " in found and "initial_value_threshold" in found
     threshold = keras.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=True, initial_value_threshold=0.5)
     assert lost_state(_after_train_begin(threshold, model), 2, 2, model) is None
     assert lost_state(_after_train_begin(keras.callbacks.ModelCheckpoint(path), model), 2, 2, model) is None
@@ -98,14 +99,16 @@ def _plateau():
 
 
 def _model():
+    """A small DeterministicSequential (it hands SeedCallback the fit's callbacks)."""
     keras.backend.clear_session()
-    model = kr.DeterministicSequential(
-        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")], seed=7)
+    layers = [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")]
+    model = kr.DeterministicSequential(layers, seed=7)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     return model
 
 
 def _lost_warnings(caught):
+    """The warnings about callback state among `caught`."""
     return [w for w in caught if LOST in str(w.message)]
 
 
@@ -133,5 +136,6 @@ def test_resumed_reduce_lr_warns_and_differs_unless_restored():
                 assert _lost_warnings(caught) == [] and same
             else:
                 (found,) = _lost_warnings(caught)
-                assert "resumes training at epoch 2" in str(found.message) and "ReduceLROnPlateau (" in str(found.message)
+                message = str(found.message)
+                assert "resumes training at epoch 2" in message and "ReduceLROnPlateau (" in message
                 assert rate != float(keras.ops.convert_to_numpy(straight.optimizer.learning_rate)) and not same
