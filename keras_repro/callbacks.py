@@ -7,10 +7,10 @@ import os
 from typing import Any
 
 import keras
-import numpy as np
 
 from keras_repro import _backend, environment
 from keras_repro.batch_checks import BatchChecker, resolve_capture
+from keras_repro.callback_state import warn_lost_state
 from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
 from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
@@ -34,24 +34,14 @@ from keras_repro.seeding import (
     validate_seed,
     warn_if_hash_randomized,
 )
-from keras_repro.state import replica_devices, replica_local_paths, seed_generators
+from keras_repro.rng_state import global_generator_records, reset_global_generator, reset_rng, reset_seed_generators
+from keras_repro.state import replica_devices, replica_local_paths
 
 logger = logging.getLogger(__name__)
 
 ON_MISMATCH = ("raise", "warn")
 
 __all__ = ["SeedCallback", "lock_path", "reset_seed_generators"]
-
-
-def reset_seed_generators(model: Any, seed: int, epoch: int) -> int:
-    """Sets every layer SeedGenerator of `model` to a state derived from
-    (seed, epoch, its place in the model); returns how many were reset."""
-    generators = seed_generators(model)
-    limit = _backend.seed_state_max()
-    for index, (_, generator) in enumerate(generators):
-        value = seed_for(seed, "layer-rng", epoch, index) % (limit + 1)
-        generator.state.assign(np.array([value, 0], dtype=np.dtype(generator.state.dtype)))
-    return len(generators)
 
 
 class SeedCallback(keras.callbacks.Callback):
@@ -62,8 +52,10 @@ class SeedCallback(keras.callbacks.Callback):
     Before the first step it fingerprints the model (weights, optimizer state);
     at the start of every epoch it reseeds again from (seed, epoch) and resets
     every layer `SeedGenerator` (Dropout, noise, augmentation) from (seed, epoch,
-    layer), so masks depend on the epoch alone, not on history. At every epoch
-    end it fingerprints the model, adds the digest to the fit's `History`
+    layer) and Keras' global one (what `keras.random` calls without a seed draw
+    from) from (seed, epoch), in place, so masks depend on the epoch alone, not on
+    history. At every epoch end it fingerprints the model (Keras' global
+    SeedGenerator in the rng part), adds the digest to the fit's `History`
     (`history.history["fingerprint"]`) and records it or checks it against the
     reference.
 
@@ -88,7 +80,8 @@ class SeedCallback(keras.callbacks.Callback):
         on_mismatch: "raise" stops training with `FingerprintMismatch` at the end
             of the first epoch that differs (or before the first step when the
             initial state differs); "warn" warns once and goes on.
-        reset_layer_rng: Reset layer SeedGenerators at every epoch start (default).
+        reset_layer_rng: Reset layer SeedGenerators and Keras' global one (unseeded
+            `keras.random` calls) at every epoch start (default; `keras_repro.rng_state`).
         log_key: The key of the fit's `History` that receives every epoch's digest,
             or None for none. The digest is not put in the epoch's `logs`, which
             progress bars, CSVLogger and TensorBoard expect to hold numbers.
@@ -245,6 +238,7 @@ class SeedCallback(keras.callbacks.Callback):
         if self.every_n_batches:
             self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report)
         seed_everything(seed_for(self.seed, "fit"))
+        reset_global_generator(seed_for(self.seed, "keras-rng"))
         self._processes = process_count()
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
@@ -258,14 +252,14 @@ class SeedCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         epoch = self._epoch = self._context.clock.epoch(epoch)
         seed_everything(seed_for(self.seed, "epoch", epoch))
-        if self.reset_layer_rng:
-            reset_seed_generators(self.model, self.seed, epoch)
+        reset_rng(self.model, self.seed, epoch, self.reset_layer_rng)
         if self._first_epoch is None:
             self._begin(epoch)
 
     def _begin(self, epoch: int) -> None:
         """Before the first step: fingerprint the initial state, open the reference, check."""
         self._first_epoch = epoch
+        warn_lost_state(self._context.callbacks, epoch, epoch - self._context.clock.offset, self.model)
         _build_optimizer_early(self.model)
         self._config = self._context.configuration(self.model, self.params, self.reset_layer_rng)
         self._initial = self._fingerprint(epoch)
@@ -335,7 +329,8 @@ class SeedCallback(keras.callbacks.Callback):
 
     def _fingerprint(self, epoch: int, summaries: bool = True) -> Fingerprint:
         """The model's fingerprint, with the data-order records of the fit's context."""
-        return fingerprint(self.model, summaries=summaries).with_epoch(epoch).with_records(self._context.data_records(epoch))
+        extra = [*self._context.data_records(epoch), *global_generator_records(summaries)]  # Keras' global RNG
+        return fingerprint(self.model, summaries=summaries).with_epoch(epoch).with_records(extra)
 
     def _check_replicas(self, epoch: int, stage: str, current: Fingerprint) -> None:
         """Reports the first variable whose copy on some device of this process drifted from

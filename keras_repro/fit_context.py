@@ -84,6 +84,8 @@ class FitContext:
         settings: What the fit's caller knows of its configuration: the input, batch size,
             shuffle, validation split (`configuration.array_input` / `other_input`); empty
             for a model that is not a DeterministicModel.
+        callbacks: The fit's callbacks, when the model knows them (`DeterministicModel`):
+            a resumed fit names those whose state starts afresh (`keras_repro.callback_state`).
     """
 
     clock: EpochClock
@@ -91,6 +93,7 @@ class FitContext:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     kernels_chosen_off: bool = False
     settings: dict[str, str] = dataclasses.field(default_factory=dict)
+    callbacks: tuple[Any, ...] = ()
 
     def configuration(self, model: Any, params: Mapping[str, Any] | None, reset_layer_rng: bool) -> dict[str, str]:
         """The fit's configuration, to record with its fingerprints: `settings`, the fit's

@@ -250,7 +250,9 @@ class DeterministicModel(keras.Model):
             callbacks.append(seed_callback)
         clock = EpochClock(self)
         notes = {"kept_weights": ", ".join(self._repro_kept)} if self._repro_kept else {}
-        context = functools.partial(FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels)
+        context = functools.partial(
+            FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels, callbacks=tuple(callbacks)
+        )
         common = dict(
             epochs=epochs, verbose=verbose, class_weight=class_weight, initial_epoch=initial_epoch,
             validation_steps=validation_steps, validation_batch_size=validation_batch_size,

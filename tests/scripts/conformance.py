@@ -79,6 +79,7 @@ OPTIONS = {
     "backup_and_restore": ("sequential", "BackupAndRestore, interrupted and restored"),
     "csv_logger": ("nested", "CSVLogger"),
     "tensorboard": ("sequential_deferred", "TensorBoard"),
+    "keras_random": ("functional", "a layer adding keras.random.normal() drawn without a seed (jit_compile=False)"),
 }
 FAMILIES = {
     "mlp": "Dense + Dropout",
@@ -94,7 +95,7 @@ def _cells() -> list[Cell]:
     cells = [Cell(form, form, CORE) for form in FORMS]
     for option, (form, _) in OPTIONS.items():
         lifecycles = ("fresh",)
-        if option == "model_checkpoint":
+        if option in ("model_checkpoint", "keras_random"):
             lifecycles = ("fresh", "resume")
         elif option == "backup_and_restore":
             lifecycles = ("fresh", "interrupt")
@@ -213,6 +214,20 @@ def _register_subclass():
     return Net
 
 
+def _register_noise():
+    """A layer drawing from Keras' global SeedGenerator (`seed=None`), as users write one."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="conformance")
+    class UnseededNoise(keras.layers.Layer):
+        def call(self, inputs, training=False):
+            if training:
+                return inputs + keras.random.normal(keras.ops.shape(inputs)) * 0.01
+            return inputs
+
+    return UnseededNoise
+
+
 def build(cell: Cell, seed: int = SEED):
     """The cell's compiled model, (x, y), and whether it is a DeterministicModel."""
     import keras
@@ -245,6 +260,8 @@ def build(cell: Cell, seed: int = SEED):
         hidden = inputs
         for layer in _layers()[:-1]:
             hidden = layer(hidden)
+        if cell.option == "keras_random":
+            hidden = NOISE()(hidden)
         model = kr.DeterministicModel(inputs, _layers()[-1](hidden), seed=seed)
     elif form == "sequential":
         model = kr.DeterministicSequential([keras.Input((6,))] + _layers(), seed=seed)
@@ -258,7 +275,9 @@ def build(cell: Cell, seed: int = SEED):
     else:
         kr.seed_everything(seed)
         model = keras.Sequential([keras.Input((6,))] + _layers())
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # JAX refuses unseeded keras.random calls in a compiled step (keras_repro.rng_state)
+    jit = {"jit_compile": False} if cell.option == "keras_random" else {}
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"], **jit)
     return model, x, y
 
 
@@ -586,11 +605,11 @@ def run_cell(cell: Cell, phase: str, folder: str) -> dict:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-NET = None
+NET = NOISE = None
 
 
 def main() -> None:
-    global NET
+    global NET, NOISE
     parser = argparse.ArgumentParser()
     parser.add_argument("phase", choices=["first", "second", "table"])
     parser.add_argument("folder", nargs="?")
@@ -600,7 +619,7 @@ def main() -> None:
         print(markdown_table())
         return
     _keras()
-    NET = _register_subclass()
+    NET, NOISE = _register_subclass(), _register_noise()
     results = {}
     output = os.path.join(args.folder, f"{args.phase}.json")
     if os.path.exists(output):  # a run of some cells adds to the results of the others
