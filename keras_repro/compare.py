@@ -9,7 +9,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from keras_repro.fingerprints import CONTENT_PREFIX, PARTS, Fingerprint, VariableDigest, part_differs
+from keras_repro.fingerprints import PARTS, Fingerprint, VariableDigest, added_later, part_differs
 
 IDENTICAL, WITHIN_TOLERANCE, DIVERGED = "identical", "within_tolerance", "diverged"
 
@@ -209,7 +209,7 @@ def compare_fingerprints(
     for part in PARTS:
         if part in ignore:
             continue
-        ref_records, other_records = _comparable(reference.part(part), other.part(part))
+        ref_records, other_records = comparable_records(reference.part(part), other.part(part))
         for ref, oth in zip(ref_records, other_records):
             status, relative = classify(ref, oth, rtol, atol)
             if details is not None:
@@ -234,20 +234,22 @@ def compare_fingerprints(
     return first
 
 
-def _comparable(
+def comparable_records(
     reference: tuple[VariableDigest, ...], other: tuple[VariableDigest, ...]
 ) -> tuple[tuple[VariableDigest, ...], tuple[VariableDigest, ...]]:
-    """The records of one part to compare: the input content records (`CONTENT_PREFIX`) only
-    where both runs have them, since references recorded before keras_repro fingerprinted the
-    input's content lack them (and inputs it does not own have none)."""
-    def content(records: tuple[VariableDigest, ...]) -> bool:
-        return any(r.path.startswith(CONTENT_PREFIX) for r in records)
+    """The records of one part to compare: those of a kind later versions added (input
+    content, Keras' global SeedGenerator: `fingerprints.added_later`) only where both runs
+    have that kind, since references recorded before lack them (and inputs keras_repro does
+    not own have no content records)."""
+    def kinds(records: tuple[VariableDigest, ...]) -> set[str]:
+        return {kind for kind in map(added_later, records) if kind}
 
-    if content(reference) == content(other):
+    one_sided = kinds(reference) ^ kinds(other)
+    if not one_sided:
         return reference, other
 
     def kept(records: tuple[VariableDigest, ...]) -> tuple[VariableDigest, ...]:
-        return tuple(r for r in records if not (r.part == "data" and r.path.startswith(CONTENT_PREFIX)))
+        return tuple(r for r in records if added_later(r) not in one_sided)
 
     return kept(reference), kept(other)
 

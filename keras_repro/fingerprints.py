@@ -56,6 +56,21 @@ _PLURAL_PARTS = ("trainable", "non_trainable")
 CONTENT_PREFIX = "content/"
 """Paths of the "data" part records that hold an input array's content ("content/x")."""
 
+GLOBAL_GENERATOR_PATH = "keras.random/global_seed_generator"
+"""Path of the "rng" part record of Keras' global SeedGenerator (`keras_repro.rng_state`)."""
+
+
+def added_later(record: VariableDigest) -> str | None:
+    """The kind of a record that earlier keras_repro versions did not write ("content": an
+    input's content; the global generator's path: Keras' global SeedGenerator), else None.
+    Such records are compared only where both runs hold that kind, so references recorded
+    before still verify."""
+    if record.part == "data" and record.path.startswith(CONTENT_PREFIX):
+        return "content"
+    if record.part == "rng" and record.path == GLOBAL_GENERATOR_PATH:
+        return GLOBAL_GENERATOR_PATH
+    return None
+
 
 def part_differs(part: str | None, variable: str | None = None) -> str:
     """ "trainable weights differ", "data order differs", "data content differs"... for

@@ -33,12 +33,9 @@ from typing import Any
 import numpy as np
 
 from keras_repro import _backend
-from keras_repro.fingerprints import VariableDigest, hash_array, summarize
+from keras_repro.fingerprints import GLOBAL_GENERATOR_PATH, VariableDigest, hash_array, summarize
 from keras_repro.seeding import seed_for
 from keras_repro.state import seed_generators
-
-GLOBAL_GENERATOR_PATH = "keras.random/global_seed_generator"
-"""How fingerprints name Keras' global SeedGenerator (in the rng part)."""
 
 _kept = threading.local()
 """`.generators`: every SeedGenerator met as Keras' global one in this thread, the kept one first."""
