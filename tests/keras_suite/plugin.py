@@ -30,11 +30,6 @@ import os
 import sys
 import types
 
-try:  # Keras' conftest.py: torch before tensorflow, or importing both can crash
-    import torch  # noqa: F401
-except ImportError:
-    pass
-
 import pytest
 
 SEED = 1337
@@ -171,6 +166,10 @@ def _default_seed() -> None:
 
 
 def pytest_configure(config) -> None:
+    try:  # as Keras' conftest.py: torch before tensorflow, or importing both can crash
+        import torch  # noqa: F401
+    except ImportError:
+        pass
     config.addinivalue_line("markers", "requires_trainable_backend: mark test for trainable backend only")
     config.addinivalue_line("markers", "multi_device: mark test for running with multiple devices only")
     if SIDE == "substituted":

@@ -8,7 +8,7 @@ cache folder, once. They are extracted to a temporary folder and run there by py
 `plugin.py`; nothing of Keras is copied into this repository.
 
     python tests/keras_suite/run.py                          # TF, JAX, torch: plain and substituted
-    python tests/keras_suite/run.py --backend tensorflow --substituted-only   # what CI runs
+    python tests/keras_suite/run.py --backend tensorflow --substituted-only --jobs 2   # what CI runs
     python tests/keras_suite/run.py --backend jax --file trainers/trainer_test.py -k fit
     python tests/keras_suite/run.py --record                 # rewrites expected.json's plain failures
 
@@ -44,6 +44,13 @@ FILES = (
     "callbacks/csv_logger_test.py",
 )
 """The test files, under keras/src/ in the sdist."""
+WEIGHTS = {
+    "trainers/trainer_test.py": 30, "saving/saving_lib_test.py": 19, "models/model_test.py": 13,
+    "models/functional_test.py": 10, "callbacks/model_checkpoint_test.py": 6, "models/sequential_test.py": 4,
+    "models/cloning_test.py": 3, "callbacks/early_stopping_test.py": 3, "callbacks/backup_and_restore_test.py": 2,
+    "callbacks/csv_logger_test.py": 2, "callbacks/reduce_lr_on_plateau_test.py": 2,
+}
+"""Rough relative run times (the files' sizes), to share the files out among --jobs processes."""
 CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "keras_repro", "keras-sdist")
 TIMEOUT = 3600
 
@@ -98,34 +105,62 @@ def extract(sdist: str, version: str, folder: str, files: list[str]) -> None:
             archive.extract(member, folder, filter="data")
 
 
+def split(files: list[str], jobs: int) -> list[list[str]]:
+    """The files in `jobs` groups of about equal size (longest first into the lightest group)."""
+    groups: list[list[str]] = [[] for _ in range(min(jobs, len(files)))]
+    weights = [0] * len(groups)
+    for name in sorted(files, key=lambda n: -WEIGHTS.get(n, 1)):
+        lightest = weights.index(min(weights))
+        groups[lightest].append(name)
+        weights[lightest] += WEIGHTS.get(name, 1)
+    return groups
+
+
 def run_side(folder: str, backend: str, side: str, files: list[str], deselect: list[str], keyword: str | None,
-             log_folder: str) -> dict:
-    """Runs the files in one pytest process; returns the plugin's report."""
-    report = os.path.join(log_folder, f"{backend}-{side}.json")
+             log_folder: str, jobs: int = 1) -> dict:
+    """Runs the files in `jobs` pytest processes side by side; returns the plugin's reports merged."""
     deselect_path = os.path.join(log_folder, f"{backend}-deselect.json")
     with open(deselect_path, "w") as file:
         json.dump(deselect, file)
-    env = dict(os.environ, KERAS_BACKEND=backend, KERAS_SUITE_SIDE=side, KERAS_SUITE_REPORT=report,
-               KERAS_SUITE_ROOT=folder, KERAS_SUITE_DESELECT=deselect_path, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join([HERE, REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    command = [sys.executable, "-m", "pytest", "-p", "plugin", "-p", "no:cacheprovider", "-c",
-               os.path.join(folder, "pyproject.toml"), "--rootdir", folder, "-q", "-o", "addopts=",
-               "-p", "no:randomly"] + [os.path.join("keras", "src", name) for name in files]
-    if keyword:
-        command += ["-k", keyword]
-    log = os.path.join(log_folder, f"{backend}-{side}.log")
     start = time.monotonic()
-    with open(log, "w") as out:
-        subprocess.run(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT)
-    seconds = time.monotonic() - start
-    if not os.path.isfile(report):
-        tail = open(log).read()[-3000:]
-        raise SystemExit(f"run.py: the {side} run on {backend} wrote no report; the end of its log:\n{tail}")
-    with open(report) as file:
-        result = json.load(file)
-    result["seconds"] = seconds
-    result["log"] = log
-    return result
+    running = []
+    for number, group in enumerate(split(files, jobs)):
+        name = f"{backend}-{side}-{number}"
+        report, log = os.path.join(log_folder, f"{name}.json"), os.path.join(log_folder, f"{name}.log")
+        env = dict(os.environ, KERAS_BACKEND=backend, KERAS_SUITE_SIDE=side, KERAS_SUITE_REPORT=report,
+                   KERAS_SUITE_ROOT=folder, KERAS_SUITE_DESELECT=deselect_path, TF_CPP_MIN_LOG_LEVEL="3",
+                   PYTHONPATH=os.pathsep.join([HERE, REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        command = [sys.executable, "-m", "pytest", "-p", "plugin", "-p", "no:cacheprovider", "-c",
+                   os.path.join(folder, "pyproject.toml"), "--rootdir", folder, "-q", "-o", "addopts=",
+                   "--durations=10"] + [os.path.join("keras", "src", file) for file in group]
+        if keyword:
+            command += ["-k", keyword]
+        out = open(log, "w")
+        running.append((subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT),
+                        out, report, log))
+    merged = {"side": side, "outcomes": {}, "messages": {}, "built": {}, "logs": []}
+    for process, out, report, log in running:
+        try:
+            process.wait(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            out.close()
+        if not os.path.isfile(report):
+            tail = open(log).read()[-3000:]
+            raise SystemExit(f"run.py: the {side} run on {backend} wrote no report; the end of {log}:\n{tail}")
+        with open(report) as file:
+            result = json.load(file)
+        merged["outcomes"].update(result["outcomes"])
+        merged["messages"].update(result["messages"])
+        for name, count in result["built"].items():
+            merged["built"][name] = merged["built"].get(name, 0) + count
+        merged["logs"].append(log)
+    merged["seconds"] = time.monotonic() - start
+    if side == "substituted" and merged["outcomes"] and not merged["built"]:
+        raise SystemExit(f"run.py: the substituted run on {backend} built no keras_repro model: the substitution "
+                         f"did not take effect (see {merged['logs']})")
+    return merged
 
 
 def load_expected() -> dict:
@@ -201,12 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write the plain failures found to expected.json")
     parser.add_argument("--sdist", help="path of keras-<version>.tar.gz (default: fetched into the cache)")
     parser.add_argument("--logs", help="folder for the pytest logs and reports (default: a temporary one)")
+    parser.add_argument("--jobs", type=int, default=1, help="pytest processes per run, side by side (default 1)")
     args = parser.parse_args(argv)
     backends = args.backend or list(BACKENDS)
     files = args.file or list(FILES)
     unknown = [name for name in files if name not in FILES]
     if unknown:
         parser.error(f"--file must be one of {list(FILES)}. Received: --file={unknown}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be a positive number. Received: --jobs={args.jobs}")
     if args.record and (args.substituted_only or args.keyword or args.file):
         parser.error("--record needs the whole plain run: drop --substituted-only, -k and --file")
     version = keras_version()
@@ -229,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             plain = None
             seconds = {}
             if not args.substituted_only:
-                plain = run_side(tests, backend, "plain", files, [], args.keyword, log_folder)
+                plain = run_side(tests, backend, "plain", files, [], args.keyword, log_folder, args.jobs)
                 seconds["plain"] = plain["seconds"]
             substituted = run_side(tests, backend, "substituted", files, recorded if args.substituted_only else [],
-                                   args.keyword, log_folder)
+                                   args.keyword, log_folder, args.jobs)
             seconds["substituted"] = substituted["seconds"]
             regressions, stale, rows = compare(backend, files, plain, substituted, expected)
             print_table(backend, rows, seconds)
