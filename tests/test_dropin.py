@@ -77,7 +77,7 @@ def test_history_holds_keras_keys_only():
     assert [fp.epoch for fp in history.fingerprints.epochs] == [0, 1] and history.fingerprints.seed == 3
 
 
-class _Scale(keras.layers.Layer):
+class ScaleLayer(keras.layers.Layer):
     """A custom layer as Keras' tests write them: no arguments, so its config does not rebuild it."""
 
     def __init__(self):
@@ -90,7 +90,7 @@ class _Scale(keras.layers.Layer):
         return x * self.scale
 
 
-class _Block(keras.layers.Layer):
+class BlockLayer(keras.layers.Layer):
     """A custom layer holding a sublayer, also not rebuilt by its config."""
 
     def __init__(self):
@@ -101,7 +101,7 @@ class _Block(keras.layers.Layer):
         return self.dense(x)
 
 
-class _Dense(keras.layers.Dense):
+class UnitsDense(keras.layers.Dense):
     """A Dense subclass without from_config: its config has arguments its __init__ lacks."""
 
     def __init__(self, units):
@@ -116,7 +116,7 @@ def test_layers_a_config_does_not_rebuild_are_accepted():
         if noise:
             random.random(), keras.layers.Dense(2)
         inputs = keras.Input((6,))
-        scale, block, dense = _Scale(), _Block(), _Dense(3)
+        scale, block, dense = ScaleLayer(), BlockLayer(), UnitsDense(3)
         outputs = dense(block(scale(inputs)))
         kept = scale.get_weights()
         with warnings.catch_warnings(record=True) as caught:
@@ -125,7 +125,7 @@ def test_layers_a_config_does_not_rebuild_are_accepted():
         return model, kept, [str(w.message) for w in caught if issubclass(w.category, kr.ReproWarning)]
 
     model, kept, messages = build(5)
-    assert len(messages) == 1 and "_scale" in messages[0] and "kept as drawn" in messages[0]
+    assert len(messages) == 1 and "scale_layer" in messages[0] and "kept as drawn" in messages[0]
     assert _same(model.layers[1].get_weights(), kept)  # the variable it could not re-draw: untouched
     base = _weights(model)[1:]  # the block's Dense and the Dense subclass
     assert _same(base, _weights(build(5, noise=True)[0])[1:])
@@ -134,20 +134,39 @@ def test_layers_a_config_does_not_rebuild_are_accepted():
     x, y = make_data()
     model.compile(optimizer="sgd", loss="mse")
     log = model.fit(x, np.eye(3)[y], epochs=1, verbose=0).fingerprints
-    assert "_scale" in log.notes["initial_weights"]
+    assert "scale_layer" in log.notes["initial_weights"]
 
 
-def test_nested_trainer_layer_and_quantized_layer_are_accepted():
-    """A model nested in a model, and a quantized Dense, are accepted; the quantized kernel is kept."""
-    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
-    quantized = keras.layers.Dense(3)
-    inputs = keras.Input((6,))
-    outputs = quantized(inner(inputs))
-    quantized.quantize("int8")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", kr.ReproWarning)
-        model = kr.DeterministicModel(inputs, outputs, seed=4)
-    assert model(np.ones((2, 6), "float32")).shape == (2, 3)
+def test_nested_trainer_layer_and_quantized_custom_layers_are_accepted():
+    """Keras' own cases: a Trainer-layer nested in a model, and a model of custom nested layers quantized after."""
+    from keras.src.trainers.trainer import Trainer
+
+    class TrainerDense(Trainer, keras.layers.Dense):
+        def __init__(self, units):
+            keras.layers.Dense.__init__(self, units=units, use_bias=False, kernel_initializer="ones")
+            Trainer.__init__(self)
+
+    class Twice(keras.layers.Layer):
+        def __init__(self, units):
+            super().__init__()
+            self.first, self.second = UnitsDense(units), keras.layers.Dense(units)
+
+        def call(self, x):
+            return self.second(self.first(x))
+
+    def quantized_kernels(model_class, **kwargs):
+        inputs = keras.Input((6,))
+        model = model_class(inputs, Twice(4)(TrainerDense(3)(inputs)), **kwargs)
+        np.testing.assert_array_equal(model.layers[1].kernel, np.ones((6, 3)))
+        model.quantize("int8")
+        assert model(np.ones((2, 6), "float32")).shape == (2, 4)
+        return [keras.backend.standardize_dtype(w.dtype) for w in model.weights if w.name == "kernel"]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kernels = quantized_kernels(kr.DeterministicModel, seed=4)
+    assert not [w for w in caught if "could not re-draw" in str(w.message)]  # every weight drawn from the seed
+    assert kernels == quantized_kernels(keras.Model) and "int8" in kernels
 
 
 def test_clone_model_keeps_class_and_seed():
