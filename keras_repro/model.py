@@ -393,7 +393,7 @@ class DeterministicSequential(DeterministicModel, keras.Sequential):
     def _repro_owns_prebuilt_layers(self) -> bool:
         return True
 
-    @property
+    @keras.Sequential.layers.getter  # keeps Keras' setter (and its error)
     def layers(self) -> list:
         if cloned_as_keras_sequential():
             warn(
@@ -403,7 +403,7 @@ class DeterministicSequential(DeterministicModel, keras.Sequential):
                 "type(model).from_config(model.get_config()).",
                 ReproWarning,
             )
-        return super().layers
+        return keras.Sequential.layers.fget(self)
 
     def build(self, input_shape: Any = None) -> None:
         super().build(input_shape)

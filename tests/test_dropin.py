@@ -190,6 +190,8 @@ def test_clone_model_of_a_sequential_says_what_keras_gives():
     with pytest.warns(kr.ReproWarning, match=r"type\(model\).from_config\(model.get_config\(\)\)"):
         clone = keras.models.clone_model(model)
     assert type(clone) is keras.Sequential
+    with pytest.raises(AttributeError, match="`Sequential.layers` attribute is reserved"):
+        model.layers = []  # the property keeps Keras' setter
     recipe = type(model).from_config(model.get_config())
     assert type(recipe) is kr.DeterministicSequential and recipe.seed == 9
     assert _same(_weights(recipe), _weights(kr.DeterministicSequential([keras.Input((6,)), keras.layers.Dense(2)], seed=9)))
