@@ -42,7 +42,11 @@ class DeterministicModel(keras.Model):
       second `fit` of the same model continues the epoch count (see `SeedCallback`).
     * Adds a `SeedCallback(seed)` to `fit` when none is given: layer RNG states
       (Dropout, noise, augmentation) are reset from (seed, epoch) at each epoch
-      start, and every epoch is fingerprinted, including the data order.
+      start, and every epoch is fingerprinted, including the data order (the fit's
+      `History` has them as `history.fingerprints`; `history.history` is as Keras fills it).
+    * Works wherever Keras makes models: a subclass built as `M(inputs, outputs, seed=...)`,
+      `from_config`, `load_model` (`.keras` and legacy `.h5`), `clone_model` of the
+      functional form, layers whose config does not rebuild them (see `initial_weights`).
     * Saves its seed: `keras.models.load_model` restores it without custom_objects.
 
     Args:
