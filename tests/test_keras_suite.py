@@ -44,7 +44,8 @@ def test_verdicts_name_regressions_and_stale_exceptions():
                 "exceptions": {"keras/src/a_test.py::T::exact_type": {"backends": ["jax"], "reason": "type() is"},
                                "keras/src/a_test.py::T::fixed": {"backends": ["jax"], "reason": "was"}}}
     substituted = {"outcomes": {"keras/src/a_test.py::T::ok": "passed", "keras/src/a_test.py::T::new": "failed",
-                                "keras/src/a_test.py::T::exact_type": "failed", "keras/src/a_test.py::T::fixed": "passed"},
+                                "keras/src/a_test.py::T::exact_type": "failed", "keras/src/a_test.py::T::fixed": "passed",
+                                "keras/src/a_test.py::T::skipped": "skipped"},
                    "messages": {"keras/src/a_test.py::T::new": "AssertionError: boom"}}
     regressions, stale, rows = run.compare("jax", ["a_test.py"], None, substituted, expected)
     assert regressions == [("keras/src/a_test.py::T::new", "AssertionError: boom")]

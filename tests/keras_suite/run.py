@@ -189,7 +189,7 @@ def compare(backend: str, files: list[str], plain: dict | None, substituted: dic
         plain_ok = {node for node, outcome in plain["outcomes"].items() if outcome == "passed"}
         plain_failed = {node for node, outcome in plain["outcomes"].items() if outcome == "failed"}
     else:
-        plain_ok = {node for node in outcomes if node not in recorded}
+        plain_ok = {node for node, outcome in outcomes.items() if node not in recorded and outcome != "skipped"}
         plain_failed = recorded
     regressions, stale, rows = [], [], {}
     for name in files:
