@@ -55,9 +55,8 @@ class SeedCallback(keras.callbacks.Callback):
     layer) and Keras' global one (what `keras.random` calls without a seed draw
     from) from (seed, epoch), in place, so masks depend on the epoch alone, not on
     history. At every epoch end it fingerprints the model (Keras' global
-    SeedGenerator in the rng part), adds the digest to the fit's `History`
-    (`history.history["fingerprint"]`) and records it or checks it against the
-    reference.
+    SeedGenerator in the rng part) and records or verifies it. The fit's fingerprints
+    are `callback.log` and `history.fingerprints` (`history.history` holds Keras' numbers only).
 
     Epochs are numbered as Keras numbers them in callbacks, from 0, except that a
     fit starting at epoch 0 on a model that already trained k epochs in this
@@ -82,9 +81,8 @@ class SeedCallback(keras.callbacks.Callback):
             initial state differs); "warn" warns once and goes on.
         reset_layer_rng: Reset layer SeedGenerators and Keras' global one (unseeded
             `keras.random` calls) at every epoch start (default; `keras_repro.rng_state`).
-        log_key: The key of the fit's `History` that receives every epoch's digest,
-            or None for none. The digest is not put in the epoch's `logs`, which
-            progress bars, CSVLogger and TensorBoard expect to hold numbers.
+        log_key: Opt-in: also add every epoch's digest to `history.history` under this
+            key (code that plots every key expects numbers there). Never in `logs`.
         every_n_batches: Also fingerprint the state after every N-th batch, so a
             verify names the first divergent batch, not just the epoch. A batch
             fingerprint is a 64-bit integer checksum of each variable computed on
@@ -137,7 +135,7 @@ class SeedCallback(keras.callbacks.Callback):
         mode: str = "auto",
         on_mismatch: str = "raise",
         reset_layer_rng: bool = True,
-        log_key: str | None = "fingerprint",
+        log_key: str | None = None,
         every_n_batches: int | None = None,
         check_replicas: bool = True,
         fetch_every: int = 32,
@@ -322,10 +320,12 @@ class SeedCallback(keras.callbacks.Callback):
     # helpers -----------------------------------------------------------------------
 
     def _add_to_history(self, digest: str) -> None:
-        """Adds the epoch's digest to this fit's History (not to `logs`)."""
+        """Puts the fit's log on its History as `fingerprints` (the digest under `log_key` if given)."""
         history = getattr(self.model, "history", None)
-        if self.log_key and isinstance(history, keras.callbacks.History):
-            history.history.setdefault(self.log_key, []).append(digest)
+        if isinstance(history, keras.callbacks.History):
+            history.fingerprints = self.log
+            if self.log_key:
+                history.history.setdefault(self.log_key, []).append(digest)
 
     def _fingerprint(self, epoch: int, summaries: bool = True) -> Fingerprint:
         """The model's fingerprint, with the data-order records of the fit's context."""

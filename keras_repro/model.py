@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import keras
 import numpy as np
+from keras.src.models.functional import Functional
 
 from keras_repro import configuration, feeding
 from keras_repro._backend import distribution_scope, input_hazards
@@ -19,30 +17,13 @@ from keras_repro.determinism import use_deterministic_kernels
 from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
+from keras_repro.model_forms import (
+    cloned_as_keras_sequential, functional_arguments, model_being_cloned, rebase_functional, register_for_h5, restoring, restoring_arguments,
+)
 from keras_repro.ordering import SPLIT_MODES, split_indices
 from keras_repro.seeding import seed_everything, seed_for, validate_seed
 
 logger = logging.getLogger(__name__)
-
-_RESTORING: contextvars.ContextVar[dict | None] = contextvars.ContextVar("keras_repro_restoring", default=None)
-
-
-@contextlib.contextmanager
-def _restoring(arguments: dict) -> Iterator[None]:
-    """While a saved model is rebuilt, its constructor takes these arguments (seed,
-    keep_weights) when the caller gives none, and stays quiet: its weights are about
-    to be loaded."""
-    token = _RESTORING.set(arguments)
-    try:
-        yield
-    finally:
-        _RESTORING.reset(token)
-
-
-def _functional_arguments(args: tuple, kwargs: dict) -> bool:
-    """Whether a constructor call is the functional form `(inputs, outputs)`."""
-    return len(args) == 2 or (len(args) == 1 and "outputs" in kwargs) or "inputs" in kwargs
-
 
 class DeterministicModel(keras.Model):
     """A `keras.Model` whose training is a pure function of `seed`.
@@ -61,7 +42,11 @@ class DeterministicModel(keras.Model):
       second `fit` of the same model continues the epoch count (see `SeedCallback`).
     * Adds a `SeedCallback(seed)` to `fit` when none is given: layer RNG states
       (Dropout, noise, augmentation) are reset from (seed, epoch) at each epoch
-      start, and every epoch is fingerprinted, including the data order.
+      start, and every epoch is fingerprinted, including the data order (the fit's
+      `History` has them as `history.fingerprints`; `history.history` is as Keras fills it).
+    * Works wherever Keras makes models: a subclass built as `M(inputs, outputs, seed=...)`,
+      `from_config`, `load_model` (`.keras` and legacy `.h5`), `clone_model` of the
+      functional form, layers whose config does not rebuild them (see `initial_weights`).
     * Saves its seed: `keras.models.load_model` restores it without custom_objects.
 
     Args:
@@ -97,18 +82,23 @@ class DeterministicModel(keras.Model):
     _repro_seed_example = "`super().__init__(seed=7)` in the subclass's __init__"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DeterministicModel:
-        if cls is DeterministicModel and _functional_arguments(args, kwargs):
-            return super().__new__(DeterministicFunctional)
+        if functional_arguments(args, kwargs):
+            if cls is DeterministicModel:
+                return super().__new__(DeterministicFunctional)
+            rebase_functional(cls, DeterministicModel, DeterministicFunctional)
         return super().__new__(cls)
 
     def __init__(
         self, *args: Any, seed: int | None = None, keep_weights: Any = None, deterministic_kernels: bool = True,
         **kwargs: Any,
     ) -> None:
-        restoring = _RESTORING.get()
-        if seed is None and restoring is not None:
-            seed, keep_weights = restoring.get("seed"), restoring.get("keep_weights", keep_weights)
-            deterministic_kernels = restoring.get("deterministic_kernels", deterministic_kernels)
+        restored = restoring_arguments()
+        cloned = model_being_cloned(DeterministicModel) if seed is None and restored is None else None
+        if cloned is not None:  # keras.models.clone_model: the clone has the model's seed
+            seed, deterministic_kernels = cloned.seed, cloned._repro_kernels
+        if seed is None and restored is not None:
+            seed, keep_weights = restored.get("seed"), restored.get("keep_weights", keep_weights)
+            deterministic_kernels = restored.get("deterministic_kernels", deterministic_kernels)
         if seed is None:
             raise ValueError(
                 f"{type(self).__name__} needs a seed: {self._repro_seed_example}. Received: seed=None"
@@ -118,13 +108,22 @@ class DeterministicModel(keras.Model):
         if deterministic_kernels:
             use_deterministic_kernels(True)  # before any layer or train step exists
         seed_everything(seed_for(seed, "build"))
+        if functional_arguments(args, kwargs) and not isinstance(self, Functional):
+            # a subclass whose own __init__ passes (inputs, outputs) on
+            rebase_functional(type(self), DeterministicModel, DeterministicFunctional)
         super().__init__(*args, **kwargs)
         self._repro_seed = seed
         self._repro_kernels = bool(deterministic_kernels)
         self._repro_keep = keep
-        self._repro_quiet = restoring is not None
+        self._repro_quiet = restored is not None
         self._repro_decided: tuple[int, ...] = ()  # ids of layers whose initial weights are settled
         self._repro_kept: tuple[str, ...] = ()
+        if cloned is not None:  # layers the clone shares with the model (clone_function) are the model's
+            shared = [layer for layer in self._flatten_layers(include_self=False, recursive=False)
+                      if any(layer is other for other in cloned.layers) and layer.weights]
+            self._repro_decided = tuple(id(layer) for layer in shared)
+            self._repro_kept = tuple(layer.name for layer in shared)
+        self._repro_init_notes: tuple[str, ...] = ()  # layers whose weights were not all re-drawn
         self._repro_feed: feeding.EpochFeed | None = None
         self._repro_draw_new_layers()
 
@@ -156,7 +155,9 @@ class DeterministicModel(keras.Model):
             if keep is True or (isinstance(keep, tuple) and layer.name in keep):
                 kept.append(layer.name)
                 continue
-            redraw_layer(layer, self._repro_seed, index)
+            note = redraw_layer(layer, self._repro_seed, index, quiet=self._repro_quiet)
+            if note:
+                self._repro_init_notes += (note,)
             drawn += 1
             if keep is None and isinstance(layer, keras.Model) and not self._repro_quiet:
                 warn(
@@ -196,7 +197,7 @@ class DeterministicModel(keras.Model):
         config = dict(config)
         arguments = {name: config.pop(name, default) for name, default in
                      (("seed", None), ("keep_weights", None), ("deterministic_kernels", True))}
-        with _restoring(arguments):
+        with restoring(arguments):
             return super().from_config(config, custom_objects=custom_objects)
 
     def fit(
@@ -250,6 +251,8 @@ class DeterministicModel(keras.Model):
             callbacks.append(seed_callback)
         clock = EpochClock(self)
         notes = {"kept_weights": ", ".join(self._repro_kept)} if self._repro_kept else {}
+        if self._repro_init_notes:
+            notes["initial_weights"] = "; ".join(self._repro_init_notes)
         context = functools.partial(
             FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels, callbacks=tuple(callbacks)
         )
@@ -303,8 +306,9 @@ class DeterministicModel(keras.Model):
                                              validation_data_given)
         seed_callback.use_fit_context(context(data_records=self._repro_feed.records, settings=settings))
         validation = feeding.process_validation(validation_data, validation_batch_size or batch_size or 32)
-        if validation is not validation_data:  # batched already: this process's part of each batch
-            common["validation_batch_size"] = None
+        # As Keras: validation batches of `batch_size` unless told otherwise (the data given to
+        # Keras' fit here is batched already, so it cannot fall back to `batch_size` itself).
+        common["validation_batch_size"] = None if validation is not validation_data else validation_batch_size or batch_size
         with feeding.fed_by_process():
             return super().fit(
                 source, callbacks=[setter] + callbacks, validation_data=validation, shuffle=False, **common
@@ -365,7 +369,7 @@ def _row_count(data: tuple) -> int:
 
 
 @keras.saving.register_keras_serializable(package="keras_repro", name="DeterministicFunctional")
-class DeterministicFunctional(DeterministicModel, keras.src.models.functional.Functional):
+class DeterministicFunctional(DeterministicModel, Functional):
     """The functional form of `DeterministicModel`: `DeterministicModel(inputs, outputs, seed=...)`."""
 
     _repro_seed_example = "`kr.DeterministicModel(inputs, outputs, seed=7)`"
@@ -401,6 +405,18 @@ class DeterministicSequential(DeterministicModel, keras.Sequential):
     def _repro_owns_prebuilt_layers(self) -> bool:
         return True
 
+    @keras.Sequential.layers.getter  # keeps Keras' setter (and its error)
+    def layers(self) -> list:
+        if cloned_as_keras_sequential():
+            warn(
+                f"keras.models.clone_model returns a plain keras.Sequential for every Sequential subclass, so "
+                f"the clone of '{self.name}' has no seed and trains as keras.Sequential does. For a clone of "
+                "the same class and seed, use Keras' recipe for subclassed models: "
+                "type(model).from_config(model.get_config()).",
+                ReproWarning,
+            )
+        return keras.Sequential.layers.fget(self)
+
     def build(self, input_shape: Any = None) -> None:
         super().build(input_shape)
         if getattr(self, "_repro_seed", None) is not None:  # not during keras.Sequential.__init__
@@ -408,3 +424,4 @@ class DeterministicSequential(DeterministicModel, keras.Sequential):
 
 
 DeterministicModel = keras.saving.register_keras_serializable(package="keras_repro", name="DeterministicModel")(DeterministicModel)
+register_for_h5(DeterministicModel, DeterministicFunctional, DeterministicSequential)

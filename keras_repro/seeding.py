@@ -23,6 +23,8 @@ MAX_SEED = 2**32 - 1
 SEED_KEYS = {
     "build": "every RNG, before a DeterministicModel creates its layers",
     "init": "a layer built before its model: its initial weights (with its position)",
+    "init-variable": "a variable of such a layer its config does not rebuild, drawn by its initializer "
+                     "(with the layer's position and the variable's)",
     "fit": "every RNG, at the start of a fit",
     "epoch": "every RNG, at the start of an epoch (with the epoch)",
     "layer-rng": "a layer SeedGenerator's state (with the epoch and the generator's position)",

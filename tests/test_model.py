@@ -212,7 +212,7 @@ def test_adds_a_seed_callback_only_when_none_given(monkeypatch):
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     x, y = make_data()
     history = model.fit(x, y, epochs=2, verbose=0)
-    assert calls == [3, 3] and len(history.history["fingerprint"]) == 2
+    assert calls == [3, 3] and len(history.fingerprints.epochs) == 2
     calls.clear()
     model.fit(x, y, epochs=2, verbose=0, callbacks=[kr.SeedCallback(3, log_key="mine")])
     assert calls == [3, 3]

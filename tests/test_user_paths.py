@@ -67,16 +67,16 @@ def _same(a, b):
 @pytest.mark.parametrize("verbose", ["auto", 1, 2])
 def test_default_verbosity_with_and_without_a_callback(tmp_path, verbose, capsys):
     """fit at Keras' default verbosity works, with the model's own SeedCallback and with one
-    given; the digest is in History, the logs other callbacks see hold only numbers."""
+    given; the digests are reachable from History, the logs other callbacks see hold only numbers."""
     x, y = make_data()
     checker = LogsAreNumbers()
     model = _compiled(_functional())
     history = model.fit(x, y, epochs=2, batch_size=16, verbose=verbose, callbacks=[checker])
-    assert len(history.history["fingerprint"]) == 2 == len(history.history["loss"])
+    assert len(history.fingerprints.epochs) == 2 == len(history.history["loss"]) and "fingerprint" not in history.history
     callback = kr.SeedCallback(7, tmp_path / "run.h5")
     keras.backend.clear_session()
     history = _compiled(_functional()).fit(x, y, epochs=2, batch_size=16, verbose=verbose, callbacks=[callback, checker])
-    assert history.history["fingerprint"] == [fp.digest for fp in callback.log.epochs]
+    assert history.fingerprints.epochs == callback.log.epochs
     assert all("fingerprint" not in logs for logs in checker.seen)
     assert "Epoch 2/2" in capsys.readouterr().out or verbose == 2
 
@@ -95,13 +95,13 @@ def test_csv_logger_and_tensorboard_see_numbers_only(tmp_path):
     assert os.listdir(tmp_path / "tb")
 
 
-def test_history_key_can_be_renamed_or_dropped():
-    """log_key names the History key; None adds none."""
+def test_history_key_is_opt_in():
+    """History holds Keras' keys only, unless log_key names a key for the digests."""
     x, y = make_data()
     history = make_model(7).fit(x, y, epochs=1, verbose=0, callbacks=[kr.SeedCallback(7, log_key="digest")])
-    assert len(history.history["digest"]) == 1 and "fingerprint" not in history.history
-    history = make_model(7).fit(x, y, epochs=1, verbose=0, callbacks=[kr.SeedCallback(7, log_key=None)])
-    assert "fingerprint" not in history.history
+    assert history.history["digest"] == [history.fingerprints.epochs[0].digest]
+    history = make_model(7).fit(x, y, epochs=1, verbose=0, callbacks=[kr.SeedCallback(7)])
+    assert set(history.history) == {"loss", "accuracy"} and len(history.fingerprints.epochs) == 1
 
 
 # 2. A DeterministicSequential given weights keeps them --------------------------------------

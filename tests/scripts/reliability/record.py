@@ -79,7 +79,7 @@ class Announce(keras.callbacks.Callback):
             time.sleep(self.epoch_sleep)
 
     def on_epoch_end(self, epoch, logs=None):
-        _say("EPOCH", epoch, self.model.history.history["fingerprint"][-1])
+        _say("EPOCH", epoch, self.model.history.fingerprints.epochs[-1].digest)
 
 
 def build(seed: int) -> kr.DeterministicModel:
