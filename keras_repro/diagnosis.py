@@ -172,12 +172,11 @@ def fed_text(divergence: Divergence, found: Evidence) -> str:
     variable = divergence.variable or ""
     validated = variable.startswith(VALIDATED_PREFIX)
     leaf = variable.split("/", 1)[-1]
-    where = divergence.where() if validated or divergence.stage == "batch" else (
-        f"{divergence.where()} (SeedCallback(every_n_batches=1) names the first batch)")
     if validated:
-        return (f"the validation data differ at {where} ({leaf}): the validation input gave other batches than the "
-                "reference's. Check the data it reads and how it is split, or record a new reference")
-    text = f"the input pipeline fed different data at {where} ({leaf})"
+        return (f"the validation data differ at {divergence.where()} ({leaf}): the validation input gave other batches "
+                "than the reference's. Check the data it reads and how it is split, or record a new reference")
+    hint = "" if divergence.stage == "batch" else "; SeedCallback(every_n_batches=1) names the first batch"
+    text = f"the input pipeline fed different data at {divergence.where()} ({leaf}{hint})"
     kind = (found.config or {}).get("input", "input")
     resumed = found.resumed_at
     if found.ordered_by == configuration.ORDERED_BY_KERAS_REPRO:
@@ -338,7 +337,8 @@ def _compared(divergence: Divergence, found: Evidence) -> tuple[list[str], list[
         unknown.append("the environment")
     ordered_by = found.ordered_by
     if divergence.part != "data" and _fed_in_both(found):
-        agree.append("the data (the checksum of every batch fed)")
+        agree.append("the data (content, order and every batch fed)" if ordered_by == configuration.ORDERED_BY_KERAS_REPRO
+                     else "the data fed (the checksum of every batch)")
     elif ordered_by == configuration.ORDERED_BY_KERAS_REPRO and divergence.part != "data":
         if all(any(r.path.startswith(CONTENT_PREFIX) for r in fp.part("data"))
                for fp in (found.expected, found.current) if fp is not None):

@@ -161,7 +161,7 @@ def test_epoch_fingerprints_name_the_epoch_without_batch_checks(tmp_path):
         _fit("generator", _data(change=(1, 4, "x")), reference=reference, mode="verify")
     found = raised.value.divergence
     assert (found.epoch, found.stage, found.part, found.variable) == (1, "epoch", "data", "fed/x")
-    assert "the input pipeline fed different data at epoch 1 (SeedCallback(every_n_batches=1)" in str(raised.value)
+    assert "the input pipeline fed different data at epoch 1 (x; SeedCallback(every_n_batches=1) names" in str(raised.value)
 
 
 def test_validation_batches_are_fingerprinted(tmp_path):
