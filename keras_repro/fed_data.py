@@ -86,12 +86,20 @@ class _Hand:
 
     def __init__(self) -> None:
         self.names: dict[str, tuple[str, ...]] = {}
+        self.errors: dict[str, str] = {}
         self.sinks: dict[str, Callable[[Any], None] | None] = {}
 
     def lanes_of(self, kind: str, data: Any) -> Any:
-        named = named_leaves(data)
+        """The lanes of a batch's arrays (inside the step), or None where they cannot be had (an
+        array of a kind the checksum does not cover): training goes on, the gap is reported."""
+        try:
+            named = named_leaves(data)
+            lanes = _backend.step_lanes([leaf for _, leaf in named])
+        except Exception as error:  # noqa: BLE001 - never break the user's step
+            self.errors[kind] = f"{type(error).__name__}: {error}"
+            return None
         self.names[kind] = tuple(name for name, _ in named)
-        return _backend.step_lanes([leaf for _, leaf in named])
+        return lanes
 
     def take(self, kind: str, lanes: Any) -> None:
         sink = self.sinks.get(kind)
@@ -316,9 +324,11 @@ class DataChecks:
             return
         self._unchecked.add(kind)
         what = "training" if kind == "train" else "validation"
-        self._gap(f"its {kind}_step returned no batch checksum (a {kind}_step whose logs are not a dict, or a "
-                  f"trainer that calls the class's {kind}_step directly, such as Flax NNX), so its {what} batches "
-                  "are not checksummed", key=f"data_checks.{kind}")
+        error = self._functions.hand.errors.get(kind) if self._functions is not None else None
+        why = (f"its {what} batches could not be checksummed ({error})" if error else
+               f"its {kind}_step returned no batch checksum (a {kind}_step whose logs are not a dict, or a trainer "
+               f"that calls the class's {kind}_step directly, such as Flax NNX), so its {what} batches are not checksummed")
+        self._gap(why, key=f"data_checks.{kind}")
 
     def _gap(self, why: str, key: str = "data_checks") -> None:
         """Warns that batches go unchecked, and notes it for the reference."""

@@ -4,6 +4,7 @@ form, checksummed inside the step and recorded in the data part. Run on each bac
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import keras
@@ -352,3 +353,34 @@ def test_grain_batches_are_fingerprinted(tmp_path):
         else:
             model.fit(dataset(change), epochs=1, verbose=0, shuffle=False, callbacks=[seed_callback])
             assert seed_callback.divergence is None and _fed(seed_callback.log.epochs[0])
+
+
+def test_strings_are_checksummed_by_their_fingerprint_on_tensorflow():
+    """On TensorFlow, string batches (a text pipeline) are checksummed: equal strings, equal lanes;
+    one changed string, other lanes."""
+    if _backend.name() != "tensorflow":
+        pytest.skip("string tensors are TensorFlow's")
+    words = tf.constant([["a cat", "a dog"], ["two", "three"]])
+    same = _backend.lanes_to_host([_backend.step_lanes([words]), _backend.step_lanes([tf.identity(words)])])
+    other = _backend.lanes_to_host([_backend.step_lanes([tf.constant([["a cat", "a dog"], ["two", "thre"]])])])
+    assert np.array_equal(same[0], same[1]) and not np.array_equal(same[0], other[0])
+
+
+def test_a_batch_that_cannot_be_checksummed_warns_and_trains_as_without(monkeypatch):
+    """If the checksum of a batch fails inside the step, training goes on as without data checks,
+    and the fit warns once, naming the error, and notes it."""
+    digests = {}
+    for checks in (False, True):
+        if checks:
+            def refuse(leaves):
+                raise TypeError("no checksum for this batch")
+
+            monkeypatch.setattr(_backend, "step_lanes", refuse)
+        model, seed_callback = _model(), kr.SeedCallback(5, data_checks=checks)
+        args, kwargs = _feed("arrays", _data())
+        with pytest.warns(ReproWarning, match="no checksum for this batch") if checks else contextlib.nullcontext():
+            model.fit(*args, epochs=EPOCHS, verbose=0, callbacks=[seed_callback], **kwargs)
+        digests[checks] = kr.fingerprint(model).digest
+        assert _fed(seed_callback.log.epochs[-1]) == {}
+    assert digests[True] == digests[False]
+    assert "no checksum for this batch" in seed_callback.log.notes["data_checks.train"]

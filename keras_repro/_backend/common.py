@@ -261,9 +261,9 @@ def deferred_or_host(build: Callable[[], Deferred], variables: list, replica: in
 # Data checks: the checksum of every batch a fit feeds, taken inside its train step -----------
 
 def with_lanes(logs: Any, key: str, lanes: Any) -> Any:
-    """A step's logs with `lanes` added under `key` (logs that are no dict: unchanged, and the
-    batch goes unchecked, which `keras_repro.fed_data` reports)."""
-    return {**logs, key: lanes} if isinstance(logs, dict) else logs
+    """A step's logs with `lanes` added under `key` (logs that are no dict, or no lanes: unchanged,
+    and the batch goes unchecked, which `keras_repro.fed_data` reports)."""
+    return {**logs, key: lanes} if isinstance(logs, dict) and lanes is not None else logs
 
 
 def step_lanes(leaves: list) -> Any:
