@@ -25,9 +25,9 @@ import numpy as np
 
 from keras_repro import _backend
 from keras_repro.batch_checksums import BatchChecksums
-from keras_repro.checksums import expected_lanes
+from keras_repro.checksums import digest_to_lanes, expected_lanes
 from keras_repro.compare import Divergence, compare_fingerprints
-from keras_repro.fingerprints import Fingerprint, fingerprint
+from keras_repro.fingerprints import Fingerprint, VariableDigest, fingerprint
 from keras_repro.log import FingerprintLog
 
 CAPTURES = ("auto", "end", "begin")
@@ -51,13 +51,17 @@ class BatchChecker:
         fetch_every: Bring pending checksums to the host when this many are pending.
         capture: "end" or "begin" (see the module docstring).
         report: Called with each divergence found (it raises or warns).
+        data: Gives the data records of the batch fingerprint after (epoch, batch): the batches
+            fed so far (`keras_repro.fed_data.DataChecks.running`), or None for none.
     """
 
-    def __init__(self, every: int, fetch_every: int, capture: str, report: Callable[[Divergence], None]) -> None:
+    def __init__(self, every: int, fetch_every: int, capture: str, report: Callable[[Divergence], None],
+                 data: Callable[[int, int], list[VariableDigest]] | None = None) -> None:
         self.every, self.fetch_every, self.capture, self._report = every, fetch_every, capture, report
+        self._data = data
         self._checksums: BatchChecksums | None = None
         self._pending: list[tuple[int, int, Any]] = []
-        self._fetched: list[tuple[int, int, np.ndarray]] = []  # not yet in _fingerprints
+        self._fetched: list[tuple[int, int, np.ndarray, list[VariableDigest]]] = []  # not yet in _fingerprints
         self._fingerprints: list[Fingerprint] = []
         self._expected: dict[tuple[int, int], Fingerprint] = {}
         self._expected_lanes: dict[tuple[int, int], np.ndarray] = {}
@@ -123,15 +127,31 @@ class BatchChecker:
         pending, self._pending = self._pending, []
         values = self._checksums.finish([result for _, _, result in pending])
         for (epoch, batch, _), lanes in zip(pending, values):
-            self._fetched.append((epoch, batch, lanes))
+            data = self._data(epoch, batch) if self._data is not None else []
+            self._fetched.append((epoch, batch, lanes, data))
             expected = self._expected_lanes.get((epoch, batch))  # never None here: see _sha256
-            if expected is not None and not np.array_equal(expected, lanes):
-                current = self._checksums.fingerprint(lanes, epoch, batch)
+            if expected is not None and not _same_lanes(expected, self._expected[epoch, batch], data, lanes):
+                current = self._fingerprint(epoch, batch, lanes, data)
                 self._report(compare_fingerprints(self._expected[epoch, batch], current, epoch, "batch"))
+
+    def _fingerprint(self, epoch: int, batch: int, lanes: np.ndarray, data: list[VariableDigest]) -> Fingerprint:
+        """A batch fingerprint: the data records, then the variables' checksums."""
+        state = self._checksums.fingerprint(lanes, epoch, batch)
+        return state.with_records(data) if data else state
 
     def fingerprints(self) -> list[Fingerprint]:
         """The batch fingerprints fetched so far (made from their checksums on first use)."""
         if self._fetched:
-            self._fingerprints.extend(self._checksums.fingerprint(v, e, b) for e, b, v in self._fetched)
+            self._fingerprints.extend(self._fingerprint(e, b, v, d) for e, b, v, d in self._fetched)
             self._fetched.clear()
         return self._fingerprints
+
+
+def _same_lanes(expected: np.ndarray, reference: Fingerprint, data: list[VariableDigest], lanes: np.ndarray) -> bool:
+    """Whether a batch's checksums equal the reference's (`expected`: its lanes, data records
+    first). Data records are compared only where both hold them (references recorded before
+    keras_repro checksummed the batches fed have none: `fingerprints.added_later`)."""
+    stored = len(reference.part("data"))
+    if stored and data:
+        return np.array_equal(expected, np.concatenate([np.stack([digest_to_lanes(r.digest) for r in data]), lanes]))
+    return np.array_equal(expected[stored:], lanes)

@@ -15,6 +15,7 @@ from keras_repro.compare import Divergence, compare_fingerprints, replica_diverg
 from keras_repro.determinism import warn_if_kernels_off
 from keras_repro.diagnosis import likely_cause
 from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
+from keras_repro.fed_data import DataChecks
 from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
 from keras_repro.fit_context import EpochClock, FitContext
 from keras_repro.log import FingerprintLog
@@ -105,6 +106,8 @@ class SeedCallback(keras.callbacks.Callback):
             in record mode too. Costs a host read and hash per copy. In a multi-process
             run (JAX), also check that every process holds the same state as process 0
             (`keras_repro.processes`); every process must pass the same value.
+        data_checks: Checksum every batch the fit feeds or validates on (x, y, sample_weight; any
+            input form) inside its step, into the data part (`fed/x`...; `keras_repro.fed_data`).
 
     Multi-process runs (JAX): every process runs the callback with the same arguments; only
     process 0 writes the reference (and, but with mode="verify", reads it); a divergence or a
@@ -140,6 +143,7 @@ class SeedCallback(keras.callbacks.Callback):
         check_replicas: bool = True,
         fetch_every: int = 32,
         capture: str = "auto",
+        data_checks: bool = True,
     ) -> None:
         super().__init__()
         self.seed = validate_seed(seed)
@@ -166,6 +170,7 @@ class SeedCallback(keras.callbacks.Callback):
         # own batch, which capture="begin" reads when the next batch begins.
         self.async_safe = every_n_batches is None or self.capture == "begin"
         self.check_replicas = bool(check_replicas)
+        self.data_checks = bool(data_checks)
         self._handed: FitContext | None = None
         self._session: ReferenceSession | None = None
         self._reset_state()
@@ -190,6 +195,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._processes = 1
         self._undecided: Divergence | None = None
         self._config: dict[str, str] | None = None
+        self._data = DataChecks(None, enabled=False)
 
     def use_fit_context(self, context: FitContext) -> None:
         """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
@@ -219,7 +225,7 @@ class SeedCallback(keras.callbacks.Callback):
 
     def _notes(self) -> dict[str, str]:
         """Notes recorded with the run (e.g. nondeterministic inputs, kept weights)."""
-        return dict(self._context.notes) if self._context is not None else {}
+        return {**self._context.notes, **self._data.notes} if self._context is not None else {}
 
     # Keras hooks -----------------------------------------------------------------
 
@@ -233,8 +239,10 @@ class SeedCallback(keras.callbacks.Callback):
             ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief
         )
         self._provisional_mode_value = self._provisional_mode(chief)
+        self._data = DataChecks.started(self.model, self.data_checks)  # wraps the steps until on_train_end
         if self.every_n_batches:
-            self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report)
+            self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report,
+                                               self._data.running)
         seed_everything(seed_for(self.seed, "fit"))
         reset_global_generator(seed_for(self.seed, "keras-rng"))
         self._processes = process_count()
@@ -251,6 +259,7 @@ class SeedCallback(keras.callbacks.Callback):
         epoch = self._epoch = self._context.clock.epoch(epoch)
         seed_everything(seed_for(self.seed, "epoch", epoch))
         reset_rng(self.model, self.seed, epoch, self.reset_layer_rng)
+        self._data.epoch_begin(epoch)
         if self._first_epoch is None:
             self._begin(epoch)
 
@@ -314,6 +323,7 @@ class SeedCallback(keras.callbacks.Callback):
         if last is not None and getattr(self.model, "stop_training", False):
             self._session.save(self.log, last, stopped_early=True)  # the run plans no further epochs
         self._session.close()
+        self._data.stop()
         if self.reference:
             logger.info("SeedCallback: %s", self.summary)
 
@@ -329,7 +339,7 @@ class SeedCallback(keras.callbacks.Callback):
 
     def _fingerprint(self, epoch: int, summaries: bool = True) -> Fingerprint:
         """The model's fingerprint, with the data-order records of the fit's context."""
-        extra = [*self._context.data_records(epoch), *global_generator_records(summaries)]  # Keras' global RNG
+        extra = [*self._context.data_records(epoch), *self._data.records(epoch), *global_generator_records(summaries)]
         return fingerprint(self.model, summaries=summaries).with_epoch(epoch).with_records(extra)
 
     def _check_replicas(self, epoch: int, stage: str, current: Fingerprint) -> None:
@@ -389,6 +399,7 @@ class SeedCallback(keras.callbacks.Callback):
         error = FingerprintMismatch(divergence, reference, cause)
         if self.on_mismatch == "raise":
             self._session.close()  # Keras skips on_train_end after an exception
+            self._data.stop()
             raise error
         warn(str(error), FingerprintMismatchWarning)
 

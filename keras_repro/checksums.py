@@ -166,6 +166,33 @@ class FlatLayout:
         return self.mix(self.positioned(arrays))
 
 
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """`fmix32` of a uint32 array (a new array)."""
+    h = np.array(h, dtype=np.uint32)
+    _fmix32_inplace(h, np.empty_like(h))
+    return h
+
+
+def running_lanes(words_: np.ndarray, start: int = 0, before: np.ndarray | None = None) -> np.ndarray:
+    """The lanes of every prefix of a sequence of words, uint32 (len(words_), 2): row k holds
+    `lanes` of the words up to and including k. The sequence may go on from an earlier part:
+    `start` words came before, whose lanes are `before`. Used to fold the checksums of the
+    batches an input fed into one running checksum (`keras_repro.fed_data`).
+
+    Example:
+
+    >>> w = np.array([7, 8, 9], np.uint32)
+    >>> bool((running_lanes(w)[-1] == lanes(w)).all())
+    True
+    """
+    w = np.asarray(words_, dtype=np.uint32).reshape(-1)
+    positions = (np.arange(start, start + w.size, dtype=np.uint64) * PHI).astype(np.uint32)
+    result = np.stack([np.cumsum(w, dtype=np.uint32), np.cumsum(fmix32(w + positions), dtype=np.uint32)], axis=1)
+    if before is not None:
+        result += np.asarray(before, dtype=np.uint32)
+    return result
+
+
 def lanes_to_digest(pair: Sequence[int] | np.ndarray) -> str:
     """A variable's batch digest (hex) from its two lanes."""
     return np.asarray(pair, dtype="<u4").tobytes().hex()

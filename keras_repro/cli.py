@@ -196,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     if result.divergence is None:
         print(f"REPRODUCIBLE: all {len(result.first.epochs)} epochs bit-identical "
-              f"(weights, optimizer state, layer RNG state and data order).")
+              f"(weights, optimizer state, layer RNG state, data order and the batches fed).")
         print(f"Inspect: keras-repro show {result.reference}")
         return EXIT_OK
     print(f"NOT REPRODUCIBLE: {result.divergence}")

@@ -11,8 +11,10 @@ it explains what follows (`rank_causes`):
    hyperparameters, loss...); then the backend and environment (not for a difference in the
    data part, which the environment does not change).
 2. Data: the fingerprint's data part (the content of the array inputs, their order, the
-   validation split); for an input keras_repro does not order (a dataset, a generator, a
-   plain `keras.Model`'s input) in a resumed or continued fit, a pipeline that restarted.
+   validation split, then the batches the fit fed and validated on: `keras_repro.fed_data`);
+   for an input keras_repro does not order (a dataset, a generator, a plain `keras.Model`'s
+   input) in a resumed or continued fit whose batches were not checksummed, a pipeline that
+   restarted.
 3. An optimizer hyperparameter changed during training: the learning rate differs where
    the runs part (a callback or schedule changed it: `ReduceLROnPlateau`'s state is not
    restored on resume).
@@ -31,7 +33,7 @@ from typing import Any
 from keras_repro import configuration
 from keras_repro.compare import Divergence, comparable_records
 from keras_repro.evidence import Evidence, environment_changes, evidence
-from keras_repro.fingerprints import CONTENT_PREFIX, Fingerprint, VariableDigest
+from keras_repro.fingerprints import CONTENT_PREFIX, FED_PREFIX, VALIDATED_PREFIX, Fingerprint, VariableDigest
 
 MAX_LISTED = 3
 """Differences (of the configuration, of the environment) named in one cause."""
@@ -138,6 +140,8 @@ def _data_causes(divergence: Divergence, found: Evidence) -> list[Cause]:
         return [Cause("data", _data_part_text(divergence, found))]
     resumed = found.resumed_at
     ordered_by = found.ordered_by
+    if _fed_in_both(found):  # the batches fed were compared, and agree
+        return []
     if (resumed is None or ordered_by in (None, configuration.ORDERED_BY_KERAS_REPRO)
             or divergence.stage not in ("epoch", "batch") or (divergence.epoch or 0) < resumed):
         return []
@@ -156,9 +160,47 @@ def _data_causes(divergence: Divergence, found: Evidence) -> list[Cause]:
         "or pass arrays to a kr.DeterministicModel, which orders them by (seed, epoch)"))]
 
 
+def _fed_in_both(found: Evidence) -> bool:
+    """Whether both fingerprints compared hold the checksums of the batches fed."""
+    return found.expected is not None and found.current is not None and all(
+        any(r.path.startswith(FED_PREFIX) for r in fp.part("data")) for fp in (found.expected, found.current))
+
+
+def fed_text(divergence: Divergence, found: Evidence) -> str:
+    """The input fed (or validated on) other batches than the reference's: where, which leaf,
+    and what can make an input do that."""
+    variable = divergence.variable or ""
+    validated = variable.startswith(VALIDATED_PREFIX)
+    leaf = variable.split("/", 1)[-1]
+    if validated:
+        return (f"the validation data differ at {divergence.where()} ({leaf}): the validation input gave other batches "
+                "than the reference's. Check the data it reads and how it is split, or record a new reference")
+    hint = "" if divergence.stage == "batch" else "; SeedCallback(every_n_batches=1) names the first batch"
+    text = f"the input pipeline fed different data at {divergence.where()} ({leaf}{hint})"
+    kind = (found.config or {}).get("input", "input")
+    resumed = found.resumed_at
+    if found.ordered_by == configuration.ORDERED_BY_KERAS_REPRO:
+        return (f"{text}, though the arrays and their order agree with the reference's: the batches were made from "
+                "them differently (class_weight, or another Keras or keras_repro version: see the environment)")
+    if found.ordered_by == configuration.ORDERED_BY_KERAS:
+        return (f"{text}: Keras orders the input of a model that is not a DeterministicModel, and a fit(shuffle=True) "
+                "visits the rows in an order no seed fixes on every backend (nor in a resumed fit). Use "
+                "kr.DeterministicModel, or shuffle=False")
+    if resumed is not None and (divergence.epoch or 0) >= resumed:
+        return (f"{text}: one run resumed or continued at epoch {resumed}, and its input (a {kind}) starts again from "
+                "its first element (or its first shuffle) where the straight run went on. Skip what the earlier "
+                "epochs consumed (dataset.skip(...)), or pass arrays to a kr.DeterministicModel, which orders them "
+                "by (seed, epoch)")
+    return (f"{text}: the input (a {kind}) gave other batches. Seed its shuffle and its random augmentation "
+            "(kr.seed_everything(seed) before building the pipeline), read the same files in a fixed order "
+            "(sorted file lists), or record a new reference if the data changed")
+
+
 def _data_part_text(divergence: Divergence, found: Evidence) -> str:
     """What differs in the data part, and why it can."""
     variable = divergence.variable or ""
+    if variable.startswith((FED_PREFIX, VALIDATED_PREFIX)):
+        return fed_text(divergence, found)
     if variable.startswith(CONTENT_PREFIX):
         name = variable[len(CONTENT_PREFIX):]
         before, after = _record(found.expected, variable), _record(found.current, variable)
@@ -294,7 +336,10 @@ def _compared(divergence: Divergence, found: Evidence) -> tuple[list[str], list[
     else:
         unknown.append("the environment")
     ordered_by = found.ordered_by
-    if ordered_by == configuration.ORDERED_BY_KERAS_REPRO and divergence.part != "data":
+    if divergence.part != "data" and _fed_in_both(found):
+        agree.append("the data (content, order and every batch fed)" if ordered_by == configuration.ORDERED_BY_KERAS_REPRO
+                     else "the data fed (the checksum of every batch)")
+    elif ordered_by == configuration.ORDERED_BY_KERAS_REPRO and divergence.part != "data":
         if all(any(r.path.startswith(CONTENT_PREFIX) for r in fp.part("data"))
                for fp in (found.expected, found.current) if fp is not None):
             agree.append("the data (content and order)")
@@ -350,6 +395,8 @@ def training_cause(
     special = _stage_cause(divergence, comparison)
     if special is not None:
         return special
+    if divergence.part == "data" and (divergence.variable or "").startswith((FED_PREFIX, VALIDATED_PREFIX)):
+        return fed_text(divergence, Evidence(deterministic_model=deterministic_model))
     if divergence.part == "data":
         return ("the data order differs: pass arrays to a kr.DeterministicModel (which orders them by seed and "
                 "epoch), or seed the input pipeline")

@@ -56,17 +56,24 @@ _PLURAL_PARTS = ("trainable", "non_trainable")
 CONTENT_PREFIX = "content/"
 """Paths of the "data" part records that hold an input array's content ("content/x")."""
 
+FED_PREFIX, VALIDATED_PREFIX = "fed/", "validated/"
+"""Paths of the "data" part records that hold the checksums of the batches a fit fed, and of
+those it validated on ("fed/x", "validated/y": `keras_repro.fed_data`)."""
+
 GLOBAL_GENERATOR_PATH = "keras.random/global_seed_generator"
 """Path of the "rng" part record of Keras' global SeedGenerator (`keras_repro.rng_state`)."""
 
 
 def added_later(record: VariableDigest) -> str | None:
     """The kind of a record that earlier keras_repro versions did not write ("content": an
-    input's content; the global generator's path: Keras' global SeedGenerator), else None.
-    Such records are compared only where both runs hold that kind, so references recorded
-    before still verify."""
-    if record.part == "data" and record.path.startswith(CONTENT_PREFIX):
-        return "content"
+    input's content; "fed", "validated": the batches fed and validated on; the global
+    generator's path: Keras' global SeedGenerator), else None. Such records are compared only
+    where both runs hold that kind, so references recorded before still verify (and a run whose
+    batches could not be checksummed is compared on the rest)."""
+    if record.part == "data":
+        for prefix in (CONTENT_PREFIX, FED_PREFIX, VALIDATED_PREFIX):
+            if record.path.startswith(prefix):
+                return prefix[:-1]
     if record.part == "rng" and record.path == GLOBAL_GENERATOR_PATH:
         return GLOBAL_GENERATOR_PATH
     return None
@@ -77,6 +84,10 @@ def part_differs(part: str | None, variable: str | None = None) -> str:
     messages (`variable`: the first record that differs)."""
     if part == "data" and (variable or "").startswith(CONTENT_PREFIX):
         return "data content differs"
+    if part == "data" and (variable or "").startswith(FED_PREFIX):
+        return "the input fed different data"
+    if part == "data" and (variable or "").startswith(VALIDATED_PREFIX):
+        return "the validation data differ"
     label = PART_LABELS.get(part or "", str(part))
     return f"{label} {'differ' if part in _PLURAL_PARTS else 'differs'}"
 

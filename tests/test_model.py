@@ -238,14 +238,16 @@ def test_data_order_divergence_is_named_as_data(tmp_path):
 
 
 def test_fingerprint_records_content_order_and_split(tmp_path):
-    """The reference file holds the input arrays' content, the order of each epoch and the
-    validation split; only the order changes from epoch to epoch."""
+    """The reference file holds the input arrays' content, the order of each epoch, the
+    validation split and the batches fed and validated on; only the order (and so the batches
+    fed) changes from epoch to epoch."""
     path = tmp_path / "run.h5"
     _recorded_fit(validation_split=0.25, epochs=2, callbacks=[kr.SeedCallback(7, path)])
     log = kr.load_fingerprints(path)
     first, second = (fp.part("data") for fp in log.epochs)
-    assert [r.path for r in first] == ["content/x", "content/y", "order", "validation_split"]
-    assert [r.digest == s.digest for r, s in zip(first, second)] == [True, True, False, True]
+    assert [r.path for r in first] == ["content/x", "content/y", "order", "validation_split", "fed/x", "fed/y",
+                                       "validated/x", "validated/y"]
+    assert [r.digest == s.digest for r, s in zip(first, second)] == [True, True, False, True, False, False, True, True]
     x, _ = _row_data()
     assert first[0].shape == x.shape and first[0].stats[0] == pytest.approx(float(x.astype("float64").sum()))
 

@@ -256,3 +256,52 @@ def deferred_or_host(build: Callable[[], Deferred], variables: list, replica: in
         logger.debug("batch checksums on the host: the device form failed (%s)", error)
         return host_checksums(variables, replica, read)
     return start, finish
+
+
+# Data checks: the checksum of every batch a fit feeds, taken inside its train step -----------
+
+def with_lanes(logs: Any, key: str, lanes: Any) -> Any:
+    """A step's logs with `lanes` added under `key` (logs that are no dict, or no lanes: unchanged,
+    and the batch goes unchecked, which `keras_repro.fed_data` reports)."""
+    return {**logs, key: lanes} if isinstance(logs, dict) and lanes is not None else logs
+
+
+def step_lanes(leaves: list) -> Any:
+    """The checksum lanes (`keras_repro.checksums`) of each array of a batch, uint32
+    (len(leaves), 2), computed where the batch lives, inside the train step (here: on the host)."""
+    from keras_repro import checksums
+
+    return np.array([checksums.lanes(np.asarray(leaf)) for leaf in leaves], np.uint32).reshape(-1, 2)
+
+
+def lanes_to_host(pending: list) -> np.ndarray:
+    """Lanes that `step_lanes` returned, brought to the host together: uint32 (n, leaves, 2)."""
+    return np.stack([np.asarray(lanes) for lanes in pending]).astype(np.uint32, copy=False)
+
+
+def wrap_step(step: Callable, key: str, lanes_of: Callable[[Any], Any]) -> Callable:
+    """A train or test step `data -> logs` whose logs also hold, under `key`, `lanes_of(data)`."""
+    def step_with_lanes(data: Any) -> Any:
+        return with_lanes(step(data), key, lanes_of(data))
+
+    return step_with_lanes
+
+
+def build_with_lanes(model: Any, kind: str, key: str, take: Callable[[Any], None]) -> Callable:
+    """Has Keras build the model's `kind` ("train" or "test") function anew around its step (a
+    `wrap_step`), and returns it wrapped: `key` is taken out of the logs of every call and handed
+    to `take` (None where the step added none), so no callback or History sees it."""
+    getattr(model, f"make_{kind}_function")(force=True)
+    keras_function = getattr(model, f"{kind}_function")
+
+    def function(*args: Any) -> Any:
+        logs = keras_function(*args)
+        take(logs.pop(key, None) if isinstance(logs, dict) else None)
+        return logs
+
+    return function
+
+
+def data_checks_gap(model: Any) -> str | None:
+    """Why the model's train step cannot hand each batch's checksum over, or None."""
+    return None

@@ -15,6 +15,7 @@ import numpy as np
 from keras_repro._backend import flags
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
     child_determinism_environment,
+    data_checks_gap,
     Deferred,
     deferred_or_host,
     data_to_numpy,
@@ -26,6 +27,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     seed_backend,
     trains_under_tf_distribute,
     value_of,
+    with_lanes,
 )
 
 logger = logging.getLogger(__name__)
@@ -310,42 +312,80 @@ def _current_values(variables: list, model: Any) -> Callable[[], list]:
     return values
 
 
-@functools.cache
-def _checksum_runner() -> Any:
+def _lanes(value: Any) -> Any:
+    """The checksum lanes (`keras_repro.checksums`) of one array, traced: uint32 (2,)."""
     import jax.numpy as jnp
 
     from keras_repro import checksums
 
     u32 = jnp.uint32
-
-    def words(value: Any) -> Any:
-        if value.dtype == jnp.bool_:
-            value = value.astype(u32)
-        elif value.dtype.itemsize == 1:
-            value = jax.lax.bitcast_convert_type(value, jnp.uint8).astype(u32)
-        elif value.dtype.itemsize == 2:
-            value = jax.lax.bitcast_convert_type(value, jnp.uint16).astype(u32)
-        else:
-            value = jax.lax.bitcast_convert_type(value, u32)
-        return value.reshape(-1)
-
-    def fmix(h: Any) -> Any:
-        h = h ^ (h >> u32(16))
-        h = h * u32(checksums.FMIX_1)
-        h = h ^ (h >> u32(13))
-        h = h * u32(checksums.FMIX_2)
-        return h ^ (h >> u32(16))
-
-    def add_pairs(a: tuple, b: tuple) -> tuple:
-        return a[0] + b[0], a[1] + b[1]
-
-    def lanes(value: Any) -> Any:
-        w = words(value)
-        positions = jnp.arange(w.size, dtype=u32) * u32(checksums.PHI)
-        # One variadic reduce for both lanes: one pass, 2-3x faster on CPU than two sums.
-        plain, mixed = jax.lax.reduce((w, fmix(w + positions)), (u32(0), u32(0)), add_pairs, (0,))
-        return jnp.stack([plain, mixed])
-
-    return jax.jit(lambda values: jnp.stack([lanes(v) for v in values]))
+    value = jnp.asarray(value)
+    if value.dtype == jnp.bool_:
+        value = value.astype(u32)
+    elif value.dtype.itemsize == 1:
+        value = jax.lax.bitcast_convert_type(value, jnp.uint8).astype(u32)
+    elif value.dtype.itemsize == 2:
+        value = jax.lax.bitcast_convert_type(value, jnp.uint16).astype(u32)
+    else:
+        value = jax.lax.bitcast_convert_type(value, u32)
+    w = value.reshape(-1)
+    h = w + jnp.arange(w.size, dtype=u32) * u32(checksums.PHI)
+    h = h ^ (h >> u32(16))
+    h = h * u32(checksums.FMIX_1)
+    h = h ^ (h >> u32(13))
+    h = h * u32(checksums.FMIX_2)
+    h = h ^ (h >> u32(16))
+    # One variadic reduce for both lanes: one pass, 2-3x faster on CPU than two sums.
+    plain, mixed = jax.lax.reduce((w, h), (u32(0), u32(0)), lambda a, b: (a[0] + b[0], a[1] + b[1]), (0,))
+    return jnp.stack([plain, mixed])
 
 
+def step_lanes(leaves: list) -> Any:
+    """The checksum lanes of each array, uint32 (len(leaves), 2), inside the traced step."""
+    import jax.numpy as jnp
+
+    return jnp.stack([_lanes(leaf) for leaf in leaves]) if leaves else jnp.zeros((0, 2), jnp.uint32)
+
+
+def lanes_to_host(pending: list) -> np.ndarray:
+    """Lanes that `step_lanes` returned, brought to the host in one `device_get`: uint32 (n, leaves, 2)."""
+    return np.stack([np.asarray(lanes, dtype=np.uint32) for lanes in jax.device_get(pending)])
+
+
+def wrap_step(step: Callable, key: str, lanes_of: Callable[[Any], Any]) -> Callable:
+    """A JAX train or test step `(state, data) -> (logs, state)` whose logs also hold, under
+    `key`, `lanes_of(data)`."""
+    def step_with_lanes(state: Any, data: Any) -> Any:
+        logs, state = step(state, data)
+        return with_lanes(logs, key, lanes_of(data)), state
+
+    return step_with_lanes
+
+
+def build_with_lanes(model: Any, kind: str, key: str, take: Callable[[Any], None]) -> Callable:
+    """Has Keras build the model's `kind` ("train" or "test") function anew around its step (a
+    `wrap_step`), taking `key` out of the logs of every step, so `steps_per_execution` steps
+    a call each hand theirs over (Keras' loop calls the jitted step in Python)."""
+    keras_make = model._make_function
+
+    def make_function(step_function: Callable, *args: Any, **kwargs: Any) -> Callable:
+        def step(state: Any, data: Any) -> Any:
+            logs, state = step_function(state, data)
+            take(logs.pop(key, None) if isinstance(logs, dict) else None)
+            return logs, state
+
+        return keras_make(step, *args, **kwargs)
+
+    model._make_function = make_function
+    try:
+        getattr(model, f"make_{kind}_function")(force=True)
+    finally:
+        del model._make_function
+    return getattr(model, f"{kind}_function")
+
+
+@functools.cache
+def _checksum_runner() -> Any:
+    import jax.numpy as jnp
+
+    return jax.jit(lambda values: jnp.stack([_lanes(v) for v in values]))

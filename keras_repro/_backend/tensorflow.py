@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
     async_batch_hooks_help,
+    build_with_lanes,
     Deferred,
     deferred_or_host,
     data_to_numpy,
@@ -24,6 +25,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     seed_backend,
     sync_model_state,
     value_of,
+    wrap_step,
 )
 
 logger = logging.getLogger(__name__)
@@ -241,34 +243,83 @@ def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> 
     return deferred_or_host(build, variables, replica, to_numpy)
 
 
+def _words(value: Any) -> Any:
+    """The checksum words (`keras_repro.checksums`) of a tensor, flat uint32; strings as the
+    int64 FarmHash fingerprint of each string, composite tensors (ragged, sparse) as the words
+    of their components in turn."""
+    u32 = tf.uint32
+    if isinstance(value, (tf.RaggedTensor, tf.SparseTensor)):
+        return tf.concat([_words(part) for part in tf.nest.flatten(value, expand_composites=True)], 0)
+    value = tf.convert_to_tensor(value)
+    if value.dtype == tf.string:
+        value = tf.strings.to_hash_bucket_fast(value, 2**63 - 1)
+    size = value.dtype.size
+    if value.dtype == tf.bool:
+        value = tf.cast(value, u32)
+    elif size == 1:
+        value = tf.cast(tf.bitcast(value, tf.uint8) if value.dtype != tf.uint8 else value, u32)
+    elif size == 2:
+        value = tf.cast(tf.bitcast(value, tf.uint16) if value.dtype != tf.uint16 else value, u32)
+    elif value.dtype != u32:
+        value = tf.bitcast(value, u32)  # 8-byte elements become (low, high) pairs
+    return tf.reshape(value, [-1])
+
+
+def _fmix(h: Any) -> Any:
+    from keras_repro import checksums
+
+    u32, shift = tf.uint32, tf.bitwise.right_shift
+    h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
+    h = h * tf.constant(checksums.FMIX_1, u32)
+    h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(13, u32)))
+    h = h * tf.constant(checksums.FMIX_2, u32)
+    return tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
+
+
+def _mixed_words(w: Any) -> Any:
+    """fmix32(w_i + i * PHI) of a flat uint32 tensor."""
+    from keras_repro import checksums
+
+    positions = tf.cast(tf.range(tf.size(w)), tf.uint32) * tf.constant(checksums.PHI, tf.uint32)
+    return _fmix(w + positions)
+
+
+def step_lanes(leaves: list) -> Any:
+    """The checksum lanes of each tensor, uint32 (len(leaves), 2), as ops of the graph being
+    traced (a train step): two plain sums each, which XLA fuses where the step is compiled."""
+    if not leaves:
+        return tf.zeros([0, 2], tf.uint32)
+    rows = []
+    for leaf in leaves:
+        w = _words(leaf)
+        rows.append(tf.stack([tf.reduce_sum(w), tf.reduce_sum(_mixed_words(w))]))
+    return tf.stack(rows)
+
+
+def lanes_to_host(pending: list) -> np.ndarray:
+    """Lanes that `step_lanes` returned, brought to the host together: uint32 (n, leaves, 2)."""
+    return np.asarray(tf.stack(pending)).astype(np.uint32, copy=False)
+
+
+def data_checks_gap(model: Any) -> str | None:
+    """Why a train step cannot hand each batch's checksum to the host, or None: a step that runs
+    on several replicas (each sees a part of the batch, and Keras averages what steps return),
+    or several steps per call (Keras returns the last step's logs only)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    replicas = int(getattr(strategy, "num_replicas_in_sync", 1) or 1)
+    if replicas > 1:
+        return f"the model trains on {replicas} replicas of a tf.distribute strategy"
+    steps = getattr(model, "steps_per_execution", 1)
+    if isinstance(steps, int) and steps > 1:
+        return f"the model runs {steps} steps per call (steps_per_execution={steps}) on TensorFlow"
+    return None
+
+
 # One compiled checksum function per process (`functools.cache`), shared by every model: XLA
 # compiles it once per layout (shapes and dtypes), so only the first fit of a layout pays.
 @functools.cache
 def _checksum_runner() -> Any:
-    from keras_repro import checksums
-
     u32 = tf.uint32
-
-    def words(value: Any) -> Any:
-        size = value.dtype.size
-        if value.dtype == tf.bool:
-            value = tf.cast(value, u32)
-        elif size == 1:
-            value = tf.cast(tf.bitcast(value, tf.uint8) if value.dtype != tf.uint8 else value, u32)
-        elif size == 2:
-            value = tf.cast(tf.bitcast(value, tf.uint16) if value.dtype != tf.uint16 else value, u32)
-        elif value.dtype != u32:
-            value = tf.bitcast(value, u32)  # 8-byte elements become (low, high) pairs
-        return tf.reshape(value, [-1])
-
-    def fmix(h: Any) -> Any:
-        shift = tf.bitwise.right_shift
-        h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
-        h = h * tf.constant(checksums.FMIX_1, u32)
-        h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(13, u32)))
-        h = h * tf.constant(checksums.FMIX_2, u32)
-        return tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
-
     try:  # XLA's variadic reduce: both sums in one pass, 2-3x faster on CPU than two reduce_sums
         from tensorflow.compiler.tf2xla.python import xla as tf_xla
 
@@ -281,17 +332,14 @@ def _checksum_runner() -> Any:
         tf_xla = None
 
     def lanes(value: Any) -> Any:
-        w = words(tf.convert_to_tensor(value))
-        positions = tf.cast(tf.range(tf.size(w)), u32) * tf.constant(checksums.PHI, u32)
+        w = _words(tf.convert_to_tensor(value))
         if tf_xla is not None:
             zero = tf.constant(0, u32)
-            return tf.stack(tf_xla.variadic_reduce([w, fmix(w + positions)], [zero, zero], [0], reducer))
-        return tf.stack([tf.reduce_sum(w), tf.reduce_sum(fmix(w + positions))])
+            return tf.stack(tf_xla.variadic_reduce([w, _mixed_words(w)], [zero, zero], [0], reducer))
+        return tf.stack([tf.reduce_sum(w), tf.reduce_sum(_mixed_words(w))])
 
     @tf.function(jit_compile=True, autograph=False)
     def run(values: list) -> Any:
         return tf.stack([lanes(v) for v in values])
 
     return run
-
-

@@ -14,6 +14,8 @@ import torch
 from keras_repro._backend import flags
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
     async_batch_hooks_help,
+    build_with_lanes,
+    data_checks_gap,
     child_determinism_environment,
     Deferred,
     deferred_or_host,
@@ -31,6 +33,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     sync_model_state,
     trains_under_tf_distribute,
     value_of,
+    wrap_step,
 )
 
 logger = logging.getLogger(__name__)
@@ -212,50 +215,93 @@ def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> 
     return deferred_or_host(build, variables, replica, to_numpy)
 
 
-def _device_checksum_function(variables: list) -> Callable[[], np.ndarray]:
+# torch lacks unsigned 32-bit arithmetic on some devices: compute in int32, whose products and
+# sums wrap around to the same bits, shift logically by masking the sign extension off, and sum
+# in int64, keeping the low 32 bits.
+
+def _signed(constant: int) -> int:
+    return constant - (1 << 32) if constant >= 1 << 31 else constant
+
+
+def _words(value: Any) -> Any:
+    """The checksum words of a tensor as int32 (`keras_repro.checksums`), flat."""
+    value = value.detach().contiguous().reshape(-1)
+    size = value.element_size()
+    if value.dtype == torch.bool or size == 1:
+        return value.view(torch.uint8).to(torch.int32)
+    if size == 2:
+        return value.view(torch.int16).to(torch.int32) & 0xFFFF
+    return value.view(torch.int32)
+
+
+def _positions(sizes: list[int], device: Any) -> Any:
+    """i * PHI (mod 2**32, as int32) for the words of arrays of `sizes` laid end to end."""
     from keras_repro import checksums
 
-    # torch lacks unsigned 32-bit arithmetic on some devices: compute in int32, whose
-    # products and sums wrap around to the same bits, shift logically by masking the
-    # sign extension off, and sum in int64, keeping the low 32 bits.
-    def signed(constant: int) -> int:
-        return constant - (1 << 32) if constant >= 1 << 31 else constant
+    positions = torch.cat([torch.arange(n, dtype=torch.int64) for n in sizes])
+    positions = (positions * checksums.PHI) & 0xFFFFFFFF
+    return torch.where(positions >= 1 << 31, positions - (1 << 32), positions).to(device=device, dtype=torch.int32)
 
-    def words(value: Any) -> Any:
-        value = value.detach().contiguous().reshape(-1)
-        size = value.element_size()
-        if value.dtype == torch.bool or size == 1:
-            return value.view(torch.uint8).to(torch.int32)
-        if size == 2:
-            return value.view(torch.int16).to(torch.int32) & 0xFFFF
-        return value.view(torch.int32)
+
+def _device_lanes(values: list, sizes: list[int], positions: Any) -> Any:
+    """The lanes of int32 word tensors (`_words`) on their device: int64 (len(values), 2)."""
+    from keras_repro import checksums
 
     def shifted(h: Any, bits: int) -> Any:
         return (h >> bits) & ((1 << (32 - bits)) - 1)
 
+    w = torch.cat(values)
+    h = w + positions
+    h = h ^ shifted(h, 16)
+    h = h * _signed(checksums.FMIX_1)
+    h = h ^ shifted(h, 13)
+    h = h * _signed(checksums.FMIX_2)
+    h = h ^ shifted(h, 16)
+    sums = [torch.stack([a.sum(dtype=torch.int64), b.sum(dtype=torch.int64)]) for a, b in zip(w.split(sizes), h.split(sizes))]
+    return torch.stack(sums)
+
+
+def _device_checksum_function(variables: list) -> Callable[[], np.ndarray]:
     cache: dict[str, Any] = {}
 
     def run() -> np.ndarray:
         with torch.no_grad():
-            values = [words(v.value) for v in variables]
-            w = torch.cat(values)
+            values = [_words(v.value) for v in variables]
             if "positions" not in cache:  # the layout is fixed: compute the positions once
                 cache["sizes"] = [int(v.numel()) for v in values]
-                positions = torch.cat([torch.arange(n, dtype=torch.int64) for n in cache["sizes"]])
-                positions = (positions * checksums.PHI) & 0xFFFFFFFF
-                cache["positions"] = torch.where(positions >= 1 << 31, positions - (1 << 32), positions).to(
-                    device=w.device, dtype=torch.int32
-                )
-            h = w + cache["positions"]
-            h = h ^ shifted(h, 16)
-            h = h * signed(checksums.FMIX_1)
-            h = h ^ shifted(h, 13)
-            h = h * signed(checksums.FMIX_2)
-            h = h ^ shifted(h, 16)
-            sums = [
-                torch.stack([a.sum(dtype=torch.int64), b.sum(dtype=torch.int64)])
-                for a, b in zip(w.split(cache["sizes"]), h.split(cache["sizes"]))
-            ]
-            return torch.stack(sums)  # on the device: `finish` brings a group over
+                cache["positions"] = _positions(cache["sizes"], values[0].device)
+            return _device_lanes(values, cache["sizes"], cache["positions"])  # on the device: `finish` brings a group over
 
     return run
+
+
+_HOST_LAYOUTS: dict[tuple[int, ...], Any] = {}
+"""`FlatLayout`s of the batches `step_lanes` checked on the host, by their words' sizes."""
+
+
+def step_lanes(leaves: list) -> Any:
+    """The checksum lanes of each tensor of a batch: uint32 NumPy (len(leaves), 2) from zero-copy
+    views of CPU tensors, in one `FlatLayout` pass (torch's integer ops are slower there);
+    int64 on the device for tensors on an accelerator (`lanes_to_host` keeps the low 32 bits)."""
+    from keras_repro import checksums
+
+    with torch.no_grad():
+        tensors = [torch.as_tensor(leaf) for leaf in leaves]
+        words = [_words(t) for t in tensors]
+        sizes = [int(w.numel()) for w in words]
+        if any(t.device.type != "cpu" for t in tensors):
+            return _device_lanes([w.to(tensors[0].device) for w in words], sizes, _positions(sizes, tensors[0].device))
+        layout = _HOST_LAYOUTS.get(tuple(sizes))
+        if layout is None:
+            if len(_HOST_LAYOUTS) > 16:
+                _HOST_LAYOUTS.clear()
+            layout = _HOST_LAYOUTS[tuple(sizes)] = checksums.FlatLayout(sizes)
+        return layout.lanes([w.numpy().view(np.uint32) for w in words])
+
+
+def lanes_to_host(pending: list) -> np.ndarray:
+    """Lanes that `step_lanes` returned, brought to the host together: uint32 (n, leaves, 2)."""
+    if all(isinstance(lanes, np.ndarray) for lanes in pending):
+        return np.stack(pending).astype(np.uint32, copy=False)
+    host = [lanes.cpu().numpy() if isinstance(lanes, torch.Tensor) else lanes for lanes in pending]
+    return (np.stack(host).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32)

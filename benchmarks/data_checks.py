@@ -1,0 +1,122 @@
+"""Overhead of data fingerprints (`SeedCallback(data_checks=True)`, the default).
+
+What is measured
+----------------
+The MNIST-shaped MLP (Flatten -> Dense(128, relu) -> Dense(10), Adam, sparse
+categorical cross-entropy on logits) on synthetic 28x28 float32 data generated
+with NumPy from a fixed seed, `fit(epochs=3, batch_size=32, verbose=0)`, in two
+input forms:
+
+    arrays   `kr.DeterministicSequential` fed NumPy arrays (shuffle=True), the form
+             the fit overhead benchmark measures;
+    tf.data  a plain `keras.Sequential` fed `Dataset.from_tensor_slices((x, y))
+             .batch(32)`, a form whose content keras_repro saw nothing of before;
+
+each with `kr.SeedCallback(seed, data_checks=False)` ("off") and with the default
+`kr.SeedCallback(seed)` ("on": every batch's x and y checksummed inside the train
+step, `keras_repro.fed_data`). Fits are interleaved (off, on, off, on, ...) after
+one uncounted warm-up of each; every fit gets a freshly built and compiled model and
+only `fit` is timed. The table shows medians, the ratio on / off and the ratio of the
+fastest fits; the target on CPU is at most 1.03 (issue 17). The backend is the one
+Keras picks (KERAS_BACKEND). Always exits 0: it is a report.
+
+Usage::
+
+    KERAS_BACKEND=jax python benchmarks/data_checks.py [--repeats 7] [--rows 12000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_repro as kr  # noqa: E402
+
+SEED = 7
+TARGET = 1.03
+EPOCHS = 3
+BATCH_SIZE = 32
+FORMS = ("arrays", "tf.data")
+
+
+def make_data(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic MNIST-shaped data, the same on every call."""
+    rng = np.random.default_rng(0)
+    return rng.random((rows, 28, 28), dtype=np.float32), rng.integers(0, 10, rows).astype("int32")
+
+
+def build(form: str) -> keras.Model:
+    """The compiled MLP: a DeterministicSequential for arrays, a plain Sequential for tf.data."""
+    layers = [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"),
+              keras.layers.Dense(10)]
+    if form == "arrays":
+        model = kr.DeterministicSequential(layers, seed=SEED)
+    else:
+        keras.utils.set_random_seed(SEED)
+        model = keras.Sequential(layers)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def time_fit(form: str, checks: bool, x: np.ndarray, y: np.ndarray) -> float:
+    """Seconds spent in one fit of a fresh model."""
+    keras.backend.clear_session()
+    model = build(form)
+    callback = kr.SeedCallback(SEED, data_checks=checks)
+    if form == "arrays":
+        data, kwargs = (x, y), {"batch_size": BATCH_SIZE, "shuffle": True}
+    else:
+        import tensorflow as tf
+
+        data, kwargs = (tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH_SIZE),), {"shuffle": False}
+    start = time.perf_counter()
+    model.fit(*data, epochs=EPOCHS, verbose=0, callbacks=[callback], **kwargs)
+    elapsed = time.perf_counter() - start
+    fed = [r.path for r in callback.log.epochs[-1].part("data") if r.path.startswith("fed/")]
+    if bool(fed) is not checks:
+        raise RuntimeError(f"data_checks={checks} recorded {fed}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rows", type=int, default=12000)
+    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated: arrays,tf.data")
+    args = parser.parse_args()
+    forms = [form for form in args.forms.split(",") if form]
+    x, y = make_data(args.rows)
+    warmup = {(form, checks): time_fit(form, checks, x, y) for form in forms for checks in (False, True)}
+    times: dict[tuple[str, bool], list[float]] = {key: [] for key in warmup}
+    for _ in range(args.repeats):
+        for key in warmup:
+            times[key].append(time_fit(*key, x, y))
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(
+        f"data checks overhead | {os.cpu_count()} cpu, {platform.platform()} | keras {keras.__version__}, backend "
+        f"{keras.backend.backend()} | {args.rows} rows, {args.rows // BATCH_SIZE + 1} batches/epoch, {EPOCHS} epochs, "
+        f"{args.repeats} repeats | load average {load} at the end"
+    )
+    print(f"reproduce: KERAS_BACKEND={keras.backend.backend()} python benchmarks/data_checks.py --repeats {args.repeats} "
+          f"--rows {args.rows}")
+    print(f"{'input':<8}  {'median off (s)':>14}  {'median on (s)':>13}  {'ratio':>6}  {'fastest':>7}  target")
+    for form in forms:
+        off, on = times[form, False], times[form, True]
+        ratio = statistics.median(on) / statistics.median(off)
+        verdict = f"<= {TARGET:.2f} {'PASS' if ratio <= TARGET else 'FAIL'}"
+        print(f"{form:<8}  {statistics.median(off):>14.3f}  {statistics.median(on):>13.3f}  {ratio:>6.3f}  "
+              f"{min(on) / min(off):>7.3f}  {verdict}")
+    print("first (warm-up) fit of each, s: " + ", ".join(f"{form} {'on' if checks else 'off'} {seconds:.3f}"
+                                                         for (form, checks), seconds in warmup.items()))
+
+
+if __name__ == "__main__":
+    main()
