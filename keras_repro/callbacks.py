@@ -17,7 +17,7 @@ from keras_repro.diagnosis import likely_cause
 from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
 from keras_repro.fed_data import DataChecks
 from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
-from keras_repro.fit_context import EpochClock, FitContext
+from keras_repro.fit_context import EpochClock, FitContext, fit_seed
 from keras_repro.log import FingerprintLog
 from keras_repro.processes import (
     agree,
@@ -65,7 +65,9 @@ class SeedCallback(keras.callbacks.Callback):
     two fits are recorded and verified as one longer run.
 
     Args:
-        seed: An int in [0, 2**32 - 1].
+        seed: An int in [0, 2**32 - 1], or None (default) to take the seed of the
+            `kr.DeterministicModel` it fits: one seed owns the fit, so a different one
+            raises `ValueError` naming both. A plain `keras.Model` needs one here.
         reference: Path of the fingerprint file (`.h5`; `~` is expanded and missing
             folders are created when recording), or None to keep the fingerprints in
             memory only (`callback.log`).
@@ -133,7 +135,7 @@ class SeedCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
-        seed: int,
+        seed: int | None = None,
         reference: str | os.PathLike | None = None,
         mode: str = "auto",
         on_mismatch: str = "raise",
@@ -146,7 +148,8 @@ class SeedCallback(keras.callbacks.Callback):
         data_checks: bool = True,
     ) -> None:
         super().__init__()
-        self.seed = validate_seed(seed)
+        self._given_seed = None if seed is None else validate_seed(seed)
+        self.seed = self._given_seed  # the fit's seed once a fit began (`fit_context.fit_seed`)
         self.mode = mode_for(mode)
         if on_mismatch not in ON_MISMATCH:
             raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}. Received: on_mismatch={on_mismatch!r}")
@@ -199,7 +202,12 @@ class SeedCallback(keras.callbacks.Callback):
 
     def use_fit_context(self, context: FitContext) -> None:
         """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
-        data-order records and notes. Other models get a default context."""
+        data-order records, notes and seed. Other models get a default context.
+
+        Raises:
+            ValueError: When this callback was given a seed other than the model's.
+        """
+        fit_seed(self._given_seed, context.seed)
         self._handed = context
 
     @property
@@ -233,6 +241,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._reset_state()
         warn_if_hash_randomized()
         self._context, self._handed = self._handed or FitContext(EpochClock(self.model)), None
+        self.seed = fit_seed(self._given_seed, self._context.seed)
         warn_if_kernels_off(self._context.kernels_chosen_off)
         chief = _backend.is_chief(self.model)
         self._session = ReferenceSession(

@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("script", help="a Python file defining build_model() and data()")
     audit.add_argument("--steps", type=int, default=20, help="training steps to compare (default 20)")
     audit.add_argument("--batch-size", type=int, default=32, help="rows per step for array data (default 32)")
-    audit.add_argument("--seed", type=int, default=7, help="SeedCallback seed of every run (default 7)")
+    audit.add_argument("--seed", type=int, default=None, help="SeedCallback seed of every run (default: a DeterministicModel's own, else 7)")
     audit.add_argument("--in-process-only", action="store_true", help="skip the fresh-process comparison")
     audit.set_defaults(handler=cmd_audit)
     preflight = sub.add_parser(
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     bisect.add_argument("script", help="a Python file defining data() (and registering custom layers)")
     bisect.add_argument("--epoch", type=int, required=True, help="the epoch K to replay (0-based, as in callbacks)")
     bisect.add_argument("--batch-size", type=int, default=32, help="rows per batch for array data (default 32)")
-    bisect.add_argument("--seed", type=int, default=7, help="SeedCallback seed of the original run (default 7)")
+    bisect.add_argument("--seed", type=int, default=None, help="SeedCallback seed of the original run (default: a DeterministicModel's own, else 7)")
     bisect.set_defaults(handler=cmd_bisect)
     return parser
 

@@ -86,6 +86,8 @@ class FitContext:
             for a model that is not a DeterministicModel.
         callbacks: The fit's callbacks, when the model knows them (`DeterministicModel`):
             a resumed fit names those whose state starts afresh (`keras_repro.callback_state`).
+        seed: The model's seed (`DeterministicModel(seed=...)`): the one seed of the fit, which
+            a `SeedCallback(seed=None)` takes; None for other models.
     """
 
     clock: EpochClock
@@ -94,6 +96,7 @@ class FitContext:
     kernels_chosen_off: bool = False
     settings: dict[str, str] = dataclasses.field(default_factory=dict)
     callbacks: tuple[Any, ...] = ()
+    seed: int | None = None
 
     def configuration(self, model: Any, params: Mapping[str, Any] | None, reset_layer_rng: bool) -> dict[str, str]:
         """The fit's configuration, to record with its fingerprints: `settings`, the fit's
@@ -105,3 +108,55 @@ class FitContext:
         '32'
         """
         return configuration.collect(model, params, self.settings, reset_layer_rng)
+
+
+def fit_seed(given: int | None, model_seed: int | None) -> int:
+    """The one seed of a fit: the model's (a `DeterministicModel`'s) or the callback's.
+
+    Args:
+        given: The seed given to `SeedCallback` (None: take the model's).
+        model_seed: The model's seed, or None for a model that has none.
+
+    Returns:
+        The seed the fit uses.
+
+    Raises:
+        ValueError: When neither has a seed, or both have and they differ.
+
+    Example:
+
+    >>> fit_seed(None, 7), fit_seed(7, 7), fit_seed(7, None)
+    (7, 7, 7)
+    """
+    if given is None and model_seed is None:
+        raise ValueError(
+            "SeedCallback has no seed: the model has none (it is not a kr.DeterministicModel). Pass one, "
+            "e.g. kr.SeedCallback(7, 'reference.h5'). Received: seed=None"
+        )
+    if given is not None and model_seed is not None and given != model_seed:
+        raise ValueError(
+            f"SeedCallback's seed ({given}) differs from the model's ({model_seed}): the model draws its initial "
+            "weights and orders the data from its seed, so a reference recorded under another would misname both. "
+            "Drop the callback's seed (kr.SeedCallback(reference=...) takes the model's) or pass the same one. "
+            f"Received: seed={given}"
+        )
+    return model_seed if given is None else given
+
+
+DEFAULT_SEED = 7
+"""The seed keras_repro's own fits (`assert_reproducible`, `audit`, `bisect`) give a model
+that has none of its own (not a `DeterministicModel`) when no seed is passed."""
+
+
+def callback_seed(model: Any, seed: int | None) -> int | None:
+    """The seed to give the `SeedCallback` of a fit keras_repro runs itself: `seed`, else None
+    for a `DeterministicModel` (the callback takes its seed), else `DEFAULT_SEED`.
+
+    Example:
+
+    >>> callback_seed(object(), None)
+    7
+    """
+    if seed is None and getattr(model, "_repro_seed", None) is None:
+        return DEFAULT_SEED
+    return seed

@@ -247,14 +247,15 @@ class DeterministicModel(keras.Model):
         callbacks = list(callbacks or [])
         seed_callback = next((c for c in callbacks if isinstance(c, SeedCallback)), None)
         if seed_callback is None:
-            seed_callback = SeedCallback(self._repro_seed)
+            seed_callback = SeedCallback()  # takes the model's seed
             callbacks.append(seed_callback)
         clock = EpochClock(self)
         notes = {"kept_weights": ", ".join(self._repro_kept)} if self._repro_kept else {}
         if self._repro_init_notes:
             notes["initial_weights"] = "; ".join(self._repro_init_notes)
         context = functools.partial(
-            FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels, callbacks=tuple(callbacks)
+            FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels, callbacks=tuple(callbacks),
+            seed=self._repro_seed,
         )
         common = dict(
             epochs=epochs, verbose=verbose, class_weight=class_weight, initial_epoch=initial_epoch,

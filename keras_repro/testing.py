@@ -40,6 +40,7 @@ from typing import Any
 
 from keras_repro import child, nesting
 from keras_repro.callbacks import SeedCallback
+from keras_repro.fit_context import callback_seed
 from keras_repro.compare import DIVERGED, Comparison
 from keras_repro.diagnosis import likely_cause
 from keras_repro.fingerprints import part_differs
@@ -62,7 +63,7 @@ def assert_reproducible(
     y: Any = None,
     *,
     epochs: int = 2,
-    seed: int = 7,
+    seed: int | None = None,
     rtol: float = 0.0,
     atol: float = 0.0,
     **fit_kwargs: Any,
@@ -84,7 +85,8 @@ def assert_reproducible(
         x: The training inputs, as for `fit`.
         y: The training targets, as for `fit`, or None.
         epochs: The number of epochs of each fit.
-        seed: The seed of both fits (`SeedCallback(seed)`).
+        seed: The seed of every fit (`SeedCallback(seed)`): None (default) takes a
+            `DeterministicModel`'s own seed, and 7 for another model.
         rtol: Relative tolerance on each variable's float summaries (0: exact).
         atol: Absolute tolerance on the float summaries (0: exact).
         **fit_kwargs: More arguments of `fit` (`batch_size`, `shuffle`,
@@ -117,7 +119,7 @@ def assert_reproducible(
     comparison = first.compare(second, rtol=rtol, atol=atol)
     tolerant = bool(rtol or atol)
     if not (comparison.within_tolerance if tolerant else comparison.identical):
-        raise AssertionError(divergence_report(comparison, seed, deterministic, runs=(first, second)))
+        raise AssertionError(divergence_report(comparison, first.seed, deterministic, runs=(first, second)))
     logger.info("assert_reproducible: %s", comparison)
     return comparison
 
@@ -139,11 +141,16 @@ def _fit_once(
         )
     if getattr(model, "compiled", True) is False:
         raise ValueError("`build_model()` returned a model that is not compiled; call model.compile(...) in it.")
-    callback = SeedCallback(seed)
+    callback = _seed_callback(model, seed)
     model.fit(x, y, epochs=epochs, callbacks=callbacks + [callback], **fit_kwargs)
     if save_to is not None:
         model.save(save_to)
     return callback.log, getattr(model, "_repro_seed", None) is not None
+
+
+def _seed_callback(model: Any, seed: int | None) -> SeedCallback:
+    """The SeedCallback of one fit (`fit_context.callback_seed`)."""
+    return SeedCallback(callback_seed(model, seed))
 
 
 def _check_arguments(build_model: Any, epochs: Any, fit_kwargs: dict) -> list:
@@ -177,7 +184,7 @@ def assert_resumable(
     *,
     epochs: int = 4,
     at: int = 2,
-    seed: int = 7,
+    seed: int | None = None,
     fresh_process: bool = True,
     **fit_kwargs: Any,
 ) -> Comparison:
@@ -201,7 +208,8 @@ def assert_resumable(
         y: The training targets, or None.
         epochs: The epochs of the straight run.
         at: The epoch the run is stopped and resumed at (1 <= at < epochs).
-        seed: The seed of every fit (`SeedCallback(seed)`).
+        seed: The seed of every fit (`SeedCallback(seed)`): None (default) takes a
+            `DeterministicModel`'s own seed, and 7 for another model.
         fresh_process: Load and resume in a fresh process (default) or in this one.
         **fit_kwargs: More arguments of `fit` (`batch_size`, `shuffle`,
             `validation_split`, `callbacks`...); `verbose` defaults to 0.
@@ -250,7 +258,7 @@ def assert_resumable(
     comparison = straight.compare(resumed)
     if not comparison.identical:
         raise AssertionError(divergence_report(
-            comparison, seed, deterministic, runs=(straight, resumed),
+            comparison, straight.seed, deterministic, runs=(straight, resumed),
             title=f"Training does not resume exactly: stopped after epoch {at - 1}, saved, loaded "
                   f"{'in a fresh process ' if fresh_process else ''}and resumed, it differs from a straight run",
         ))
@@ -264,7 +272,7 @@ def _resume(payload: Mapping[str, Any], x: Any, y: Any, fit_kwargs: dict, callba
 
     keras.backend.clear_session()
     model = keras.models.load_model(payload["checkpoint"])
-    callback = SeedCallback(payload["seed"])
+    callback = _seed_callback(model, payload["seed"])
     model.fit(x, y, epochs=payload["epochs"], initial_epoch=payload["at"], callbacks=callbacks + [callback], **fit_kwargs)
     return callback.log
 

@@ -70,12 +70,13 @@ from keras_repro.compare import compare_runs
 from keras_repro.diagnosis import FRESH_PROCESS, REPLAY
 from keras_repro.errors import ReproWarning, warn
 from keras_repro.log import FingerprintLog
+from keras_repro.fit_context import DEFAULT_SEED, callback_seed
 from keras_repro.seeding import seed_everything, seed_for
 
 logger = logging.getLogger(__name__)
 
 
-def _fresh_process_check(build_model: Callable[[], Any], feed: Feed, seed: int, fit_arguments: tuple[bytes | None, str],
+def _fresh_process_check(build_model: Callable[[], Any], feed: Feed, seed: int | None, fit_arguments: tuple[bytes | None, str],
                          reference: FingerprintLog) -> Check:
     """Compares `reference` with a fresh process's run, or says why it cannot."""
     hash_seed = child.other_hash_seed()
@@ -108,7 +109,7 @@ def audit(
     *,
     steps: int = 20,
     batch_size: int = 32,
-    seed: int = 7,
+    seed: int | None = None,
     fresh_process: bool = True,
     **fit_kwargs: Any,
 ) -> AuditReport:
@@ -132,7 +133,8 @@ def audit(
         y: The targets for array inputs, or None.
         steps: Training steps to compare.
         batch_size: Rows per step for array inputs.
-        seed: The `SeedCallback` seed of every run.
+        seed: The `SeedCallback` seed of every run: None (default) takes a
+            `DeterministicModel`'s own seed, and 7 for another model.
         fresh_process: Also compare with a fresh process (skipped with a
             `ReproWarning` when build_model cannot be imported there).
         **fit_kwargs: More `fit` arguments (`shuffle`, `callbacks`,
@@ -163,7 +165,7 @@ def audit(
     if not callable(build_model):
         raise TypeError(f"`build_model` must be a function returning a compiled keras.Model. Received: build_model={build_model!r}")
     validate_options(batch_size, seed, steps=steps)
-    steps, batch_size, seed = int(steps), int(batch_size), int(seed)
+    steps, batch_size = int(steps), int(batch_size)
     kwargs, callbacks = split_fit_kwargs(fit_kwargs, "audit")
     feed = prepare_feed(x, y, steps, batch_size, kwargs.pop("sample_weight", None))
     fit_arguments = child.pickled((kwargs, callbacks), "fit arguments") if fresh_process else (None, "")
@@ -180,7 +182,7 @@ def audit(
     else:
         checks.append(Check(FRESH_PROCESS, "", skipped="not requested: fresh_process=False"))
     divergence = next((c.divergence for c in checks if c.divergence is not None), None)
-    report = AuditReport(divergence is None, divergence, hazards, len(first.batches), tuple(checks), seed, _backend.name())
+    report = AuditReport(divergence is None, divergence, hazards, len(first.batches), tuple(checks), first.seed, _backend.name())
     logger.info("%s", report)
     return report
 
@@ -202,7 +204,7 @@ def bisect(
     y: Any = None,
     *,
     epoch: int,
-    seed: int = 7,
+    seed: int | None = None,
     batch_size: int = 32,
     **fit_kwargs: Any,
 ) -> BisectReport:
@@ -229,7 +231,8 @@ def bisect(
         x: The training input, as given to the original `fit`.
         y: The targets, or None.
         epoch: The 0-based epoch to replay (as Keras numbers it in callbacks).
-        seed: The `SeedCallback` seed (the original run's, to replay its epoch).
+        seed: The `SeedCallback` seed (the original run's, to replay its epoch): None
+            (default) takes a `DeterministicModel`'s own seed, and 7 for another model.
         batch_size: Rows per batch for array inputs.
         **fit_kwargs: More `fit` arguments, as in the original run (`shuffle`,
             `validation_split`...).
@@ -254,22 +257,21 @@ def bisect(
         raise ValueError(f"`epoch` must be an int >= 0 (the epoch to replay, 0-based). Received: epoch={epoch!r}")
     epoch = int(epoch)
     validate_options(batch_size, seed)
-    seed = int(seed)
     kwargs, callbacks = split_fit_kwargs(fit_kwargs, "bisect")
     logs: list[FingerprintLog] = []
     hazards: list[str] = []
     for replay in range(2):
         keras.backend.clear_session()
-        seed_everything(seed_for(seed, "bisect", epoch))
+        seed_everything(seed_for(DEFAULT_SEED if seed is None else seed, "bisect", epoch))
         model = keras.models.load_model(path)
         if replay == 0:
             hazards = find_hazards(model, x)
-        callback = SeedCallback(seed, every_n_batches=1, log_key=None)
+        callback = SeedCallback(callback_seed(model, seed), every_n_batches=1, log_key=None)
         model.fit(x, y, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
                   callbacks=[callback, *callbacks], **kwargs)
         logs.append(callback.log)
         del model
     divergence = named(compare_runs(*logs).first_divergence, REPLAY)
-    report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, seed)
+    report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, logs[0].seed)
     logger.info("%s", report)
     return report

@@ -14,6 +14,7 @@ import numpy as np
 from keras_repro import _backend
 from keras_repro.callbacks import SeedCallback
 from keras_repro.child import map_leaves
+from keras_repro.fit_context import callback_seed
 from keras_repro.log import FingerprintLog
 from keras_repro.model import _is_arrays
 from keras_repro.seeding import validate_seed
@@ -122,13 +123,14 @@ def check_positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def validate_options(batch_size: int, seed: int, steps: int | None = None) -> None:
+def validate_options(batch_size: int, seed: int | None, steps: int | None = None) -> None:
     """Raises ValueError unless `batch_size` (and `steps`, if given) are positive ints and
-    `seed` is in [0, 2**32 - 1]."""
+    `seed` is None or in [0, 2**32 - 1]."""
     if steps is not None:
         check_positive("steps", steps)
     check_positive("batch_size", batch_size)
-    validate_seed(seed)
+    if seed is not None:
+        validate_seed(seed)
 
 
 def split_fit_kwargs(fit_kwargs: Mapping[str, Any], function: str) -> tuple[dict, list]:
@@ -161,12 +163,12 @@ def _check_model(model: Any) -> None:
         )
 
 
-def run_once(build_model: Callable[[], Any], feed: Feed, seed: int, fit_kwargs: Mapping[str, Any],
+def run_once(build_model: Callable[[], Any], feed: Feed, seed: int | None, fit_kwargs: Mapping[str, Any],
               callbacks: Sequence[Any]) -> tuple[FingerprintLog, Any]:
     """Clears the session, builds, trains one epoch of `feed` with batch fingerprints."""
     keras.backend.clear_session()
     model = build_model()
     _check_model(model)
-    callback = SeedCallback(seed, every_n_batches=1, log_key=None)
+    callback = SeedCallback(callback_seed(model, seed), every_n_batches=1, log_key=None)
     feed.fit(model, [callback, *callbacks], fit_kwargs)
     return callback.log, model
