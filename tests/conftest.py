@@ -75,6 +75,31 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
+UNIT_REFUSED = ("fit", "train_on_batch", "evaluate", "predict", "test_on_batch", "predict_on_batch")
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_neither_train_nor_spawn(request, monkeypatch):
+    """Keeps the `unit` tier honest: a test marked unit that trains, evaluates or predicts, or
+    starts a process, fails saying so (take the mark off, or make the test smaller)."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refused(what):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"a test marked `unit` must not {what}: take the mark off or do without it")
+        return refuse
+
+    for name in UNIT_REFUSED:
+        monkeypatch.setattr(keras.Model, name, refused(f"call Model.{name}"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refused("start a process"))
+    import multiprocessing.process
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refused("start a process"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def restore_environ():
     """Restores os.environ after each test."""

@@ -12,6 +12,8 @@ from keras_repro import checksums
 from tests.conftest import make_data, make_model
 from tests.test_tolerance_and_batches import NudgeAtBatch, _fit
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 @pytest.mark.parametrize("every", [1, 2, 3])
 def test_begin_capture_records_what_end_capture_records(every):

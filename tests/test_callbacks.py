@@ -19,6 +19,8 @@ from keras_repro import (
 )
 from tests.conftest import make_data, make_model, nudge_one_ulp, run_python
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _fit(callbacks, seed=7, epochs=3, model=None, **kwargs):
     """Builds (with fresh Keras names) and fits the small test model."""

@@ -13,6 +13,8 @@ from keras_repro.fingerprints import data_record
 from keras_repro.fit_context import EpochClock, FitContext
 from tests.conftest import nudge_one_ulp
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _model():
     """A built model with trainable, non-trainable, optimizer and SeedGenerator variables."""

@@ -11,6 +11,8 @@ from keras_repro.batch_checksums import BatchChecksums
 from keras_repro.fingerprints import PARTS, fingerprint
 from keras_repro.state import model_variables
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 MASK = 0xFFFFFFFF
 
 

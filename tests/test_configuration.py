@@ -12,6 +12,8 @@ import pytest
 import keras_repro as kr
 from keras_repro import configuration
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _model(units=8, dtype=None, optimizer="adam", loss="sparse_categorical_crossentropy"):
     """A compiled functional model (Keras numbers its layer names per process)."""

@@ -17,6 +17,8 @@ from keras_repro import _backend, checksums, fed_data
 from keras_repro.errors import FingerprintMismatch, ReproWarning
 from keras_repro.fingerprints import hash_array
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 ROWS, BATCH, STEPS, EPOCHS = 24, 4, 6, 2
 
 

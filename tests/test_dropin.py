@@ -16,6 +16,8 @@ import keras_repro as kr
 from keras_repro.model import DeterministicFunctional
 from tests.conftest import make_data
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _graph(units=3):
     inputs = keras.Input((6,))

@@ -13,6 +13,8 @@ from keras_repro import fingerprints as fp_module
 from keras_repro.fingerprints import PARTS, data_record, hash_array, make_fingerprint
 from tests.conftest import make_data, make_model, run_python
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _trained(seed=7, epochs=1):
     model = make_model(seed)

@@ -13,6 +13,8 @@ import keras_repro as kr
 from keras_repro.model import DeterministicFunctional
 from tests.conftest import make_data
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 class RowRecorder(keras.layers.Layer):
     """Records column 0 of every training batch it sees (run eagerly)."""

@@ -13,6 +13,8 @@ import keras_repro as kr
 from keras_repro import _backend, multi_worker
 from keras_repro.errors import ReproWarning
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 
 

@@ -15,6 +15,8 @@ from keras_repro.compare import Divergence
 from keras_repro.environment import distribution_layout
 from keras_repro.fingerprints import VariableDigest, make_fingerprint
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 class Peers:
     """Simulated processes for `gather_from_processes`: this process is 0, the others answer

@@ -15,6 +15,8 @@ from keras_repro.rng_state import (
 )
 from tests.conftest import make_data, make_model
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 @keras.saving.register_keras_serializable(package="tests")
 class UnseededNoise(keras.layers.Layer):

@@ -13,6 +13,8 @@ from keras_repro import derive_seed, seed_everything, seeding
 from keras_repro.errors import HashRandomizationWarning
 from tests.conftest import run_python
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _draws():
     """One draw from every RNG seed_everything is meant to control."""

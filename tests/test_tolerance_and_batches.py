@@ -11,6 +11,8 @@ from keras_repro.compare import classify
 from keras_repro.fingerprints import summarize
 from tests.conftest import make_data, make_model
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _scaled_copy(model, factor, index=0):
     """Fingerprints of `model` before and after scaling one trainable variable by `factor`."""

@@ -19,6 +19,8 @@ import keras_repro as kr
 from keras_repro.reference import ReferenceFile, lock_path
 from tests.conftest import edit_reference, make_data, make_model
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _functional(seed=7, **kwargs):
     inputs = keras.Input((6,))
