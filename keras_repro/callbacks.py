@@ -8,18 +8,20 @@ from typing import Any
 
 import keras
 
-from keras_repro import _backend, environment
-from keras_repro.batch_checks import BatchChecker, resolve_capture
-from keras_repro.callback_state import warn_lost_state
-from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
+from keras_repro import _backend
+from keras_repro.arguments import positive_int
 from keras_repro.determinism import warn_if_kernels_off
-from keras_repro.diagnosis import likely_cause
 from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
-from keras_repro.fed_data import DataChecks
-from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
-from keras_repro.fit_context import EpochClock, FitContext, fit_seed
-from keras_repro.log import FingerprintLog
-from keras_repro.processes import (
+from keras_repro.fingerprinting import environment
+from keras_repro.fingerprinting.compare import Divergence, compare_fingerprints, replica_divergence
+from keras_repro.fingerprinting.diagnosis import likely_cause
+from keras_repro.fingerprinting.digests import Fingerprint, fingerprint, replica_fingerprints
+from keras_repro.fingerprinting.variables import build_optimizer_early, replica_devices, replica_local_paths
+from keras_repro.fit.batch_checks import BatchChecker, resolve_capture
+from keras_repro.fit.callback_state import warn_lost_state
+from keras_repro.fit.context import EpochClock, FitContext, fit_seed
+from keras_repro.fit.fed_data import DataChecks
+from keras_repro.fit.processes import (
     agree,
     divergence_of,
     divergence_verdict,
@@ -27,16 +29,16 @@ from keras_repro.processes import (
     process_divergence,
     together,
 )
-from keras_repro.recording import ReferenceSession, describe, epoch_span, mode_for
-from keras_repro.reference import ReferenceFile, lock_path, normalize_path
+from keras_repro.fit.rng_state import global_generator_records, reset_global_generator, reset_rng, reset_seed_generators
 from keras_repro.seeding import (
     seed_everything,
     seed_for,
     validate_seed,
     warn_if_hash_randomized,
 )
-from keras_repro.rng_state import global_generator_records, reset_global_generator, reset_rng, reset_seed_generators
-from keras_repro.state import replica_devices, replica_local_paths
+from keras_repro.store.log import FingerprintLog
+from keras_repro.store.recording import ReferenceSession, describe, epoch_span, mode_for
+from keras_repro.store.reference import ReferenceFile, lock_path, normalize_path
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +85,14 @@ class SeedCallback(keras.callbacks.Callback):
             of the first epoch that differs (or before the first step when the
             initial state differs); "warn" warns once and goes on.
         reset_layer_rng: Reset layer SeedGenerators and Keras' global one (unseeded
-            `keras.random` calls) at every epoch start (default; `keras_repro.rng_state`).
+            `keras.random` calls) at every epoch start (default; `keras_repro.fit.rng_state`).
         log_key: Opt-in: also add every epoch's digest to `history.history` under this
             key (code that plots every key expects numbers there). Never in `logs`.
         every_n_batches: Also fingerprint the state after every N-th batch, so a
             verify names the first divergent batch, not just the epoch. A batch
             fingerprint is a 64-bit integer checksum of each variable computed on
-            its device in one compiled call (`keras_repro.checksums`), left there and
-            brought to the host in groups (`keras_repro.batch_checks`): still a pass
+            its device in one compiled call (`keras_repro.fingerprinting.checksums`), left there and
+            brought to the host in groups (`keras_repro.fit.batch_checks`): still a pass
             over every weight, which on CPU costs a fraction of a small model's step
             (see benchmarks/batch_fingerprint.py). The epoch fingerprint still
             hashes every byte.
@@ -100,21 +102,21 @@ class SeedCallback(keras.callbacks.Callback):
         capture: When a batch's state is checksummed: "end" (in `on_train_batch_end`),
             "begin" (when the next batch begins, so Keras may run batch-end hooks on a
             thread), or "auto" (default): "begin" on JAX, else "end". See
-            `keras_repro.batch_checks`.
+            `keras_repro.fit.batch_checks`.
         check_replicas: Where devices each hold a copy of the variables
             (`tf.distribute` mirrored variables, replicated JAX arrays), check before
             the first step and at every epoch end that all copies are equal, and
             report the first replica and variable that drifted (as `on_mismatch` says),
             in record mode too. Costs a host read and hash per copy. In a multi-process
             run (JAX), also check that every process holds the same state as process 0
-            (`keras_repro.processes`); every process must pass the same value.
+            (`keras_repro.fit.processes`); every process must pass the same value.
         data_checks: Checksum every batch the fit feeds or validates on (x, y, sample_weight; any
-            input form) inside its step, into the data part (`fed/x`...; `keras_repro.fed_data`).
+            input form) inside its step, into the data part (`fed/x`...; `keras_repro.fit.fed_data`).
 
     Multi-process runs (JAX): every process runs the callback with the same arguments; only
     process 0 writes the reference (and, but with mode="verify", reads it); a divergence or a
     reference error found by any process is acted on by all, at the initial check and at each
-    epoch end (`keras_repro.processes`).
+    epoch end (`keras_repro.fit.processes`).
 
     Attributes:
         log: The `FingerprintLog` of the last fit.
@@ -159,14 +161,8 @@ class SeedCallback(keras.callbacks.Callback):
         self.on_mismatch = on_mismatch
         self.reset_layer_rng = bool(reset_layer_rng)
         self.log_key = log_key
-        if every_n_batches is not None and (
-            isinstance(every_n_batches, bool) or not isinstance(every_n_batches, int) or every_n_batches < 1
-        ):
-            raise ValueError(f"`every_n_batches` must be a positive int or None. Received: every_n_batches={every_n_batches!r}")
-        self.every_n_batches = every_n_batches
-        if isinstance(fetch_every, bool) or not isinstance(fetch_every, int) or fetch_every < 1:
-            raise ValueError(f"`fetch_every` must be a positive int. Received: fetch_every={fetch_every!r}")
-        self.fetch_every = fetch_every
+        self.every_n_batches = positive_int("every_n_batches", every_n_batches, optional=True)
+        self.fetch_every = positive_int("fetch_every", fetch_every)
         self.capture = resolve_capture(capture)
         # Keras runs batch-end hooks in a thread, overlapping the next steps, only for
         # callbacks that say they are safe: a batch fingerprint must read the state of its
@@ -276,7 +272,7 @@ class SeedCallback(keras.callbacks.Callback):
         """Before the first step: fingerprint the initial state, open the reference, check."""
         self._first_epoch = epoch
         warn_lost_state(self._context.callbacks, epoch, epoch - self._context.clock.offset, self.model)
-        _build_optimizer_early(self.model)
+        build_optimizer_early(self.model)
         self._config = self._context.configuration(self.model, self.params, self.reset_layer_rng)
         self._initial = self._fingerprint(epoch)
         planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1
@@ -414,7 +410,7 @@ class SeedCallback(keras.callbacks.Callback):
 
     def _likely_cause(self, divergence: Divergence) -> str | None:
         """The likely cause of a divergence from the reference, from what differs between the
-        reference and this run (`keras_repro.diagnosis`); None for replicas'."""
+        reference and this run (`keras_repro.fingerprinting.diagnosis`); None for replicas'."""
         if divergence.replica is not None or divergence.process is not None:
             return None
         deterministic = getattr(self.model, "_repro_seed", None) is not None
@@ -435,19 +431,6 @@ class SeedCallback(keras.callbacks.Callback):
             "verified. Record a longer reference to check them (mode='auto' extends it).",
             ReproWarning,
         )
-
-
-def _build_optimizer_early(model: Any) -> None:
-    """Builds the optimizer as its first step would, so the initial fingerprint covers it.
-
-    The TensorFlow trainer defers the build to the first traced step; the variables it
-    creates (zeros, the iteration counter, the learning rate) are the same either way.
-    """
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None or getattr(optimizer, "built", True):
-        return
-    if all(layer.built for layer in model._flatten_layers()) and model.trainable_variables:
-        optimizer.build(model.trainable_variables)
 
 
 def _is_number(value: Any) -> bool:

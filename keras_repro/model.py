@@ -10,17 +10,24 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
-from keras_repro import configuration, feeding
 from keras_repro._backend import distribution_scope, input_hazards
 from keras_repro.callbacks import SeedCallback
 from keras_repro.determinism import use_deterministic_kernels
 from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
-from keras_repro.fit_context import EpochClock, FitContext
-from keras_repro.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
-from keras_repro.model_forms import (
-    cloned_as_keras_sequential, functional_arguments, model_being_cloned, rebase_functional, register_for_h5, restoring, restoring_arguments,
+from keras_repro.fingerprinting import configuration
+from keras_repro.fit import feeding
+from keras_repro.fit.context import EpochClock, FitContext
+from keras_repro.fit.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
+from keras_repro.fit.model_forms import (
+    cloned_as_keras_sequential,
+    functional_arguments,
+    model_being_cloned,
+    rebase_functional,
+    register_for_h5,
+    restoring,
+    restoring_arguments,
 )
-from keras_repro.ordering import SPLIT_MODES, split_indices
+from keras_repro.fit.ordering import SPLIT_MODES, split_indices
 from keras_repro.seeding import seed_everything, seed_for, validate_seed
 
 logger = logging.getLogger(__name__)
@@ -228,7 +235,7 @@ class DeterministicModel(keras.Model):
 
         In a multi-process run (a Keras distribution over several JAX processes), every
         process passes the same global arrays and the global `batch_size`: each feeds its
-        own part of every batch, in the same order (see `keras_repro.feeding`).
+        own part of every batch, in the same order (see `keras_repro.fit.feeding`).
 
         Args:
             validation_split_mode: "last" (default, as Keras: the last fraction of the

@@ -48,7 +48,7 @@ def edit_reference(path):
     writer (rather than damage) would produce."""
     import h5py
 
-    from keras_repro import store
+    from keras_repro.store import hdf5 as store
 
     with h5py.File(path, "r+") as file:
         yield file
@@ -127,7 +127,10 @@ def fresh_keras_session(request):
     """Each test starts with fresh Keras name counters (unless its module trains only in
     other processes: `IN_PROCESS_KERAS = False`)."""
     if getattr(request.module, "IN_PROCESS_KERAS", True):
-        keras.backend.clear_session()
+        # Without Python's full garbage collection, which Keras runs by default and which costs
+        # most of a second per test once the process holds a few models (the interpreter's own
+        # collection still frees them).
+        keras.backend.clear_session(free_memory=False)
         # A DeterministicModel turns the backend's deterministic kernels on for the whole
         # process: each test starts with them off (tests of the default run in new processes).
         from keras_repro.determinism import use_deterministic_kernels

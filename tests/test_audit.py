@@ -10,16 +10,16 @@ import keras
 import pytest
 
 import keras_repro as kr
-from keras_repro.audit import (
+from keras_repro.cli import main
+from keras_repro.errors import ReproWarning
+from keras_repro.tools.audit import (
     CHILD_ENVIRONMENT_VARIABLE,
     AuditDivergence,
     audit,
     bisect,
     find_hazards,
 )
-from keras_repro.cli import main
-from keras_repro.errors import ReproWarning
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, child_env
 from tests.scripts.audit import models
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "audit")
@@ -120,6 +120,7 @@ def test_local_build_model_skips_fresh_process_with_warning(data):
     assert "fresh process: skipped" in str(report)
 
 
+@pytest.mark.unit
 def test_bad_arguments_say_what_to_do(data):
     """Bad steps, reserved fit arguments, a SeedCallback and an uncompiled model are refused."""
     with pytest.raises(ValueError, match="Received: steps=0"):
@@ -174,6 +175,7 @@ def test_bisect_names_first_divergent_batch_and_variable(checkpoints, data):
     assert "NOT REPRODUCIBLE: replay: epoch 1, batch 3" in str(report)
 
 
+@pytest.mark.unit
 def test_bisect_bad_checkpoint(tmp_path, data):
     """A missing or non-.keras checkpoint is refused with what to pass."""
     with pytest.raises(FileNotFoundError, match="Received: checkpoint="):
@@ -199,6 +201,7 @@ def test_cli_audit_divergent_exit_1(capsys):
         (["bisect", "missing.keras", DETERMINISTIC_SCRIPT, "--epoch", "1"], "does not exist"),
     ],
 )
+@pytest.mark.unit
 def test_cli_bad_input_exit_2_one_line(args, message, capsys):
     """A missing file, a script without build_model() or a bad option: exit 2, one line."""
     assert main(args) == 2

@@ -241,6 +241,7 @@ def test_second_recorder_gets_a_clear_error_and_the_file_stays_whole(tmp_path):
         ({"seed": 1, "mode": "verify"}, "reference"),
     ],
 )
+@pytest.mark.unit
 def test_bad_arguments(kwargs, message):
     """Bad arguments fail at construction with the argument named."""
     with pytest.raises(ValueError, match=f"Received: {message}"):

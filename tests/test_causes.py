@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
+from keras_repro.fingerprinting import digests
 from tests.conftest import edit_reference, make_data
 
 EPOCHS, BATCH = 2, 16
@@ -273,9 +274,9 @@ def test_a_reference_without_configuration_verifies_and_says_what_is_unknown(tmp
     path = tmp_path / "old.h5"
     _build().fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0, callbacks=[kr.SeedCallback(7, path)])
     log = kr.load_fingerprints(path)
-    assert any(kr.fingerprints.added_later(r) == "content" for r in log.initial.records)
-    assert any(r.path == kr.fingerprints.GLOBAL_GENERATOR_PATH for r in log.initial.records)
-    old = [kr.fingerprints.make_fingerprint([r for r in fp.records if not kr.fingerprints.added_later(r)], fp.epoch,
+    assert any(digests.added_later(r) == "content" for r in log.initial.records)
+    assert any(r.path == digests.GLOBAL_GENERATOR_PATH for r in log.initial.records)
+    old = [digests.make_fingerprint([r for r in fp.records if not digests.added_later(r)], fp.epoch,
                                             fp.metrics) for fp in (log.initial, *log.epochs)]
     dataclasses.replace(log, initial=old[0], epochs=tuple(old[1:]), config=None).save(path)
     with edit_reference(path) as file:

@@ -152,6 +152,7 @@ def test_bad_file_exit_2_one_line(runs, tmp_path, capsys, command):
     assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
 
 
+@pytest.mark.unit
 def test_usage_error_exit_2(capsys):
     """A missing argument is a usage error, exit 2."""
     with pytest.raises(SystemExit) as info:
@@ -159,6 +160,7 @@ def test_usage_error_exit_2(capsys):
     assert info.value.code == 2
 
 
+@pytest.mark.unit
 def test_demo_bad_arguments(capsys):
     """Bad demo arguments exit 2 with the argument named."""
     assert main(["demo", "--epochs", "0"]) == 2
@@ -185,7 +187,7 @@ def test_demo_console_script_and_module(tmp_path):
 
 def test_demo_reports_a_divergence(tmp_path, monkeypatch, capsys):
     """When run 2 differs (here: another seed for run 2), demo says so and exits 1."""
-    from keras_repro import demo
+    from keras_repro.tools import demo
 
     original = demo.train_once
     calls = []

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, child_env
 
 SCRIPT = os.path.join(REPO, "tests", "scripts", "conformance.py")
 sys.path.insert(0, os.path.dirname(SCRIPT))
@@ -113,6 +113,7 @@ def test_conformance(matrix, backend, cell, lifecycle):
     assert not failed, "\n".join(f"{phase}: {name}: {detail}" for phase, name, _, detail in failed)
 
 
+@pytest.mark.unit
 def test_readme_shows_the_matrix():
     """The README's Guarantees section carries the matrix's table, as the script prints it."""
     with open(os.path.join(REPO, "README.md")) as handle:

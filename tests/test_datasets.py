@@ -14,6 +14,7 @@ from keras_repro.datasets import load_digits
 from tests.conftest import REPO
 
 
+@pytest.mark.unit
 def test_digits_are_the_real_dataset():
     """1,797 8x8 images with pixels 0..16 and all ten classes, roughly balanced."""
     images, labels = load_digits()
@@ -23,6 +24,7 @@ def test_digits_are_the_real_dataset():
     assert len(counts) == 10 and counts.min() > 170
 
 
+@pytest.mark.unit
 def test_digits_match_scikit_learn():
     """The shipped copy equals scikit-learn's bundled digits (the test extra installs it)."""
     sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="pip install '.[test]' installs scikit-learn")

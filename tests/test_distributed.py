@@ -21,7 +21,7 @@ import keras
 import pytest
 
 from keras_repro import load_fingerprints
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, child_env
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "distributed")
 TIMEOUT = 150
@@ -232,13 +232,13 @@ KERAS_MULTI_WORKER_ERRORS = (
 def test_keras_still_needs_the_multi_worker_fix(tmp_path):
     """Without `kr.fix_multi_worker_fit()`, Keras' fit under MultiWorkerMirroredStrategy (2 workers on loopback)
     still fails with one of the errors the fix works around; when it no longer does, the fix can go."""
-    from keras_repro.multi_worker import NEWEST_KERAS_NEEDING_FIX
+    from keras_repro.fit.multi_worker import NEWEST_KERAS_NEEDING_FIX
 
     workers = _run_workers([tmp_path / "unfixed.h5"] * 2, fix=False)
     unfixed = [w for w in workers if "FIT_ERROR" not in w]
     assert not unfixed, (
         f"Keras {keras.__version__} now trains under MultiWorkerMirroredStrategy without the fix: raise the "
-        f"version bound NEWEST_KERAS_NEEDING_FIX {NEWEST_KERAS_NEEDING_FIX} in keras_repro/multi_worker.py, or retire "
+        f"version bound NEWEST_KERAS_NEEDING_FIX {NEWEST_KERAS_NEEDING_FIX} in keras_repro/fit/multi_worker.py, or retire "
         f"the fix (keras-team/keras#20585). Worker outputs: {workers}"
     )
     for worker in workers:

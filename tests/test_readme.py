@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, child_env
 
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 FILE_COMMENT = re.compile(r"^# (\w+\.py)\n")
@@ -34,6 +34,7 @@ def _run(args, folder, timeout=900):
     return result.stdout
 
 
+@pytest.mark.unit
 def test_readme_starts_with_the_two_commands():
     """The first block holds exactly the install-and-demo and install-and-test commands."""
     language, body = _blocks()[0]

@@ -24,9 +24,10 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_repro import SeedCallback, cli, load_fingerprints, store
+from keras_repro import SeedCallback, cli, load_fingerprints
 from keras_repro.callbacks import lock_path
-from tests.conftest import child_env, REPO, make_data, make_model
+from keras_repro.store import hdf5 as store
+from tests.conftest import REPO, child_env, make_data, make_model
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "reliability")
 RECORD = os.path.join(SCRIPTS, "record.py")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro.reference import ReferenceFile, lock_path
+from keras_repro.store.reference import ReferenceFile, lock_path
 from tests.conftest import edit_reference, make_data, make_model
 
 pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
@@ -139,6 +139,7 @@ def test_sequential_given_weights_keeps_them(tmp_path, how, with_input):
     assert not _same(fresh.get_weights(), weights)
 
 
+@pytest.mark.unit
 def test_sequential_built_layer_by_layer_draws_every_layer_from_the_seed():
     """add() after Input: every layer's weights come from the seed, whatever was drawn before."""
 
@@ -200,6 +201,7 @@ def test_keep_weights_keeps_pretrained_layers_and_the_fingerprint_shows_them(tmp
     assert kept and kept[0].stats[0] == float(np.arange(40).sum())
 
 
+@pytest.mark.unit
 def test_default_redraws_and_warns_about_a_nested_model():
     """By default every layer is re-drawn, and a nested model (often pretrained) gets a
     warning naming it and keep_weights; keep_weights=() re-draws silently."""
@@ -211,6 +213,7 @@ def test_default_redraws_and_warns_about_a_nested_model():
         _transfer_model(keep_weights=())
 
 
+@pytest.mark.unit
 def test_keep_weights_errors():
     """Unknown names and wrong types fail with the model's layer names and the argument."""
     with pytest.raises(ValueError, match=r"\['encodr'\].*not a layer.*Received: keep_weights"):
@@ -219,6 +222,7 @@ def test_keep_weights_errors():
         _functional(keep_weights=3)
 
 
+@pytest.mark.unit
 def test_loading_a_model_with_kept_weights_restores_it(tmp_path):
     """A saved model with keep_weights loads with its trained weights, without a warning."""
     model, _, _ = _transfer_model(keep_weights=["encoder"])
@@ -451,6 +455,7 @@ def test_stratified_split_of_several_targets_says_what_to_do():
             round(c * 0.25) for c in np.bincount(y, minlength=3)]
 
 
+@pytest.mark.unit
 def test_split_mode_is_validated_for_every_input():
     """A wrong mode fails for datasets too; a seeded split of a dataset is refused clearly."""
     tf = pytest.importorskip("tensorflow")
@@ -466,6 +471,7 @@ def test_split_mode_is_validated_for_every_input():
 # 7. Smaller defects ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_lock_held_by_another_thread_is_blamed_on_that_fit(tmp_path):
     """A lock held by a fit of another thread of this process says so; one left by an
     interrupted fit of this thread is taken over."""
@@ -499,6 +505,7 @@ def test_reference_path_mistakes(tmp_path, monkeypatch):
     assert not (tmp_path / "~").exists() and not os.path.exists("~")
 
 
+@pytest.mark.unit
 def test_reference_errors_name_the_file_once(tmp_path):
     """Messages say "Fingerprint file '...'" once, not once per layer of wrapping."""
     import h5py
@@ -530,6 +537,7 @@ def test_mismatch_names_the_likely_cause(tmp_path):
     assert info.value.cause == f"the reference was recorded with the {other} backend; this run uses {keras.backend.backend()}"
 
 
+@pytest.mark.unit
 def test_seed_messages_say_what_to_write():
     """derive_seed folds any int (as validate's message suggests); each model form's
     missing-seed message shows that form."""

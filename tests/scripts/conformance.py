@@ -275,7 +275,7 @@ def build(cell: Cell, seed: int = SEED):
     else:
         kr.seed_everything(seed)
         model = keras.Sequential([keras.Input((6,))] + _layers())
-    # JAX refuses unseeded keras.random calls in a compiled step (keras_repro.rng_state)
+    # JAX refuses unseeded keras.random calls in a compiled step (keras_repro.fit.rng_state)
     jit = {"jit_compile": False} if cell.option == "keras_random" else {}
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"], **jit)
     return model, x, y
