@@ -1,5 +1,5 @@
 """The conformance matrix: every model form, lifecycle and fit option of
-tests/scripts/conformance.py (the README's Guarantees table), on TensorFlow, JAX and PyTorch.
+tests/scripts/conformance.py (the table of docs/guarantees.md), on TensorFlow, JAX and PyTorch.
 
 Each backend runs all cells in two processes: "first" (PYTHONHASHSEED=0: records, fits twice,
 continues, checkpoints, interrupts) then "second" (PYTHONHASHSEED=random: verifies, resumes,
@@ -115,9 +115,9 @@ def test_conformance(matrix, backend, cell, lifecycle):
 
 @pytest.mark.unit
 def test_readme_shows_the_matrix():
-    """The README's Guarantees section carries the matrix's table, as the script prints it."""
-    with open(os.path.join(REPO, "README.md")) as handle:
-        readme = handle.read()
-    assert conformance.markdown_table() in readme
+    """docs/guarantees.md carries the matrix's table, as the script prints it."""
+    with open(os.path.join(REPO, "docs", "guarantees.md")) as handle:
+        page = handle.read()
+    assert conformance.markdown_table() in page
     for (cell, lifecycle, backend), reason in NOT_PROMISED.items():
-        assert f"`{cell}` {lifecycle} on {backend}" in readme, "the README lists what is not promised"
+        assert f"`{cell}` {lifecycle} on {backend}" in page, "docs/guarantees.md lists what is not promised"
