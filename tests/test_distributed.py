@@ -29,11 +29,8 @@ TIMEOUT = 150
 
 
 def _env(**extra: str) -> dict:
-    """The environment of a script: fixed hash seed, quiet TensorFlow, TensorFlow backend."""
-    env = child_env(PYTHONHASHSEED="0", TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
+    """The variables of a script: fixed hash seed, TensorFlow backend, no TF_CONFIG."""
+    return {"PYTHONHASHSEED": "0", "KERAS_BACKEND": "tensorflow", "TF_CONFIG": None, **extra}
 
 
 def _parse(stdout: str) -> dict:
@@ -49,9 +46,7 @@ def _parse(stdout: str) -> dict:
 def _run(script: str, *args: object, env: dict | None = None) -> dict:
     """Runs one script to completion; its parsed output, or a failure with its stderr."""
     command = [sys.executable, os.path.join(SCRIPTS, script), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env or _env(), timeout=TIMEOUT, cwd=REPO)
-    assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    return _parse(result.stdout)
+    return _parse(run_child(command, env=env or _env(), timeout=TIMEOUT).stdout)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -73,7 +68,7 @@ def _run_together(commands: list[list[str]], envs: list[dict]) -> list[dict]:
         logs = [(stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
                 for _ in commands]
         processes = [
-            subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=REPO, env=env)
+            start_child(command, env=env, stdout=out, stderr=err)
             for command, env, (out, err) in zip(commands, envs, logs)
         ]
         deadline = time.monotonic() + TIMEOUT
