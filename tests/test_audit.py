@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -19,7 +18,7 @@ from keras_repro.tools.audit import (
     bisect,
     find_hazards,
 )
-from tests.conftest import REPO, child_env
+from tests.conftest import REPO, run_child
 from tests.scripts.audit import models
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "audit")
@@ -230,10 +229,7 @@ def test_cli_audit_identical_exit_0(capsys):
 @pytest.mark.slow
 def test_cli_audit_module_divergent_exit_1():
     """`python -m keras_repro audit noisy.py` in a new process: exit 1, the divergence on stdout."""
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_repro", "audit", NOISY_SCRIPT, "--steps", "6", "--batch-size", str(BATCH)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-        env=child_env(TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+    result = run_child([sys.executable, "-m", "keras_repro", "audit", NOISY_SCRIPT, "--steps", 6, "--batch-size", BATCH],
+                       timeout=600, check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "in-process: epoch 0, batch 3" in result.stdout and "noisy/drift" in result.stdout

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from keras_repro import SeedCallback
 from keras_repro.cli import main
-from tests.conftest import REPO, edit_reference, make_data, make_model
+from tests.conftest import edit_reference, make_data, make_model, run_child
 
 
 @pytest.fixture(scope="module")
@@ -171,18 +170,11 @@ def test_demo_bad_arguments(capsys):
 def test_demo_console_script_and_module(tmp_path):
     """`keras-repro demo` reproduces (exit 0) and writes files `show` and `diff` accept; -m works."""
     out = tmp_path / "demo"
-    result = subprocess.run(
-        [shutil.which("keras-repro") or "keras-repro", "demo", "--epochs", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_child([shutil.which("keras-repro") or "keras-repro", "demo", "--epochs", 2, "--out", out], timeout=600)
     assert "REPRODUCIBLE" in result.stdout and "identical" in result.stdout
     assert main(["diff", str(out / "reference.h5"), str(out / "run2.h5")]) == 0
-    module = subprocess.run(
-        [sys.executable, "-m", "keras_repro", "show", str(out / "reference.h5")],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
-    assert module.returncode == 0 and "epoch" in module.stdout
+    module = run_child([sys.executable, "-m", "keras_repro", "show", out / "reference.h5"])
+    assert "epoch" in module.stdout
 
 
 def test_demo_reports_a_divergence(tmp_path, monkeypatch, capsys):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, child_env
+from tests.conftest import REPO, start_child
 
 SCRIPT = os.path.join(REPO, "tests", "scripts", "conformance.py")
 sys.path.insert(0, os.path.dirname(SCRIPT))
@@ -50,11 +50,10 @@ def _run_phase(folder, phase, hash_seed):
     """Runs one phase for every backend at once; returns {backend: results}."""
     processes = {}
     for backend in BACKENDS:
-        env = child_env(KERAS_BACKEND=backend, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL="3")
         log = open(folder / f"{backend}-{phase}.log", "w")
-        processes[backend] = (subprocess.Popen(
-            [sys.executable, SCRIPT, phase, str(folder / backend)], stdout=log, stderr=subprocess.STDOUT,
-            env=env, cwd=REPO), log)
+        processes[backend] = (start_child([sys.executable, SCRIPT, phase, folder / backend],
+                                          env={"KERAS_BACKEND": backend, "PYTHONHASHSEED": hash_seed},
+                                          stdout=log, stderr=subprocess.STDOUT), log)
     results = {}
     for backend, (process, log) in processes.items():
         try:

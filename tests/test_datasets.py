@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import zipfile
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from keras_repro.datasets import load_digits
-from tests.conftest import REPO
+from tests.conftest import REPO, run_child
 
 
 @pytest.mark.unit
@@ -40,10 +39,7 @@ def test_wheel_contains_the_data(tmp_path):
     copy of the checkout: setuptools writes its build/ folder beside the sources."""
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", ".*_cache"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
-        check=True, capture_output=True, timeout=300,
-    )
+    run_child([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path, source])
     (wheel,) = tmp_path.glob("keras_repro-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

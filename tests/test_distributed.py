@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ import keras
 import pytest
 
 from keras_repro import load_fingerprints
-from tests.conftest import REPO, child_env
+from tests.conftest import REPO, run_child, start_child
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "distributed")
 TIMEOUT = 150

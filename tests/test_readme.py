@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, child_env
+from tests.conftest import REPO, run_child
 
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 FILE_COMMENT = re.compile(r"^# (\w+\.py)\n")
@@ -46,11 +45,8 @@ def test_the_readme_is_short_and_every_page_of_docs_is_run():
 
 
 def _run(args, folder, timeout=900):
-    env = child_env(TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-    result = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    env = {"MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    return run_child(args, cwd=folder, env=env, timeout=timeout).stdout
 
 
 @pytest.mark.unit

@@ -17,7 +17,7 @@ import keras_repro as kr
 from keras_repro.fingerprinting.compare import compare_runs
 from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint
 from keras_repro.testing import assert_reproducible, assert_resumable, divergence_report
-from tests.conftest import REPO, child_env, make_data, make_model
+from tests.conftest import REPO, make_data, make_model, start_child
 
 
 def _fp(epoch, bias="b" * 64):
@@ -219,9 +219,8 @@ def test_unguarded_script_stops_with_an_error_naming_main(tmp_path):
     script, imports = tmp_path / "unguarded.py", tmp_path / "imports.txt"
     script.write_text(UNGUARDED_SCRIPT)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env=child_env(IMPORTS_LOG=str(imports), PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+    process = start_child([sys.executable, script], cwd=tmp_path, env={"IMPORTS_LOG": imports, "PYTHONPATH": REPO},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = process.communicate(timeout=300)
     finally:  # a runaway would leave nested processes behind: end the whole group

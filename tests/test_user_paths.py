@@ -8,6 +8,7 @@ import contextlib
 import csv
 import errno
 import os
+import sys
 import threading
 import warnings
 
@@ -17,7 +18,7 @@ import pytest
 
 import keras_repro as kr
 from keras_repro.store.reference import ReferenceFile, lock_path
-from tests.conftest import edit_reference, make_data, make_model
+from tests.conftest import edit_reference, make_data, make_model, run_child
 
 pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
@@ -577,11 +578,7 @@ def test_show_and_diff_read_files_without_keras(tmp_path):
             "exec('try:\\n runpy.run_module(\"keras_repro\", run_name=\"__main__\")\\nexcept SystemExit as e: code = e.code'); "
             "print('EXIT', code, sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
     for command in (["show", str(tmp_path / "a.h5")], ["diff", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]):
-        import subprocess
-        import sys
-
-        result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120,
-                                cwd=os.path.dirname(os.path.dirname(__file__)))
+        result = run_child([sys.executable, "-c", code, *command], timeout=120, check=False)
         lines = result.stdout.splitlines()
         assert lines[-1] in ("EXIT 0 []", "EXIT 1 []"), (result.stdout[-2000:], result.stderr[-2000:])
     assert "likely cause: the reference was recorded with seed 7; this run uses seed 8" in result.stdout
