@@ -179,7 +179,6 @@ class SeedCallback(keras.callbacks.Callback):
         if self._session is not None:
             self._session.close()
         self._session = None
-        self._provisional_mode_value: str | None = None
         self.divergence: Divergence | None = None
         self.verified_epochs: tuple[int, ...] = ()
         self.recorded_epochs: tuple[int, ...] = ()
@@ -217,9 +216,7 @@ class SeedCallback(keras.callbacks.Callback):
     @property
     def resolved_mode(self) -> str | None:
         """ "record", "verify" or "extend" (see the class docstring); None before a fit."""
-        if self._session is not None and self._session.resolved_mode is not None:
-            return self._session.resolved_mode
-        return self._provisional_mode_value
+        return self._session.mode_now if self._session is not None else None
 
     @property
     def summary(self) -> str:
@@ -243,7 +240,6 @@ class SeedCallback(keras.callbacks.Callback):
         self._session = ReferenceSession(
             ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief
         )
-        self._provisional_mode_value = self._provisional_mode(chief)
         self._data = DataChecks.started(self.model, self.data_checks)  # wraps the steps until on_train_end
         if self.every_n_batches:
             self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report,
@@ -253,12 +249,6 @@ class SeedCallback(keras.callbacks.Callback):
         self._processes = process_count()
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
-
-    def _provisional_mode(self, chief: bool) -> str:
-        """The mode as known before the first epoch (refined when it begins)."""
-        if self.mode != "auto":
-            return self.mode
-        return "verify" if chief and self.reference and os.path.exists(self.reference) else "record"
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         epoch = self._epoch = self._context.clock.epoch(epoch)

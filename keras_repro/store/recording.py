@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 
 from keras_repro.errors import ReferenceFileError, ReproWarning, warn
@@ -82,6 +83,17 @@ class ReferenceSession:
     _planned_end: int = 0
     _last_recorded: int | None = None
     _written: FingerprintLog | None = None
+
+    @property
+    def mode_now(self) -> str:
+        """ "record", "verify" or "extend": `resolved_mode` once the fit began, before that the
+        mode as far as it is known (in "auto": "verify" when the chief finds the file)."""
+        if self.resolved_mode is not None:
+            return self.resolved_mode
+        if self.mode != "auto":
+            return self.mode
+        exists = self.reference is not None and os.path.exists(self.reference.path)
+        return "verify" if self.chief and exists else "record"
 
     @property
     def writes(self) -> bool:
