@@ -2,7 +2,7 @@
 file grows, and how the file's size grows.
 
 One recording of a small model (1,000 epochs of 100 batches, batch fingerprints every 10th
-batch, `SeedCallback(mode="record")`). Every call of `keras_repro.store.hdf5.write_run` (one per
+batch, `SeedCallback(mode="record")`). Every call of `keras_repro.store.hdf5.write` (one per
 epoch) is timed in this process, and the file's size read after it. The table shows, for
 windows of epochs, the median write time and the file size; the targets (issue 14): the
 write of epoch 1,000 at most 2x that of epoch 10 (medians of the appended epochs 6-15 and
@@ -54,16 +54,16 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="reference-growth-")
     path = os.path.join(folder, "run.h5")
     writes: list[tuple[float, int]] = []  # (seconds, file size after)
-    write_run = store.write_run
+    write = store.write
 
-    def timed_write_run(*a, **k):
+    def timed_write(*a, **k):
         if args.whole:
             k["state"] = None
         start = time.perf_counter()
-        write_run(*a, **k)
+        write(*a, **k)
         writes.append((time.perf_counter() - start, os.path.getsize(path)))
 
-    store.write_run = timed_write_run
+    store.write = timed_write
     assert reference.store is store  # the reference file writes through the timed function
 
     rng = np.random.default_rng(0)

@@ -45,7 +45,7 @@ _EXPORTS = {
     "Fingerprint": "keras_repro.fingerprinting.digests",
     "fingerprint": "keras_repro.fingerprinting.digests",
     "FingerprintLog": "keras_repro.store.log",
-    "load_fingerprints": "keras_repro.store.log",
+    "load_fingerprints": "keras_repro.store.reader",
     "DeterministicModel": "keras_repro.model",
     "DeterministicSequential": "keras_repro.model",
     "fix_multi_worker_fit": "keras_repro.fit.multi_worker",

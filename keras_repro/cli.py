@@ -74,7 +74,7 @@ def _match(expected, actual) -> str:
 
 def _load(path: str):
     """Loads a fingerprint file; the caller turns ReferenceFileError into exit 2."""
-    from keras_repro.store.log import load_fingerprints
+    from keras_repro.store.reader import load_fingerprints
 
     return load_fingerprints(path)
 

@@ -30,8 +30,12 @@ def _modules() -> dict[str, str]:
 
 
 def _imports(path: str, modules: dict[str, str]) -> set[str]:
-    """The package's modules a module imports, anywhere in it (functions included)."""
+    """The package's modules a module imports, anywhere in it (functions included; not the
+    type-only imports under `if TYPE_CHECKING:`)."""
     tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):  # type-only imports (`if TYPE_CHECKING:`) never run
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

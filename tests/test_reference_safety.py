@@ -20,6 +20,7 @@ import pytest
 
 import keras_repro as kr
 from keras_repro.store import hdf5 as store
+from keras_repro.store.log import FingerprintLog
 from keras_repro.store.reference import lock_path
 from tests.conftest import make_data, make_model
 
@@ -271,7 +272,7 @@ def test_store_never_writes_a_read_only_file(recorded, tmp_path):
         with pytest.raises(kr.ReferenceFileError, match=r"run.h5': cannot be written: .*run.h5' is read-only"):
             log.save(path)
         with pytest.raises(kr.ReferenceFileError, match="read-only"):
-            store.write_run(path, seed=7, environment={}, initial=None, epochs=[], state=store.WriteState())
+            store.write(path, FingerprintLog(None, (), seed=7), store.WriteState())
     assert path.read_bytes() == recorded[0]
 
 

@@ -40,13 +40,9 @@ def recorded(tmp_path_factory):
 
 def _write(path, log, count, state, **changes):
     """Writes `log` with its first `count` epochs (and their batches) through `state`."""
-    run = {
-        "seed": log.seed, "environment": log.environment, "initial": log.initial, "notes": log.notes,
-        "created": log.created, "planned_epochs": log.planned_epochs,
-        "epochs": list(log.epochs[:count]), "batches": [fp for fp in log.batches if fp.epoch < count],
-    }
-    run.update(changes)
-    store.write_run(path, **run, state=state)
+    fields = {"epochs": log.epochs[:count], "batches": [fp for fp in log.batches if fp.epoch < count], **changes}
+    fields = {key: tuple(value) if key in ("epochs", "batches") else value for key, value in fields.items()}
+    store.write(path, dataclasses.replace(log, **fields), state)
 
 
 def _header(path):

@@ -288,12 +288,13 @@ class DataChecks:
 
     def running(self, epoch: int, batch: int) -> list[VariableDigest]:
         """The `fed/<leaf>` records of a batch fingerprint after `batch` of `epoch`: the checksum
-        of every batch fed in the epoch up to it; [] where unknown."""
+        of every batch fed in the epoch up to it (one pair of uint32 lanes, so every batch
+        fingerprint has the same layout, as the file stores it); [] where unknown."""
         self._fetch("train")
         if epoch != self._epoch or batch >= len(self._running) or self._running[batch] is None:
             return []
         lanes = self._running[batch]
-        return [VariableDigest(FED_PREFIX + name, "data", "uint32", (batch + 1, 2), lanes_to_digest(pair))
+        return [VariableDigest(FED_PREFIX + name, "data", "uint32", (2,), lanes_to_digest(pair))
                 for name, pair in zip(self.names("train", len(lanes)), lanes)]
 
     def records(self, epoch: int) -> list[VariableDigest]:

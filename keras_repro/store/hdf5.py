@@ -64,7 +64,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -82,6 +82,9 @@ from keras_repro.store.tail import (
     header_block,
 )
 
+if TYPE_CHECKING:  # the writer takes a log; the log's save() calls the writer
+    from keras_repro.store.log import FingerprintLog
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
@@ -96,21 +99,8 @@ BATCH_METHODS = {"sha256": 32, checksums.METHOD: checksums.DIGEST_BYTES}
 """Batch fingerprint methods this version reads, and their per-variable digest bytes."""
 
 
-def write_run(
-    path: str | os.PathLike,
-    *,
-    seed: int | None,
-    environment: Mapping[str, str],
-    initial: Fingerprint | None,
-    epochs: list[Fingerprint],
-    notes: Mapping[str, str] | None = None,
-    created: str | None = None,
-    batches: list[Fingerprint] | None = None,
-    planned_epochs: int | None = None,
-    state: WriteState | None = None,
-    config: Mapping[str, str] | None = None,
-) -> None:
-    """Writes a whole run to `path`: atomically (temporary file + fsync + rename), or, given
+def write(path: str | os.PathLike, log: FingerprintLog, state: WriteState | None = None) -> None:
+    """Writes a run (a `FingerprintLog`) to `path`: atomically (temporary file + fsync + rename), or, given
     the `state` of this process's last write there, by appending what the run adds to the
     file (new epochs, batches, `planned_epochs`) as one tail record, at a cost that does not
     grow with the file (`keras_repro.store.tail`).
@@ -125,13 +115,14 @@ def write_run(
     Example:
 
     >>> state = WriteState()
-    >>> write_run("run.h5", seed=7, environment={}, initial=None, epochs=[], state=state)  # doctest: +SKIP
-    >>> write_run("run.h5", seed=7, environment={}, initial=None, epochs=[epoch0], state=state)  # doctest: +SKIP
+    >>> write("run.h5", FingerprintLog(None, (), seed=7), state)           # doctest: +SKIP
+    >>> write("run.h5", FingerprintLog(None, (epoch0,), seed=7), state)    # doctest: +SKIP
     """
     target = os.path.abspath(os.fspath(path))
-    run = (seed, created, tuple(environment.items()), tuple((notes or {}).items()), initial and initial.digest,
-           None if config is None else tuple(config.items()))
-    batches = batches or []
+    config, initial = log.config, log.initial
+    run = (log.seed, log.created, tuple(log.environment.items()), tuple((log.notes or {}).items()),
+           initial and initial.digest, None if config is None else tuple(config.items()))
+    epochs, batches, planned_epochs = list(log.epochs), list(log.batches), log.planned_epochs
     if state is not None and _appendable(target, state, run, epochs, batches, planned_epochs):
         _check_target(path, target, whole=False)
         try:
@@ -146,7 +137,7 @@ def write_run(
         return
     if state is not None:
         state.forget()
-    digest = _write_whole(path, target, seed, environment, initial, epochs, notes, created, batches, planned_epochs, config)
+    digest = _write_whole(path, target, log)
     if state is not None:
         with open(target, "rb") as handle:
             state.signature = store_tail.signature(handle)
@@ -154,18 +145,15 @@ def write_run(
         _remember(state, run, epochs, batches, planned_epochs)
 
 
-def fold(path: str | os.PathLike, state: WriteState, **run: Any) -> bool:
-    """Rewrites a file that has a tail as a whole HDF5 file (what `write_run` takes as
-    `run`), so that HDF5 tools see every epoch; returns whether it did. A file
-    without a tail, or one this process did not write last, is left alone."""
+def fold(path: str | os.PathLike, state: WriteState, log: FingerprintLog) -> bool:
+    """Rewrites a file that has a tail as a whole HDF5 file (holding `log`), so that HDF5
+    tools see every epoch; returns whether it did. A file without a tail, or one this process
+    did not write last, is left alone."""
     target = os.path.abspath(os.fspath(path))
     if state.header is None or not state.header.count or not state.current(target):
         return False
     state.forget()
-    _write_whole(
-        path, target, run["seed"], run["environment"], run["initial"], run["epochs"], run.get("notes"),
-        run.get("created"), run.get("batches") or [], run.get("planned_epochs"), run.get("config"),
-    )
+    _write_whole(path, target, log)
     logger.debug("Folded the tail of %s", target)
     return True
 
@@ -209,13 +197,9 @@ def _record(epochs: list[Fingerprint], batches: list[Fingerprint], planned: int 
     return buffer.getvalue()
 
 
-def _write_whole(
-    path: str | os.PathLike, target: str, seed: int | None, environment: Mapping[str, str],
-    initial: Fingerprint | None, epochs: list[Fingerprint], notes: Mapping[str, str] | None,
-    created: str | None, batches: list[Fingerprint], planned_epochs: int | None,
-    config: Mapping[str, str] | None = None,
-) -> str:
+def _write_whole(path: str | os.PathLike, target: str, log: FingerprintLog) -> str:
     """Writes the file whole, atomically; returns the SHA-256 in its header."""
+    seed, created, planned_epochs, config, initial = log.seed, log.created, log.planned_epochs, log.config, log.initial
     folder = os.path.dirname(target)
     _check_target(path, target, whole=True)
     try:
@@ -236,17 +220,17 @@ def _write_whole(
             file.attrs["keras_repro_version"] = __version__
             if planned_epochs is not None:
                 file.attrs["planned_epochs"] = int(planned_epochs)
-            _write_attrs(file.create_group("environment"), environment)
-            _write_attrs(file.create_group("notes"), notes or {})
+            _write_attrs(file.create_group("environment"), log.environment)
+            _write_attrs(file.create_group("notes"), log.notes or {})
             if config is not None:
                 _write_attrs(file.create_group("config"), config)
             if initial is not None:
                 _write_fingerprint(file.create_group("initial"), initial)
             group = file.create_group("epochs")
-            for fingerprint in epochs:
+            for fingerprint in log.epochs:
                 _write_fingerprint(group.create_group(f"{fingerprint.epoch:05d}"), fingerprint)
-            if batches:
-                _write_batches(file.create_group("batches"), batches)
+            if log.batches:
+                _write_batches(file.create_group("batches"), list(log.batches))
         digest = seal(temporary)
         os.chmod(temporary, _new_file_mode(target))
         os.replace(temporary, target)
@@ -259,7 +243,7 @@ def _write_whole(
                 path, f"cannot be written: {error.strerror or error}; the previous file is unchanged"
             ) from error
         raise
-    logger.debug("Wrote %d epoch fingerprints to %s", len(epochs), target)
+    logger.debug("Wrote %d epoch fingerprints to %s", len(log.epochs), target)
     return digest
 
 
@@ -278,7 +262,7 @@ def _check_target(path: str | os.PathLike, target: str, whole: bool) -> None:
 
 
 def _temporary_prefix(target: str) -> str:
-    """The name prefix of `write_run`'s temporary files for `target`."""
+    """The name prefix of `write`'s temporary files for `target`."""
     return f".{os.path.basename(target)}."
 
 
@@ -318,9 +302,9 @@ def body_digest(handle: Any) -> str:
 
 def seal(path: str | os.PathLike) -> str:
     """Writes the checksum user block of a file HDF5 created with a 512-byte user block
-    (a file without a tail), and fsyncs it; returns the SHA-256. `write_run` seals every
+    (a file without a tail), and fsyncs it; returns the SHA-256. `write` seals every
     file it writes whole; a file edited afterwards (even with h5py) is refused by
-    `read_run` until it is sealed again.
+    `reader.read` until it is sealed again.
     """
     with open(path, "rb+") as handle:
         digest = body_digest(handle)

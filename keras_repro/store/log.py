@@ -11,7 +11,6 @@ from keras_repro._optional import require_pandas
 from keras_repro.fingerprinting.compare import Comparison, compare_runs
 from keras_repro.fingerprinting.digests import STAT_NAMES, Fingerprint
 from keras_repro.store import hdf5 as store
-from keras_repro.store import reader as store_reader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,19 +105,13 @@ class FingerprintLog:
         return compare_runs(self, other, rtol, atol)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes this log to `path` atomically."""
-        store.write_run(
-            path,
-            seed=self.seed,
-            environment=self.environment,
-            initial=self.initial,
-            epochs=list(self.epochs),
-            notes=self.notes,
-            created=self.created,
-            batches=list(self.batches),
-            planned_epochs=self.planned_epochs,
-            config=self.config,
-        )
+        """Writes this log to `path` atomically (`keras_repro.store.hdf5.write`).
+
+        Example:
+
+        >>> callback.log.save("copy.h5")             # doctest: +SKIP
+        """
+        store.write(path, self)
 
     def to_dataframe(self, variables: bool = False) -> Any:
         """The run as a pandas DataFrame (needs pandas: the `[notebooks]` extra).
@@ -155,36 +148,3 @@ class FingerprintLog:
         stages = [("initial", self.initial)] if self.initial is not None else []
         return stages + [("epoch", fingerprint) for fingerprint in self.epochs]
 
-
-def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
-    """Reads a fingerprint file written by `SeedCallback` (or `FingerprintLog.save`).
-
-    Args:
-        path: The `.h5` file.
-
-    Returns:
-        A `FingerprintLog`.
-
-    Raises:
-        ReferenceFileError: If the file is missing, empty, truncated, corrupt, not
-            HDF5, not a keras_repro file, or of a newer format version.
-
-    Example:
-
-    >>> log = load_fingerprints("run.h5")  # doctest: +SKIP
-    >>> len(log.epochs)                    # doctest: +SKIP
-    5
-    """
-    data = store_reader.read_run(path)
-    return FingerprintLog(
-        initial=data["initial"],
-        epochs=tuple(data["epochs"]),
-        environment=data["environment"],
-        seed=data["seed"],
-        notes=data["notes"],
-        path=os.fspath(path),
-        created=data["created"],
-        batches=tuple(data["batches"]),
-        planned_epochs=data["planned_epochs"],
-        config=data["config"],
-    )

@@ -29,6 +29,7 @@ from keras_repro.store.hdf5 import (
     MIN_FORMAT_VERSION,
     USER_BLOCK,
 )
+from keras_repro.store.log import FingerprintLog
 from keras_repro.store.tail import foreign, parse_header, read_records
 
 
@@ -341,14 +342,37 @@ class _Reader:
         return values
 
 
-def read_run(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads and validates a fingerprint file.
-
-    Returns:
-        {"seed", "created", "environment", "notes", "config" (None: not recorded), "initial",
-        "epochs", "batches", "format_version", "planned_epochs"}.
+def read(path: str | os.PathLike) -> FingerprintLog:
+    """Reads and validates a fingerprint file into a `FingerprintLog` (`load_fingerprints`).
 
     Raises:
         ReferenceFileError: naming the file and what is wrong with it.
     """
-    return _Reader(path).read()
+    data = _Reader(path).read()
+    return FingerprintLog(
+        initial=data["initial"], epochs=tuple(data["epochs"]), environment=data["environment"], seed=data["seed"],
+        notes=data["notes"], path=os.fspath(path), created=data["created"], batches=tuple(data["batches"]),
+        planned_epochs=data["planned_epochs"], config=data["config"],
+    )
+
+
+def load_fingerprints(path: str | os.PathLike) -> FingerprintLog:
+    """Reads a fingerprint file written by `SeedCallback` (or `FingerprintLog.save`).
+
+    Args:
+        path: The `.h5` file.
+
+    Returns:
+        A `FingerprintLog`.
+
+    Raises:
+        ReferenceFileError: If the file is missing, empty, truncated, corrupt, not
+            HDF5, not a keras_repro file, or of a newer format version.
+
+    Example:
+
+    >>> log = load_fingerprints("run.h5")  # doctest: +SKIP
+    >>> len(log.epochs)                    # doctest: +SKIP
+    5
+    """
+    return read(path)

@@ -25,7 +25,8 @@ from keras_repro.errors import ReferenceFileError
 from keras_repro.store import file_access
 from keras_repro.store import hdf5 as store
 from keras_repro.store import tail as store_tail
-from keras_repro.store.log import FingerprintLog, load_fingerprints
+from keras_repro.store.log import FingerprintLog
+from keras_repro.store.reader import load_fingerprints
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class ReferenceFile:
             raise RuntimeError(f"ReferenceFile.write without the lock of '{self.path}'")
         if whole:
             self._written.forget()
-        store.write_run(self.path, **_run(log), state=None if whole else self._written)
+        store.write(self.path, log, state=None if whole else self._written)
 
     def fold(self, log: FingerprintLog) -> None:
         """After a recording that stopped before its last write: rewrites the file whole if
@@ -209,15 +210,7 @@ class ReferenceFile:
         if self._lock is None:
             return
         try:
-            store.fold(self.path, self._written, **_run(log))
+            store.fold(self.path, self._written, log)
         except ReferenceFileError as error:
             logger.warning("Could not fold the appended epochs of %s into its HDF5 part: %s", self.path, error)
 
-
-def _run(log: FingerprintLog) -> dict[str, Any]:
-    """The fields of `log` as `store.write_run` takes them."""
-    return {
-        "seed": log.seed, "environment": log.environment, "initial": log.initial, "epochs": list(log.epochs),
-        "notes": log.notes, "created": log.created, "batches": list(log.batches),
-        "planned_epochs": log.planned_epochs, "config": log.config,
-    }

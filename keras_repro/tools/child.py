@@ -31,7 +31,8 @@ import numpy as np
 
 from keras_repro.errors import MissingMainGuardError, ReproError
 from keras_repro.seeding import MAX_SEED, _startup_environment_value
-from keras_repro.store.log import FingerprintLog, load_fingerprints
+from keras_repro.store.log import FingerprintLog
+from keras_repro.store.reader import load_fingerprints
 from keras_repro.tools import nesting
 from keras_repro.tools.nesting import CHILD_ENVIRONMENT_VARIABLE  # noqa: F401 - re-exported
 

@@ -9,7 +9,7 @@ Prints "FIT" just before `fit` starts, "EPOCH k DIGEST" (flushed) right after
 
 --slow-write sleeps twice inside every whole write of the reference: after the initial
 fingerprint group is written to the temporary file (the epochs still to come), and
-after the rename (before write_run returns); and once inside every appended epoch
+after the rename (before write returns); and once inside every appended epoch
 (keras_repro.store.tail): after its record is written, before the header that commits
 it; so that more kills land inside a write, at its most delicate point. --markers prints "W+" before and "W-"
 after every write, so a test can tell which kills landed inside one.
@@ -38,7 +38,7 @@ def _say(*words) -> None:
 
 def _instrument_writes(slow: float, markers: bool) -> None:
     """Wraps the writer (in this process only) to slow it down and/or mark it."""
-    write_run, write_fingerprint, fsync_folder = store.write_run, store._write_fingerprint, store._fsync_folder
+    write, write_fingerprint, fsync_folder = store.write, store._write_fingerprint, store._fsync_folder
     write_header = store_tail._write_header
 
     def slow_fingerprint(group, fingerprint):
@@ -47,12 +47,12 @@ def _instrument_writes(slow: float, markers: bool) -> None:
             time.sleep(slow)
 
     def slow_fsync_folder(folder):
-        time.sleep(slow)  # the rename is done, write_run has not returned yet
+        time.sleep(slow)  # the rename is done, write has not returned yet
         fsync_folder(folder)
 
-    def marked_write_run(*args, **kwargs):
+    def marked_write(*args, **kwargs):
         _say("W+", time.time())
-        write_run(*args, **kwargs)
+        write(*args, **kwargs)
         _say("W-", time.time())
 
     def slow_header(handle, header):
@@ -65,7 +65,7 @@ def _instrument_writes(slow: float, markers: bool) -> None:
         store._fsync_folder = slow_fsync_folder
         store_tail._write_header = slow_header
     if markers:
-        store.write_run = marked_write_run
+        store.write = marked_write
 
 
 class Announce(keras.callbacks.Callback):
