@@ -253,7 +253,7 @@ class SeedCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         epoch = self._epoch = self._context.clock.epoch(epoch)
         seed_everything(seed_for(self.seed, "epoch", epoch))
-        reset_rng(self.model, self.seed, epoch, self.reset_layer_rng)
+        reset_rng(self.model, self.seed, epoch, self.reset_layer_rng, self._context.input_rng)
         self._data.epoch_begin(epoch)
         if self._first_epoch is None:
             self._begin(epoch)

@@ -15,7 +15,7 @@ from keras_repro.callbacks import SeedCallback
 from keras_repro.determinism import use_deterministic_kernels
 from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
 from keras_repro.fingerprinting import configuration
-from keras_repro.fit import feeding
+from keras_repro.fit import feeding, input_rng
 from keras_repro.fit.context import EpochClock, FitContext
 from keras_repro.fit.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
 from keras_repro.fit.model_forms import (
@@ -231,7 +231,8 @@ class DeterministicModel(keras.Model):
 
         Array inputs (NumPy arrays, tensors, and lists/dicts of them) are reordered
         by the model; datasets, generators and `PyDataset`s are passed on unchanged,
-        with a warning if they are known to be nondeterministic.
+        with a warning if they are known to be nondeterministic. Random layers mapped over
+        a `tf.data` input are set from (seed, epoch) with the model's (`keras_repro.fit.input_rng`).
 
         In a multi-process run (a Keras distribution over several JAX processes), every
         process passes the same global arrays and the global `batch_size`: each feeds its
@@ -277,8 +278,13 @@ class DeterministicModel(keras.Model):
                     f"Received: validation_split_mode={validation_split_mode!r}"
                 )
             self._repro_feed = None
+            inputs_rng = input_rng.prepare((x, validation_data), steps_per_epoch is None, self._repro_kernels)
+            if inputs_rng and seed_callback.reset_layer_rng:  # before Keras reads a batch
+                inputs_rng.epoch_begin(self._repro_seed, clock.epoch(initial_epoch))  # the fit's one seed
+                notes.update(inputs_rng.note())
             notes.update(self._repro_input_hazards(x))
-            seed_callback.use_fit_context(context(settings=configuration.other_input(x)))
+            seed_callback.use_fit_context(context(settings=configuration.other_input(x),
+                                                  input_rng=inputs_rng if seed_callback.reset_layer_rng else None))
             return super().fit(
                 x, y, batch_size=batch_size, callbacks=callbacks, validation_split=validation_split,
                 validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,

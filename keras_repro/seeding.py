@@ -28,6 +28,7 @@ SEED_KEYS = {
     "fit": "every RNG, at the start of a fit",
     "epoch": "every RNG, at the start of an epoch (with the epoch)",
     "layer-rng": "a layer SeedGenerator's state (with the epoch and the generator's position)",
+    "input-rng": "a SeedGenerator a tf.data input draws from (with the epoch and its position in the pipeline)",
     "keras-rng": "Keras' global SeedGenerator's state (at a fit's start; at an epoch's start, with the epoch)",
     "order": "the order of an epoch's rows (with the epoch)",
     "split": "a seeded validation split (stratified: with the class's position)",

@@ -116,28 +116,9 @@ def input_hazards(data: Any) -> list[str]:
     hazards: list[str] = []
     module = type(data).__module__
     if module.startswith("tensorflow") and hasattr(data, "_inputs"):
-        seen: set[int] = set()
-        stack = [data]
-        while stack:
-            dataset = stack.pop()
-            if id(dataset) in seen:
-                continue
-            seen.add(id(dataset))
-            kind = type(dataset).__name__
-            seed, seed2 = getattr(dataset, "_seed", None), getattr(dataset, "_seed2", None)
-            if "Shuffle" in kind and seed is not None and int(seed) == 0 and int(seed2) == 0:
-                hazards.append("tf.data shuffle without a seed (pass seed=... to Dataset.shuffle)")
-            if str(getattr(dataset, "_deterministic", "")).lower() == "false":
-                hazards.append(f"tf.data {kind} with deterministic=False")
-            try:
-                stack.extend(dataset._inputs())
-            except Exception:  # noqa: BLE001 - private API; stop walking, keep what was found
-                break
-        try:
-            if data.options().deterministic is False:
-                hazards.append("tf.data options with deterministic=False")
-        except Exception:  # noqa: BLE001
-            pass
+        from keras_repro._backend import tf_data
+
+        hazards += tf_data.hazards(data)
     elif module.startswith("torch.utils.data"):
         sampler = getattr(data, "sampler", None)
         if type(sampler).__name__ == "RandomSampler" and getattr(sampler, "generator", None) is None:

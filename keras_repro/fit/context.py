@@ -88,6 +88,8 @@ class FitContext:
             a resumed fit names those whose state starts afresh (`keras_repro.fit.callback_state`).
         seed: The model's seed (`DeterministicModel(seed=...)`): the one seed of the fit, which
             a `SeedCallback(seed=None)` takes; None for other models.
+        input_rng: The SeedGenerators of its `tf.data` inputs, set at epoch starts with the
+            model's (`keras_repro.fit.input_rng.InputRng`), or None.
     """
 
     clock: EpochClock
@@ -97,6 +99,7 @@ class FitContext:
     settings: dict[str, str] = dataclasses.field(default_factory=dict)
     callbacks: tuple[Any, ...] = ()
     seed: int | None = None
+    input_rng: Any = None
 
     def configuration(self, model: Any, params: Mapping[str, Any] | None, reset_layer_rng: bool) -> dict[str, str]:
         """The fit's configuration, to record with its fingerprints: `settings`, the fit's

@@ -113,9 +113,10 @@ def reset_global_generator(value: int | None) -> Any:
     return kept
 
 
-def reset_rng(model: Any, seed: int, epoch: int, reset: bool = True) -> None:
+def reset_rng(model: Any, seed: int, epoch: int, reset: bool = True, inputs: Any = None) -> None:
     """At an epoch start: Keras' global SeedGenerator put back in place and, when `reset`,
-    it and every layer SeedGenerator of `model` reset from (seed, epoch).
+    it, every layer SeedGenerator of `model` and those of its inputs (`inputs`: a
+    `fit.input_rng.InputRng`, or None) reset from (seed, epoch).
 
     Example:
 
@@ -124,6 +125,8 @@ def reset_rng(model: Any, seed: int, epoch: int, reset: bool = True) -> None:
     reset_global_generator(seed_for(seed, "keras-rng", epoch) if reset else None)
     if reset:
         reset_seed_generators(model, seed, epoch)
+        if inputs is not None:
+            inputs.epoch_begin(seed, epoch)
 
 
 def global_generator_records(summaries: bool = False) -> list[VariableDigest]:

@@ -66,6 +66,9 @@ class PreflightReport:
         step_seconds: {"deterministic": s, "default": s}: the median step time with the
             deterministic kernels on and off (None where not measured).
         notes: What could not be checked, and why.
+        hazards: Known nondeterminism of the input `x` seen without running it (as
+            `kr.audit` lists it: `keras_repro._backend.input_hazards`), e.g. a random op
+            without a seed in a `tf.data` map.
 
     Example:
 
@@ -81,6 +84,7 @@ class PreflightReport:
     steps: int
     step_seconds: dict[str, float | None]
     notes: tuple[str, ...] = ()
+    hazards: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -106,6 +110,7 @@ class PreflightReport:
         lines.append(f"step time: deterministic kernels {timing.get(ON)}, default kernels {timing.get(OFF)}"
                      + (f" (x{self.slowdown:.2f})" if self.slowdown else ""))
         lines += [f"note: {note}" for note in self.notes]
+        lines += [f"hazard: input: {hazard}" for hazard in self.hazards]
         return "\n".join(lines)
 
 
@@ -169,7 +174,7 @@ def preflight(
     finally:
         use_deterministic_kernels(before.in_effect)
     report = PreflightReport(_backend.name(), tuple(_backend.devices()), str(before), tuple(failures),
-                             len(batches), seconds, tuple(notes))
+                             len(batches), seconds, tuple(notes), tuple(_backend.input_hazards(x)))
     logger.info("%s", report)
     return report
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_repro import _backend
+from keras_repro._backend import tf_data
 from keras_repro.determinism import kernel_state
 from keras_repro.model import DeterministicModel
 from keras_repro.seeding import hash_randomization_enabled
@@ -30,6 +31,7 @@ def find_hazards(model: Any, x: Any = None) -> list[str]:
     """
     hazards = _layer_hazards(model)
     hazards += [f"input: {hazard}" for hazard in _backend.input_hazards(x)]
+    hazards += _input_rng_hazards(model, x)
     if hash_randomization_enabled():
         hazards.append(
             "string hash randomization is on in this process (PYTHONHASHSEED was not set before "
@@ -55,6 +57,22 @@ def _layer_hazards(model: Any) -> list[str]:
                 "to the layer, or use kr.DeterministicModel or kr.SeedCallback)"
             )
     return found
+
+
+def _input_rng_hazards(model: Any, x: Any) -> list[str]:
+    """Keras SeedGenerators a tf.data input draws from, where the fit will not set them (a
+    model that is not a DeterministicModel: `keras_repro.fit.input_rng`)."""
+    if isinstance(model, DeterministicModel) or not tf_data.is_dataset(x):
+        return []
+    names = [tf_data.state_name(state) for state in tf_data.seed_generator_states(x)]
+    if not names:
+        return []
+    return [
+        f"input: the tf.data pipeline draws from Keras SeedGenerators ({', '.join(names)}: random layers "
+        "mapped over it), which only a kr.DeterministicModel's fit sets from the seed; with this model their "
+        "draws depend on the Python `random` state when the layers were created (call "
+        "kr.seed_everything(seed) before building the pipeline, or use kr.DeterministicModel)"
+    ]
 
 
 def _has_explicit_seed(layer: Any, generators: Sequence[Any]) -> bool:
