@@ -16,6 +16,7 @@ from keras_repro.callbacks import SeedCallback
 from keras_repro.determinism import use_deterministic_kernels
 from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
 from keras_repro.fit_context import EpochClock, FitContext
+from keras_repro.input_resume import InputPasses
 from keras_repro.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
 from keras_repro.model_forms import (
     cloned_as_keras_sequential, functional_arguments, model_being_cloned, rebase_functional, register_for_h5, restoring, restoring_arguments,
@@ -270,9 +271,11 @@ class DeterministicModel(keras.Model):
                 )
             self._repro_feed = None
             notes.update(self._repro_input_hazards(x))
+            passes = InputPasses(x, validation_data, seed_callback.seed, validation_freq)  # resumed, continued fits
+            notes.update(passes.prepare(self, clock.epoch(initial_epoch), steps_per_epoch))
             seed_callback.use_fit_context(context(settings=configuration.other_input(x)))
             return super().fit(
-                x, y, batch_size=batch_size, callbacks=callbacks, validation_split=validation_split,
+                x, y, batch_size=batch_size, callbacks=[passes.callback()] + callbacks, validation_split=validation_split,
                 validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
                 steps_per_epoch=steps_per_epoch, **common,
             )

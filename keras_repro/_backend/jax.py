@@ -22,6 +22,8 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     determinism_failure,
     distribution_scope,
     input_hazards,
+    input_passes_per_epoch,
+    symbolic_build_passes as input_build_passes,
     native_ordered_input,
     plain_text,
     seed_backend,

@@ -25,6 +25,8 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     gather_from_processes,
     host_checksums,
     input_hazards,
+    input_passes_per_epoch,
+    symbolic_build_passes as input_build_passes,
     native_ordered_input,
     plain_text,
     process_count,

@@ -1,0 +1,258 @@
+"""Resumed and continued fits of inputs other than arrays: epoch k sees the batches epoch k of
+the straight run saw.
+
+Keras makes one pass over its input per epoch (a new iterator of a `tf.data` dataset; a
+`PyDataset`'s `on_epoch_begin` ... `on_epoch_end`), and on JAX and torch one more before the
+first epoch of a fit whose model, loss or metrics are not built (the first fit after
+`compile`: Keras builds symbolically from a batch of a pass of its own;
+`_backend.input_build_passes`). Some inputs change from pass to pass:
+
+* a `tf.data` pipeline with a seeded shuffle that reshuffles each iteration
+  (`Dataset.shuffle(n, seed=s)`, as `image_dataset_from_directory` builds it): iteration i's
+  order is a function of (seed, i), i counted per shuffle in the process. Creating an iterator
+  of the shuffle advances it without reading an element (measured on TF 2.21), so a fit that
+  starts at epoch k creates the iterators this process has not: cheap and exact.
+* a `PyDataset` whose `on_epoch_begin` / `on_epoch_end` change it (a reshuffle): the fit calls
+  them for the epochs this process has not run, each after seeding every RNG as `SeedCallback`
+  seeds that epoch, so a reshuffle with NumPy's or Python's global RNG draws what it drew.
+
+Passes are counted per input (per shuffle for `tf.data`) in this process, so a continued fit
+(a second `fit` of the same model and input) replays nothing. What cannot be resumed exactly
+warns at the fit's start, naming the form and why, and the reference records a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+
+from keras_repro import _backend
+from keras_repro.errors import ReproWarning, warn
+from keras_repro.seeding import seed_everything, seed_for
+
+logger = logging.getLogger(__name__)
+
+_PASSES: dict[int, tuple[Any, int]] = {}
+"""{id(input): (weak reference to it, passes this process made over it)}."""
+
+
+def passes_made(source: Any) -> int:
+    """Passes this process's fits made over `source` (a shuffle, a `PyDataset`, a generator)."""
+    entry = _PASSES.get(id(source))
+    return entry[1] if entry is not None and entry[0]() is source else 0
+
+
+def _add_passes(source: Any, count: int) -> None:
+    try:
+        reference = weakref.ref(source)
+    except TypeError:  # an object without weak references: keep it alive instead
+        reference = lambda source=source: source  # noqa: E731
+    _PASSES[id(source)] = (reference, passes_made(source) + count)
+
+
+def _tf_nodes(dataset: Any) -> Iterator[Any]:
+    """The datasets of a `tf.data` pipeline, from the outermost, not below a reshuffling one."""
+    seen: set[int] = set()
+    stack = [dataset]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        if _reshuffles(node):
+            continue
+        try:
+            stack.extend(node._inputs())
+        except Exception:  # noqa: BLE001 - private API: stop walking
+            return
+
+
+def _is_tf_dataset(data: Any) -> bool:
+    return type(data).__module__.startswith("tensorflow") and hasattr(data, "_inputs")
+
+
+def _reshuffles(node: Any) -> bool:
+    return bool(getattr(node, "_reshuffle_each_iteration", False) is True)
+
+
+def _seeded(node: Any) -> bool:
+    seeds = [getattr(node, name, None) for name in ("_seed", "_seed2")]
+    return any(seed is not None and int(seed) != 0 for seed in seeds)
+
+
+def _has_epoch_hooks(dataset: Any) -> bool:
+    base = keras.utils.PyDataset
+    return any(getattr(type(dataset), hook) is not getattr(base, hook) for hook in ("on_epoch_begin", "on_epoch_end"))
+
+
+class InputPasses:
+    """One fit's inputs that change from pass to pass, and their replay.
+
+    Args:
+        x: The fit's training input (not arrays: keras_repro orders those itself).
+        validation_data: The fit's validation input, or None.
+        seed: The `SeedCallback`'s seed (what each epoch is seeded from).
+        validation_freq: As `fit`.
+
+    Example:
+
+    >>> passes = InputPasses(dataset, None, seed=7)                     # doctest: +SKIP
+    >>> notes = passes.prepare(model, first_epoch=2, steps_per_epoch=None)  # doctest: +SKIP
+    """
+
+    def __init__(self, x: Any, validation_data: Any, seed: int, validation_freq: Any = 1) -> None:
+        self.seed = seed
+        self.validation_freq = validation_freq
+        validation = _validation_input(validation_data)
+        self.train = _changing(x, self._pass_seed)
+        self.validation = _changing(validation, None)
+        self.per_epoch = {"training": _backend.input_passes_per_epoch(x),
+                          "validation": _backend.input_passes_per_epoch(validation) if validation is not None else 1}
+        self._form = x
+
+    def prepare(self, model: Any, first_epoch: int, steps_per_epoch: int | None) -> dict[str, str]:
+        """Before `fit`: replays the passes epoch `first_epoch` of a straight run had after
+        those this process made; warns about what cannot be replayed. Returns notes to record."""
+        first_fit = _backend.input_build_passes(model, first_fit=True)
+        build = _backend.input_build_passes(model)
+        problems = []
+        if steps_per_epoch is not None and first_epoch > 0 and not _one_pass_per_epoch(self._form, steps_per_epoch):
+            problems.append(
+                f"with steps_per_epoch={steps_per_epoch}, Keras keeps one iterator of this "
+                f"{_form_name(self._form)} across the epochs of a fit, and a new fit starts a new one, "
+                "so epoch k does not continue where epoch k-1 stopped (drop steps_per_epoch, so that an "
+                "epoch is one pass, or train in one fit)"
+            )
+        for kind, sources, needed, own in (
+            ("training", self.train, first_fit + self.per_epoch["training"] * first_epoch, build),
+            ("validation", self.validation, self.per_epoch["validation"] * self._validations_before(first_epoch), 0),
+        ):
+            for name, source, replay in sources:
+                missing = needed - passes_made(source) - own
+                if missing > 0 and replay is None:
+                    problems.append(f"the {kind} input is {name}")
+                elif missing > 0:
+                    logger.info("Replaying %d passes over the %s input (%s) for epoch %d", missing, kind, name, first_epoch)
+                    start = passes_made(source)
+                    for index in range(start, start + missing):
+                        replay((index - first_fit) // self.per_epoch[kind])
+                    _add_passes(source, missing)
+                elif missing < 0:
+                    logger.info("The %s input (%s) had %d more passes in this process than epoch %d of a "
+                                "straight run: its batches follow from those", kind, name, -missing, first_epoch)
+                if kind == "training" and own:  # Keras' build pass: seeded as the straight run's was
+                    if replay is not None and not _is_tf_dataset(source):
+                        seed_everything(self._pass_seed((passes_made(source) - first_fit) // self.per_epoch[kind]))
+                    _add_passes(source, own)
+        if not problems:
+            return {}
+        text = "; ".join(problems)
+        if first_epoch > 0:
+            warn(f"This fit starts at epoch {first_epoch} and cannot see the batches epoch {first_epoch} of a "
+                 f"straight run saw: {text}.", ReproWarning)
+        return {"input_resume": text}
+
+    def count(self, kind: str, ended: bool = False) -> None:
+        """A pass over the `kind` ("training" or "validation") inputs began, or (`ended`) an
+        epoch of it ended (Keras may start the next pass then: `input_passes_per_epoch`)."""
+        count = self.per_epoch[kind] - 1 if ended else 1
+        for _, source, _ in self.train if kind == "training" else self.validation:
+            _add_passes(source, count)
+
+    def callback(self) -> keras.callbacks.Callback:
+        """The callback that counts the fit's passes."""
+        return _PassCounter(self)
+
+    def _pass_seed(self, epoch: int) -> int:
+        """The seed every RNG had when a straight run's pass for `epoch` began (-1: the build pass)."""
+        return seed_for(self.seed, "fit") if epoch < 0 else seed_for(self.seed, "epoch", epoch)
+
+    def _validations_before(self, epoch: int) -> int:
+        """Validation passes a straight run made before `epoch` (Keras' `_should_eval`)."""
+        freq = self.validation_freq
+        if isinstance(freq, int):
+            return epoch // freq if freq > 0 else 0
+        return sum(1 for e in range(epoch) if e + 1 in freq)
+
+
+def _changing(data: Any, pass_seed: Callable[[int], int] | None) -> list[tuple[str, Any, Callable[[int], None] | None]]:
+    """(name, source, replay or None) for each part of an input that changes from pass to pass
+    (None: cannot be replayed). A `PyDataset`'s replay of the pass of an epoch seeds every RNG as
+    the straight run's epoch was (`pass_seed`; None: not replayed), then calls its hooks."""
+    if data is None:
+        return []
+    if _is_tf_dataset(data):
+        found = []
+        for node in _tf_nodes(data):
+            if not _reshuffles(node):
+                continue
+            if _seeded(node):
+                found.append(("a tf.data shuffle with a seed, reshuffled each iteration", node, lambda _, n=node: iter(n)))
+            else:
+                found.append(("a tf.data shuffle without a seed (its order differs in every run: pass "
+                              "seed=... to Dataset.shuffle)", node, None))
+        return found
+    if isinstance(data, keras.utils.PyDataset):
+        if not _has_epoch_hooks(data):
+            return []
+        name = f"the PyDataset '{type(data).__name__}', which changes in on_epoch_begin/on_epoch_end"
+        if pass_seed is None:
+            return [(name + " (replayed for training inputs only)", data, None)]
+
+        def replay(epoch: int) -> None:
+            seed_everything(pass_seed(epoch))
+            data.on_epoch_begin()
+            data.on_epoch_end()
+
+        return [(name, data, replay)]
+    if hasattr(data, "__next__"):
+        return [(f"a generator ({type(data).__name__}): it cannot be rewound or advanced without "
+                 "producing its batches (use a PyDataset or tf.data)", data, None)]
+    return []
+
+
+def _validation_input(validation_data: Any) -> Any:
+    """The validation input when it is a dataset, `PyDataset` or generator (not arrays)."""
+    if validation_data is None or isinstance(validation_data, (tuple, list, dict)):
+        return None
+    return validation_data
+
+
+def _one_pass_per_epoch(data: Any, steps: int) -> bool:
+    """Whether `steps` batches are exactly one pass over `data` (then Keras starts a new iterator
+    every epoch: `EpochIterator`)."""
+    try:
+        if _is_tf_dataset(data):
+            return int(data.cardinality()) == steps
+        return len(data) == steps
+    except Exception:  # noqa: BLE001 - unknown length
+        return False
+
+
+def _form_name(data: Any) -> str:
+    return "tf.data dataset" if _is_tf_dataset(data) else type(data).__name__
+
+
+class _PassCounter(keras.callbacks.Callback):
+    """Counts the passes of one fit: one training pass per epoch, one per validation."""
+
+    def __init__(self, passes: InputPasses) -> None:
+        super().__init__()
+        self._passes = passes
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._passes.count("training")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._passes.count("training", ended=True)
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self._passes.count("validation")
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        self._passes.count("validation", ended=True)
