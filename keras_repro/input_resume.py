@@ -23,6 +23,7 @@ warns at the fit's start, naming the form and why, and the reference records a n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -91,7 +92,7 @@ def _has_epoch_hooks(dataset: Any) -> bool:
 
 
 class InputPasses:
-    """One fit's inputs that change from pass to pass, and their replay.
+    """One fit's inputs that change from pass to pass: their replay and their count.
 
     Args:
         x: The fit's training input (not arrays: keras_repro orders those itself).
@@ -101,54 +102,57 @@ class InputPasses:
 
     Example:
 
-    >>> passes = InputPasses(dataset, None, seed=7)                     # doctest: +SKIP
-    >>> notes = passes.prepare(model, first_epoch=2, steps_per_epoch=None)  # doctest: +SKIP
+    >>> passes = InputPasses(dataset, None, seed=7)                          # doctest: +SKIP
+    >>> notes = passes.prepare(model, first_epoch=2, steps_per_epoch=None)   # doctest: +SKIP
+    >>> with passes.hooks_muted_until_train_begin():                         # doctest: +SKIP
+    ...     model.fit(dataset, initial_epoch=2, callbacks=[passes.callback()])
     """
 
     def __init__(self, x: Any, validation_data: Any, seed: int, validation_freq: Any = 1) -> None:
         self.seed = seed
         self.validation_freq = validation_freq
         validation = _validation_input(validation_data)
-        self.train = _changing(x, self._pass_seed)
-        self.validation = _changing(validation, None)
+        self.sources = {"training": _changing(x, self._replay_epoch), "validation": _changing(validation, None)}
         self.per_epoch = {"training": _backend.input_passes_per_epoch(x),
                           "validation": _backend.input_passes_per_epoch(validation) if validation is not None else 1}
         self._form = x
+        self._muted: list[Any] = []
 
     def prepare(self, model: Any, first_epoch: int, steps_per_epoch: int | None) -> dict[str, str]:
-        """Before `fit`: replays the passes epoch `first_epoch` of a straight run had after
-        those this process made; warns about what cannot be replayed. Returns notes to record."""
-        first_fit = _backend.input_build_passes(model, first_fit=True)
-        build = _backend.input_build_passes(model)
+        """Before `fit`: replays the passes that epoch `first_epoch` of a straight run had and
+        this process has not made; warns about what cannot be replayed. Returns notes to record."""
         problems = []
         if steps_per_epoch is not None and first_epoch > 0 and not _one_pass_per_epoch(self._form, steps_per_epoch):
             problems.append(
                 f"with steps_per_epoch={steps_per_epoch}, Keras keeps one iterator of this "
-                f"{_form_name(self._form)} across the epochs of a fit, and a new fit starts a new one, "
-                "so epoch k does not continue where epoch k-1 stopped (drop steps_per_epoch, so that an "
-                "epoch is one pass, or train in one fit)"
+                f"{_form_name(self._form)} across the epochs of a fit and a new fit starts a new one, so "
+                "epoch k does not continue where epoch k-1 stopped (drop steps_per_epoch, so that an epoch "
+                "is one pass, or train in one fit)"
             )
-        for kind, sources, needed, own in (
-            ("training", self.train, first_fit + self.per_epoch["training"] * first_epoch, build),
-            ("validation", self.validation, self.per_epoch["validation"] * self._validations_before(first_epoch), 0),
-        ):
+        straight_build = _backend.input_build_passes(model, first_fit=True)
+        build = _backend.input_build_passes(model)
+        for kind, sources in self.sources.items():
+            per = self.per_epoch[kind]
+            epochs = first_epoch if kind == "training" else self._validations_before(first_epoch)
             for name, source, replay in sources:
-                missing = needed - passes_made(source) - own
+                # Keras' build pass iterates a tf.data pipeline; a PyDataset's hooks are muted then
+                builds = kind == "training" and _is_tf_node(source)
+                first = straight_build if builds else 0
+                missing = first + per * epochs - passes_made(source) - (build if builds else 0)
                 if missing > 0 and replay is None:
                     problems.append(f"the {kind} input is {name}")
                 elif missing > 0:
                     logger.info("Replaying %d passes over the %s input (%s) for epoch %d", missing, kind, name, first_epoch)
-                    start = passes_made(source)
-                    for index in range(start, start + missing):
-                        replay((index - first_fit) // self.per_epoch[kind])
+                    done = passes_made(source)
+                    for index in range(done, done + missing):
+                        replay(source, (index - first) // per)
                     _add_passes(source, missing)
                 elif missing < 0:
-                    logger.info("The %s input (%s) had %d more passes in this process than epoch %d of a "
-                                "straight run: its batches follow from those", kind, name, -missing, first_epoch)
-                if kind == "training" and own:  # Keras' build pass: seeded as the straight run's was
-                    if replay is not None and not _is_tf_dataset(source):
-                        seed_everything(self._pass_seed((passes_made(source) - first_fit) // self.per_epoch[kind]))
-                    _add_passes(source, own)
+                    logger.info("The %s input (%s) had %d more passes in this process than a straight run "
+                                "before epoch %d: its batches follow from those", kind, name, -missing, first_epoch)
+                if builds:
+                    _add_passes(source, build)
+        self._mute()
         if not problems:
             return {}
         text = "; ".join(problems)
@@ -158,19 +162,47 @@ class InputPasses:
         return {"input_resume": text}
 
     def count(self, kind: str, ended: bool = False) -> None:
-        """A pass over the `kind` ("training" or "validation") inputs began, or (`ended`) an
-        epoch of it ended (Keras may start the next pass then: `input_passes_per_epoch`)."""
+        """A pass over the `kind` ("training" or "validation") inputs began, or (`ended`) one
+        ended (Keras may start the next then: `_backend.input_passes_per_epoch`)."""
         count = self.per_epoch[kind] - 1 if ended else 1
-        for _, source, _ in self.train if kind == "training" else self.validation:
+        for _, source, _ in self.sources[kind]:
             _add_passes(source, count)
 
     def callback(self) -> keras.callbacks.Callback:
-        """The callback that counts the fit's passes."""
+        """The callback that counts the fit's passes (and ends the muting at `on_train_begin`)."""
         return _PassCounter(self)
 
-    def _pass_seed(self, epoch: int) -> int:
-        """The seed every RNG had when a straight run's pass for `epoch` began (-1: the build pass)."""
-        return seed_for(self.seed, "fit") if epoch < 0 else seed_for(self.seed, "epoch", epoch)
+    @contextlib.contextmanager
+    def hooks_muted_until_train_begin(self) -> Iterator[None]:
+        """Around `fit`: the training `PyDataset`s' epoch hooks stay muted until the fit's
+        `on_train_begin` (or its end). Keras calls `on_epoch_end` when a fit starts (resetting its
+        epoch iterator), and on JAX and torch `on_epoch_begin` too (its symbolic build reads a
+        batch): without those calls, epoch e of any fit sees the state after e passes."""
+        try:
+            yield
+        finally:
+            self.unmute()
+
+    def unmute(self) -> None:
+        """Gives the muted `PyDataset`s their hooks back."""
+        for dataset in self._muted:
+            for hook in _HOOKS:
+                dataset.__dict__.pop(hook, None)
+        self._muted = []
+
+    def _mute(self) -> None:
+        for _, source, replay in self.sources["training"]:
+            if replay is not None and isinstance(source, keras.utils.PyDataset) and not any(h in vars(source) for h in _HOOKS):
+                for hook in _HOOKS:
+                    setattr(source, hook, _nothing)
+                self._muted.append(source)
+
+    def _replay_epoch(self, dataset: Any, epoch: int) -> None:
+        """A straight run's pass over a `PyDataset` for `epoch`: seeded as `SeedCallback` seeds
+        the epoch's start, then its hooks (draws made while it fed the epoch are not replayed)."""
+        seed_everything(seed_for(self.seed, "epoch", epoch))
+        dataset.on_epoch_begin()
+        dataset.on_epoch_end()
 
     def _validations_before(self, epoch: int) -> int:
         """Validation passes a straight run made before `epoch` (Keras' `_should_eval`)."""
@@ -180,10 +212,20 @@ class InputPasses:
         return sum(1 for e in range(epoch) if e + 1 in freq)
 
 
-def _changing(data: Any, pass_seed: Callable[[int], int] | None) -> list[tuple[str, Any, Callable[[int], None] | None]]:
-    """(name, source, replay or None) for each part of an input that changes from pass to pass
-    (None: cannot be replayed). A `PyDataset`'s replay of the pass of an epoch seeds every RNG as
-    the straight run's epoch was (`pass_seed`; None: not replayed), then calls its hooks."""
+_HOOKS = ("on_epoch_begin", "on_epoch_end")
+
+
+def _nothing() -> None:
+    """A muted hook."""
+
+
+def _is_tf_node(source: Any) -> bool:
+    return type(source).__module__.startswith("tensorflow")
+
+
+def _changing(data: Any, replay_epoch: Callable[[Any, int], None] | None) -> list[tuple[str, Any, Any]]:
+    """(name, source, replay(source, epoch) or None) for each part of an input that changes from
+    pass to pass (None: cannot be replayed; `replay_epoch` None: no `PyDataset` replay)."""
     if data is None:
         return []
     if _is_tf_dataset(data):
@@ -192,7 +234,8 @@ def _changing(data: Any, pass_seed: Callable[[int], int] | None) -> list[tuple[s
             if not _reshuffles(node):
                 continue
             if _seeded(node):
-                found.append(("a tf.data shuffle with a seed, reshuffled each iteration", node, lambda _, n=node: iter(n)))
+                found.append(("a tf.data shuffle with a seed, reshuffled each iteration", node,
+                              lambda node, epoch: iter(node)))
             else:
                 found.append(("a tf.data shuffle without a seed (its order differs in every run: pass "
                               "seed=... to Dataset.shuffle)", node, None))
@@ -201,15 +244,7 @@ def _changing(data: Any, pass_seed: Callable[[int], int] | None) -> list[tuple[s
         if not _has_epoch_hooks(data):
             return []
         name = f"the PyDataset '{type(data).__name__}', which changes in on_epoch_begin/on_epoch_end"
-        if pass_seed is None:
-            return [(name + " (replayed for training inputs only)", data, None)]
-
-        def replay(epoch: int) -> None:
-            seed_everything(pass_seed(epoch))
-            data.on_epoch_begin()
-            data.on_epoch_end()
-
-        return [(name, data, replay)]
+        return [(name if replay_epoch else name + " (only a training PyDataset is replayed)", data, replay_epoch)]
     if hasattr(data, "__next__"):
         return [(f"a generator ({type(data).__name__}): it cannot be rewound or advanced without "
                  "producing its batches (use a PyDataset or tf.data)", data, None)]
@@ -244,6 +279,9 @@ class _PassCounter(keras.callbacks.Callback):
     def __init__(self, passes: InputPasses) -> None:
         super().__init__()
         self._passes = passes
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._passes.unmute()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._passes.count("training")

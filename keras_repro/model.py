@@ -274,11 +274,12 @@ class DeterministicModel(keras.Model):
             passes = InputPasses(x, validation_data, seed_callback.seed, validation_freq)  # resumed, continued fits
             notes.update(passes.prepare(self, clock.epoch(initial_epoch), steps_per_epoch))
             seed_callback.use_fit_context(context(settings=configuration.other_input(x)))
-            return super().fit(
-                x, y, batch_size=batch_size, callbacks=[passes.callback()] + callbacks, validation_split=validation_split,
-                validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
-                steps_per_epoch=steps_per_epoch, **common,
-            )
+            with passes.hooks_muted_until_train_begin():
+                return super().fit(
+                    x, y, batch_size=batch_size, callbacks=[passes.callback()] + callbacks, validation_split=validation_split,
+                    validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
+                    steps_per_epoch=steps_per_epoch, **common,
+                )
         if steps_per_epoch is not None:
             raise ValueError(
                 "DeterministicModel.fit owns the order of array inputs epoch by epoch and does not "
