@@ -117,6 +117,7 @@ class InputPasses:
                           "validation": _backend.input_passes_per_epoch(validation) if validation is not None else 1}
         self._form = x
         self._muted: list[Any] = []
+        self._deferred: list[tuple[Any, Any, int]] = []
 
     def prepare(self, model: Any, first_epoch: int, steps_per_epoch: int | None) -> dict[str, str]:
         """Before `fit`: replays the passes that epoch `first_epoch` of a straight run had and
@@ -145,8 +146,16 @@ class InputPasses:
                     logger.info("Replaying %d passes over the %s input (%s) for epoch %d", missing, kind, name, first_epoch)
                     done = passes_made(source)
                     for index in range(done, done + missing):
-                        replay(source, (index - first) // per)
+                        if index == done + missing - 1 and not builds:  # a PyDataset's last: at on_train_begin
+                            self._deferred.append((replay, source, (index - first) // per))
+                        else:
+                            replay(source, (index - first) // per)
                     _add_passes(source, missing)
+                if kind == "training" and straight_build and _enqueued(source):
+                    problems.append(
+                        f"the training input is {name}, fed by workers: on this backend Keras' first fit reads "
+                        "a batch to build the model, and its workers then feed each epoch batches they fetched "
+                        "ahead in the one before, which a new fit does not have (use workers=1)")
                 elif missing < 0:
                     logger.info("The %s input (%s) had %d more passes in this process than a straight run "
                                 "before epoch %d: its batches follow from those", kind, name, -missing, first_epoch)
@@ -184,11 +193,16 @@ class InputPasses:
             self.unmute()
 
     def unmute(self) -> None:
-        """Gives the muted `PyDataset`s their hooks back."""
+        """Gives the muted `PyDataset`s their hooks back, then makes a `PyDataset`'s last replayed
+        pass: after Keras' build pass, which read batches (and with workers, fetched more ahead,
+        which Keras feeds first) in the order the straight run's previous epoch had."""
         for dataset in self._muted:
             for hook in _HOOKS:
                 dataset.__dict__.pop(hook, None)
         self._muted = []
+        deferred, self._deferred = self._deferred, []
+        for replay, source, epoch in deferred:
+            replay(source, epoch)
 
     def _mute(self) -> None:
         for _, source, replay in self.sources["training"]:
@@ -217,6 +231,11 @@ _HOOKS = ("on_epoch_begin", "on_epoch_end")
 
 def _nothing() -> None:
     """A muted hook."""
+
+
+def _enqueued(source: Any) -> bool:
+    """Whether Keras feeds this `PyDataset` through worker threads or processes (an enqueuer)."""
+    return isinstance(source, keras.utils.PyDataset) and (source.workers > 1 or source.use_multiprocessing)
 
 
 def _is_tf_node(source: Any) -> bool:

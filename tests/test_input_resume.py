@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro import input_resume
+from keras_repro import _backend, input_resume
 from tests.conftest import run_python
 
 ROWS, BATCH = 96, 32
@@ -64,6 +64,12 @@ def fed(history):
     return [next(r.digest for r in fp.records if r.path == "fed/x") for fp in history.fingerprints.epochs]
 
 
+def _stale_batches(form):
+    """JAX, torch: Keras' first fit reads a batch to build the model, and a PyDataset's workers
+    then feed each epoch batches fetched ahead in the one before: not resumable, warned."""
+    return form.endswith("2") and bool(_backend.input_build_passes(None, first_fit=True))
+
+
 def straight_run(form):
     trained = model()
     batches = fed(trained.fit(pipeline(form), epochs=4, verbose=0))
@@ -78,6 +84,10 @@ def test_a_continued_fit_sees_the_straight_runs_batches(form):
     continued = model()
     data = pipeline(form)
     first = fed(continued.fit(data, epochs=2, verbose=0))
+    if _stale_batches(form):
+        with pytest.warns(kr.errors.ReproWarning, match="fetched ahead in the one before"):
+            continued.fit(data, epochs=4, initial_epoch=2, verbose=0)
+        return
     second = fed(continued.fit(data, epochs=4, initial_epoch=2, verbose=0))
     assert first + second == batches
     assert kr.fingerprint(continued).digest == digest
@@ -92,6 +102,10 @@ def test_a_new_input_resumed_at_epoch_2_replays_its_passes(form, tmp_path, monke
     first.fit(pipeline(form), epochs=2, verbose=0)
     first.save(tmp_path / "at2.keras")
     resumed = keras.models.load_model(tmp_path / "at2.keras")
+    if _stale_batches(form):
+        with pytest.warns(kr.errors.ReproWarning, match="fetched ahead in the one before"):
+            resumed.fit(pipeline(form), epochs=4, initial_epoch=2, verbose=0)
+        return
     assert fed(resumed.fit(pipeline(form), epochs=4, initial_epoch=2, verbose=0)) == batches[2:]
     assert kr.fingerprint(resumed).digest == digest
     monkeypatch.setattr(input_resume.InputPasses, "prepare", lambda self, *args: {})
@@ -159,9 +173,10 @@ def test_what_cannot_be_replayed_warns_at_a_resumed_fit_and_is_noted(form, named
 CHILD = """
 import json, keras, numpy as np
 import keras_repro as kr
-from keras_repro import input_resume
-from tests.test_input_resume import FORMS, pipeline, fed
+from keras_repro import _backend, input_resume
+from tests.test_input_resume import FORMS, pipeline, fed, _stale_batches
 
+FORMS = [form for form in FORMS if not _stale_batches(form)]
 out = {{}}
 for form in FORMS:
     resumed = keras.models.load_model({folder!r} + "/" + form + ".keras")
@@ -178,7 +193,7 @@ def test_two_epochs_saved_and_resumed_in_a_new_process_equal_four_straight(tmp_p
     """2 epochs + save + load_model in a new process + fit(initial_epoch=2) == 4 straight epochs,
     batches and weights, for every form; the same process without the replay differs at epoch 2."""
     expected = {}
-    for form in FORMS:
+    for form in [form for form in FORMS if not _stale_batches(form)]:
         expected[form] = straight_run(form)
         first = model()
         first.fit(pipeline(form), epochs=2, verbose=0)
