@@ -206,9 +206,10 @@ class InputPasses:
 
     def _mute(self) -> None:
         for _, source, replay in self.sources["training"]:
-            if replay is not None and isinstance(source, keras.utils.PyDataset) and not any(h in vars(source) for h in _HOOKS):
-                for hook in _HOOKS:
-                    setattr(source, hook, _nothing)
+            own = getattr(source, "__dict__", None)
+            if replay is not None and isinstance(source, keras.utils.PyDataset) and own is not None \
+                    and not any(hook in own for hook in _HOOKS):
+                own.update(dict.fromkeys(_HOOKS, _nothing))
                 self._muted.append(source)
 
     def _replay_epoch(self, dataset: Any, epoch: int) -> None:
