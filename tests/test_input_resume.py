@@ -132,6 +132,35 @@ def test_a_validation_pipeline_is_replayed_too(tmp_path):
     assert validated(history) == straight[2:]
 
 
+def test_image_dataset_from_directory_resumes_at_epoch_2(tmp_path):
+    """As `image_dataset_from_directory(seed=...)` builds it (a seeded reshuffling shuffle): a loaded
+    model fit from epoch 2 on a new dataset sees the straight run's epochs 2-3."""
+    pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    for label in "ab":
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(24):
+            keras.utils.save_img(tmp_path / "images" / label / f"{index}.png", rng.integers(0, 255, (8, 8, 3)).astype("uint8"))
+
+    def images():
+        return keras.utils.image_dataset_from_directory(tmp_path / "images", image_size=(8, 8), batch_size=8, seed=1337,
+                                                        verbose=False)
+
+    def image_model():
+        inputs = keras.Input((8, 8, 3))
+        built = kr.DeterministicModel(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inputs)), seed=1)
+        built.compile("adam", "mse")
+        return built
+
+    straight = fed(image_model().fit(images(), epochs=4, verbose=0))
+    assert len(set(straight)) == 4
+    first = image_model()
+    first.fit(images(), epochs=2, verbose=0)
+    first.save(tmp_path / "at2.keras")
+    resumed = keras.models.load_model(tmp_path / "at2.keras")
+    assert fed(resumed.fit(images(), epochs=4, initial_epoch=2, verbose=0)) == straight[2:]
+
+
 def _generator():
     x, y = _arrays()
     while True:
