@@ -1,24 +1,30 @@
 """Resumed and continued fits of inputs other than arrays: epoch k sees the batches epoch k of
 the straight run saw.
 
-Keras makes one pass over its input per epoch (a new iterator of a `tf.data` dataset; a
-`PyDataset`'s `on_epoch_begin` ... `on_epoch_end`), and on JAX and torch one more before the
-first epoch of a fit whose model, loss or metrics are not built (the first fit after
-`compile`: Keras builds symbolically from a batch of a pass of its own;
-`_backend.input_build_passes`). Some inputs change from pass to pass:
+Keras makes one pass over its input per epoch, and some inputs change from pass to pass:
 
 * a `tf.data` pipeline with a seeded shuffle that reshuffles each iteration
   (`Dataset.shuffle(n, seed=s)`, as `image_dataset_from_directory` builds it): iteration i's
   order is a function of (seed, i), i counted per shuffle in the process. Creating an iterator
   of the shuffle advances it without reading an element (measured on TF 2.21), so a fit that
-  starts at epoch k creates the iterators this process has not: cheap and exact.
+  starts at epoch k creates the iterators this process has not made: cheap and exact. Keras'
+  own passes are counted as it makes them (`_backend`): on TensorFlow a second iterator at the
+  end of an epoch of known length; on JAX and torch one pass before the first epoch of a fit
+  whose model, loss or metrics are not built (the first fit after `compile`), whose batch
+  Keras' symbolic build reads.
 * a `PyDataset` whose `on_epoch_begin` / `on_epoch_end` change it (a reshuffle): the fit calls
   them for the epochs this process has not run, each after seeding every RNG as `SeedCallback`
-  seeds that epoch, so a reshuffle with NumPy's or Python's global RNG draws what it drew.
+  seeds that epoch, so a reshuffle with NumPy's or Python's global RNG draws what it drew (the
+  last at `on_train_begin`, after Keras' build pass). Keras also calls them as a fit starts
+  (resetting its epoch iterator, and on JAX and torch in its build pass): they are muted until
+  `on_train_begin`, so epoch e of any fit follows e passes.
 
 Passes are counted per input (per shuffle for `tf.data`) in this process, so a continued fit
 (a second `fit` of the same model and input) replays nothing. What cannot be resumed exactly
-warns at the fit's start, naming the form and why, and the reference records a note.
+warns when a fit starts at epoch k > 0, naming the form and why, and the reference records a
+note (`input_resume`): a generator, a shuffle without any seed, a reshuffling validation
+`PyDataset`, `steps_per_epoch` other than one pass, and on JAX and torch a `PyDataset` fed by
+workers (Keras' enqueuer feeds each epoch batches fetched ahead in the previous one).
 """
 
 from __future__ import annotations
@@ -48,10 +54,13 @@ def passes_made(source: Any) -> int:
 
 
 def _add_passes(source: Any, count: int) -> None:
+    for key in [key for key, (reference, _) in _PASSES.items() if reference() is None]:
+        del _PASSES[key]  # inputs gone
     try:
-        reference = weakref.ref(source)
+        reference: Callable[[], Any] = weakref.ref(source)
     except TypeError:  # an object without weak references: keep it alive instead
-        reference = lambda source=source: source  # noqa: E731
+        def reference(source: Any = source) -> Any:
+            return source
     _PASSES[id(source)] = (reference, passes_made(source) + count)
 
 
@@ -257,8 +266,8 @@ def _changing(data: Any, replay_epoch: Callable[[Any, int], None] | None) -> lis
                 found.append(("a tf.data shuffle with a seed, reshuffled each iteration", node,
                               lambda node, epoch: iter(node)))
             else:
-                found.append(("a tf.data shuffle without a seed (its order differs in every run: pass "
-                              "seed=... to Dataset.shuffle)", node, None))
+                found.append((("a tf.data shuffle without a seed (its order differs in every run: pass "
+                               "seed=... to Dataset.shuffle)"), node, None))
         return found
     if isinstance(data, keras.utils.PyDataset):
         if not _has_epoch_hooks(data):
@@ -266,8 +275,8 @@ def _changing(data: Any, replay_epoch: Callable[[Any, int], None] | None) -> lis
         name = f"the PyDataset '{type(data).__name__}', which changes in on_epoch_begin/on_epoch_end"
         return [(name if replay_epoch else name + " (only a training PyDataset is replayed)", data, replay_epoch)]
     if hasattr(data, "__next__"):
-        return [(f"a generator ({type(data).__name__}): it cannot be rewound or advanced without "
-                 "producing its batches (use a PyDataset or tf.data)", data, None)]
+        return [((f"a generator ({type(data).__name__}): it cannot be rewound or advanced without "
+                  "producing its batches (use a PyDataset or tf.data)"), data, None)]
     return []
 
 

@@ -16,8 +16,8 @@ from keras_repro.callbacks import SeedCallback
 from keras_repro.determinism import use_deterministic_kernels
 from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
 from keras_repro.fit_context import EpochClock, FitContext
-from keras_repro.input_resume import InputPasses
 from keras_repro.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
+from keras_repro.input_resume import InputPasses
 from keras_repro.model_forms import (
     cloned_as_keras_sequential, functional_arguments, model_being_cloned, rebase_functional, register_for_h5, restoring, restoring_arguments,
 )
