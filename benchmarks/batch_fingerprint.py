@@ -11,7 +11,7 @@ verbose=0)`, as a `kr.DeterministicSequential`, in three variants:
             fingerprints each epoch);
     every1  `SeedCallback(seed, every_n_batches=1)`: a 64-bit checksum of every
             variable after every batch, computed where the variables live in one
-            compiled call (`keras_repro.checksums`);
+            compiled call (`keras_repro.fingerprinting.checksums`);
     every10 `SeedCallback(seed, every_n_batches=10)`;
     hook    a callback whose `on_train_batch_end` does nothing: the floor any
             batch-level check pays, since Keras then hands logs to Python every batch.

@@ -14,7 +14,7 @@ input forms:
 
 each with `kr.SeedCallback(seed, data_checks=False)` ("off") and with the default
 `kr.SeedCallback(seed)` ("on": every batch's x and y checksummed inside the train
-step, `keras_repro.fed_data`). Fits are interleaved (off, on, off, on, ...) after
+step, `keras_repro.fit.fed_data`). Fits are interleaved (off, on, off, on, ...) after
 one uncounted warm-up of each; every fit gets a freshly built and compiled model and
 only `fit` is timed. The table shows medians, the ratio on / off and the ratio of the
 fastest fits; the target on CPU is at most 1.03 (issue 17). The backend is the one

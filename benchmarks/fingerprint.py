@@ -1,4 +1,4 @@
-"""Speed and extra memory of `keras_repro.fingerprints.fingerprint` against a plain SHA-256.
+"""Speed and extra memory of `keras_repro.fingerprinting.digests.fingerprint` against a plain SHA-256.
 
 Models
 ------
@@ -20,7 +20,7 @@ column of both tables says which ("weights+adam" or "weights").
 --------------------------
 Before timing, the numpy array of every variable that `fingerprint` hashes is
 read once with `keras_repro._backend.to_numpy`, for each variable of
-`keras_repro.fingerprints.model_variables(model)` (not timed). Then, after one
+`keras_repro.fingerprinting.digests.model_variables(model)` (not timed). Then, after one
 untimed warm-up of each, `--repeats` rounds each time with `time.perf_counter`:
 
     A  `fingerprint(model)`;
@@ -92,8 +92,8 @@ import keras
 import numpy as np
 
 from keras_repro import _backend
-from keras_repro.fingerprints import CHUNK_BYTES, _workers, fingerprint
-from keras_repro.state import model_variables
+from keras_repro.fingerprinting.digests import CHUNK_BYTES, _workers, fingerprint
+from keras_repro.fingerprinting.variables import model_variables
 
 LAYOUTS = ("balanced", "dominant")
 TARGET_SPEED_RATIO = 1.0

@@ -15,7 +15,7 @@ when installed), in fresh processes:
   batch every1  fit time with SeedCallback(every_n_batches=1) / without (benchmarks/
   / every10     batch_fingerprint.py --repeats 3), and every 10th batch.
 
-Prints one Markdown table (the README's GPU column) and writes it, with each child's
+Prints one Markdown table (the GPU column of docs/guarantees.md) and writes it, with each child's
 output, to --out. Always exits 0: it is a report.
 
 On the lent machine Keras is carried as wheels (see the device tool's README), e.g.:

@@ -2,7 +2,7 @@
 file grows, and how the file's size grows.
 
 One recording of a small model (1,000 epochs of 100 batches, batch fingerprints every 10th
-batch, `SeedCallback(mode="record")`). Every call of `keras_repro.store.write_run` (one per
+batch, `SeedCallback(mode="record")`). Every call of `keras_repro.store.hdf5.write_run` (one per
 epoch) is timed in this process, and the file's size read after it. The table shows, for
 windows of epochs, the median write time and the file size; the targets (issue 14): the
 write of epoch 1,000 at most 2x that of epoch 10 (medians of the appended epochs 6-15 and
@@ -35,7 +35,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_repro as kr  # noqa: E402
-from keras_repro import reference, store  # noqa: E402
+from keras_repro.store import hdf5 as store
+from keras_repro.store import reference  # noqa: E402
 
 TARGET_RATIO = 2.0
 TARGET_LINEARITY = 0.10

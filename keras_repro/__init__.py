@@ -18,20 +18,20 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from keras_repro.version import __version__
 
 _EXPORTS = {
-    "AuditDivergence": "keras_repro.audit",
-    "AuditReport": "keras_repro.audit",
-    "BisectReport": "keras_repro.audit",
-    "audit": "keras_repro.audit",
-    "bisect": "keras_repro.audit",
-    "find_hazards": "keras_repro.audit",
+    "AuditDivergence": "keras_repro.tools.audit",
+    "AuditReport": "keras_repro.tools.audit",
+    "BisectReport": "keras_repro.tools.audit",
+    "audit": "keras_repro.tools.audit",
+    "bisect": "keras_repro.tools.audit",
+    "find_hazards": "keras_repro.tools.audit",
     "SeedCallback": "keras_repro.callbacks",
-    "Comparison": "keras_repro.compare",
-    "Divergence": "keras_repro.compare",
+    "Comparison": "keras_repro.fingerprinting.compare",
+    "Divergence": "keras_repro.fingerprinting.compare",
     "DeterminismReport": "keras_repro.determinism",
     "enable_determinism": "keras_repro.determinism",
     "FingerprintMismatch": "keras_repro.errors",
@@ -42,15 +42,15 @@ _EXPORTS = {
     "ReferenceFileError": "keras_repro.errors",
     "ReproError": "keras_repro.errors",
     "ReproWarning": "keras_repro.errors",
-    "Fingerprint": "keras_repro.fingerprints",
-    "fingerprint": "keras_repro.fingerprints",
-    "FingerprintLog": "keras_repro.log",
-    "load_fingerprints": "keras_repro.log",
+    "Fingerprint": "keras_repro.fingerprinting.digests",
+    "fingerprint": "keras_repro.fingerprinting.digests",
+    "FingerprintLog": "keras_repro.store.log",
+    "load_fingerprints": "keras_repro.store.log",
     "DeterministicModel": "keras_repro.model",
     "DeterministicSequential": "keras_repro.model",
-    "fix_multi_worker_fit": "keras_repro.multi_worker",
-    "PreflightReport": "keras_repro.preflight",
-    "preflight": "keras_repro.preflight",
+    "fix_multi_worker_fit": "keras_repro.fit.multi_worker",
+    "PreflightReport": "keras_repro.tools.preflight",
+    "preflight": "keras_repro.tools.preflight",
     "plot_drift": "keras_repro.plotting",
     "plot_heatmap": "keras_repro.plotting",
     "plot_metrics": "keras_repro.plotting",
@@ -60,44 +60,7 @@ _EXPORTS = {
     "assert_resumable": "keras_repro.testing",
 }
 
-__all__ = [
-    "AuditDivergence",
-    "AuditReport",
-    "BisectReport",
-    "Comparison",
-    "DeterminismReport",
-    "DeterministicModel",
-    "DeterministicSequential",
-    "Divergence",
-    "Fingerprint",
-    "FingerprintLog",
-    "FingerprintMismatch",
-    "FingerprintMismatchWarning",
-    "HashRandomizationWarning",
-    "MissingMainGuardError",
-    "NondeterministicInputWarning",
-    "PreflightReport",
-    "ReferenceFileError",
-    "ReproError",
-    "ReproWarning",
-    "SeedCallback",
-    "__version__",
-    "assert_reproducible",
-    "assert_resumable",
-    "audit",
-    "bisect",
-    "derive_seed",
-    "enable_determinism",
-    "find_hazards",
-    "fingerprint",
-    "fix_multi_worker_fit",
-    "load_fingerprints",
-    "plot_drift",
-    "plot_heatmap",
-    "plot_metrics",
-    "preflight",
-    "seed_everything",
-]
+__all__ = [*sorted(_EXPORTS), "__version__"]  # one list of public names: _EXPORTS
 
 
 def __getattr__(name: str) -> Any:
@@ -122,38 +85,10 @@ def _started_as_command() -> bool:
     return any(flag == "-m" and module == "keras_repro" for flag, module in zip(argv, argv[1:]))
 
 
-if TYPE_CHECKING or not _started_as_command():
-    from keras_repro.audit import (
-        AuditDivergence,
-        AuditReport,
-        BisectReport,
-        audit,
-        bisect,
-        find_hazards,
-    )
-    from keras_repro.callbacks import SeedCallback
-    from keras_repro.compare import Comparison, Divergence
-    from keras_repro.determinism import DeterminismReport, enable_determinism
-    from keras_repro.errors import (
-        FingerprintMismatch,
-        FingerprintMismatchWarning,
-        HashRandomizationWarning,
-        MissingMainGuardError,
-        NondeterministicInputWarning,
-        ReferenceFileError,
-        ReproError,
-        ReproWarning,
-    )
-    from keras_repro.fingerprints import Fingerprint, fingerprint
-    from keras_repro.log import FingerprintLog, load_fingerprints
-    from keras_repro.model import DeterministicModel, DeterministicSequential
-    from keras_repro.multi_worker import fix_multi_worker_fit
-    from keras_repro.plotting import plot_drift, plot_heatmap, plot_metrics
-    from keras_repro.preflight import PreflightReport, preflight
-    from keras_repro.seeding import derive_seed, seed_everything
-    from keras_repro.testing import assert_reproducible, assert_resumable
-
-if not TYPE_CHECKING and not _started_as_command():
+if not _started_as_command():  # the command imports only what its subcommand needs
+    for _name in _EXPORTS:
+        __getattr__(_name)
+    del _name
     from keras_repro.determinism import prepare_at_import
 
     prepare_at_import()  # JAX's XLA flag and cuBLAS's workspace: only before the backend starts

@@ -8,18 +8,20 @@ from typing import Any
 
 import keras
 
-from keras_repro import _backend, environment
-from keras_repro.batch_checks import BatchChecker, resolve_capture
-from keras_repro.callback_state import warn_lost_state
-from keras_repro.compare import Divergence, compare_fingerprints, replica_divergence
+from keras_repro import _backend
+from keras_repro.arguments import positive_int
 from keras_repro.determinism import warn_if_kernels_off
-from keras_repro.diagnosis import likely_cause
 from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
-from keras_repro.fed_data import DataChecks
-from keras_repro.fingerprints import Fingerprint, fingerprint, replica_fingerprints
-from keras_repro.fit_context import EpochClock, FitContext
-from keras_repro.log import FingerprintLog
-from keras_repro.processes import (
+from keras_repro.fingerprinting import environment
+from keras_repro.fingerprinting.compare import Divergence, compare_fingerprints, replica_divergence
+from keras_repro.fingerprinting.diagnosis import likely_cause
+from keras_repro.fingerprinting.digests import Fingerprint, fingerprint, replica_fingerprints
+from keras_repro.fingerprinting.variables import build_optimizer_early, replica_devices, replica_local_paths
+from keras_repro.fit.batch_checks import BatchChecker, resolve_capture
+from keras_repro.fit.callback_state import warn_lost_state
+from keras_repro.fit.context import EpochClock, FitContext, fit_seed
+from keras_repro.fit.fed_data import DataChecks
+from keras_repro.fit.processes import (
     agree,
     divergence_of,
     divergence_verdict,
@@ -27,16 +29,16 @@ from keras_repro.processes import (
     process_divergence,
     together,
 )
-from keras_repro.recording import ReferenceSession, describe, epoch_span, mode_for
-from keras_repro.reference import ReferenceFile, lock_path, normalize_path
+from keras_repro.fit.rng_state import global_generator_records, reset_global_generator, reset_rng, reset_seed_generators
 from keras_repro.seeding import (
     seed_everything,
     seed_for,
     validate_seed,
     warn_if_hash_randomized,
 )
-from keras_repro.rng_state import global_generator_records, reset_global_generator, reset_rng, reset_seed_generators
-from keras_repro.state import replica_devices, replica_local_paths
+from keras_repro.store.log import FingerprintLog
+from keras_repro.store.recording import ReferenceSession, describe, epoch_span, mode_for
+from keras_repro.store.reference import ReferenceFile, lock_path, normalize_path
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ class SeedCallback(keras.callbacks.Callback):
     two fits are recorded and verified as one longer run.
 
     Args:
-        seed: An int in [0, 2**32 - 1].
+        seed: An int in [0, 2**32 - 1], or None (default) to take the seed of the
+            `kr.DeterministicModel` it fits: one seed owns the fit, so a different one
+            raises `ValueError` naming both. A plain `keras.Model` needs one here.
         reference: Path of the fingerprint file (`.h5`; `~` is expanded and missing
             folders are created when recording), or None to keep the fingerprints in
             memory only (`callback.log`).
@@ -81,14 +85,14 @@ class SeedCallback(keras.callbacks.Callback):
             of the first epoch that differs (or before the first step when the
             initial state differs); "warn" warns once and goes on.
         reset_layer_rng: Reset layer SeedGenerators and Keras' global one (unseeded
-            `keras.random` calls) at every epoch start (default; `keras_repro.rng_state`).
+            `keras.random` calls) at every epoch start (default; `keras_repro.fit.rng_state`).
         log_key: Opt-in: also add every epoch's digest to `history.history` under this
             key (code that plots every key expects numbers there). Never in `logs`.
         every_n_batches: Also fingerprint the state after every N-th batch, so a
             verify names the first divergent batch, not just the epoch. A batch
             fingerprint is a 64-bit integer checksum of each variable computed on
-            its device in one compiled call (`keras_repro.checksums`), left there and
-            brought to the host in groups (`keras_repro.batch_checks`): still a pass
+            its device in one compiled call (`keras_repro.fingerprinting.checksums`), left there and
+            brought to the host in groups (`keras_repro.fit.batch_checks`): still a pass
             over every weight, which on CPU costs a fraction of a small model's step
             (see benchmarks/batch_fingerprint.py). The epoch fingerprint still
             hashes every byte.
@@ -98,21 +102,21 @@ class SeedCallback(keras.callbacks.Callback):
         capture: When a batch's state is checksummed: "end" (in `on_train_batch_end`),
             "begin" (when the next batch begins, so Keras may run batch-end hooks on a
             thread), or "auto" (default): "begin" on JAX, else "end". See
-            `keras_repro.batch_checks`.
+            `keras_repro.fit.batch_checks`.
         check_replicas: Where devices each hold a copy of the variables
             (`tf.distribute` mirrored variables, replicated JAX arrays), check before
             the first step and at every epoch end that all copies are equal, and
             report the first replica and variable that drifted (as `on_mismatch` says),
             in record mode too. Costs a host read and hash per copy. In a multi-process
             run (JAX), also check that every process holds the same state as process 0
-            (`keras_repro.processes`); every process must pass the same value.
+            (`keras_repro.fit.processes`); every process must pass the same value.
         data_checks: Checksum every batch the fit feeds or validates on (x, y, sample_weight; any
-            input form) inside its step, into the data part (`fed/x`...; `keras_repro.fed_data`).
+            input form) inside its step, into the data part (`fed/x`...; `keras_repro.fit.fed_data`).
 
     Multi-process runs (JAX): every process runs the callback with the same arguments; only
     process 0 writes the reference (and, but with mode="verify", reads it); a divergence or a
     reference error found by any process is acted on by all, at the initial check and at each
-    epoch end (`keras_repro.processes`).
+    epoch end (`keras_repro.fit.processes`).
 
     Attributes:
         log: The `FingerprintLog` of the last fit.
@@ -133,7 +137,7 @@ class SeedCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
-        seed: int,
+        seed: int | None = None,
         reference: str | os.PathLike | None = None,
         mode: str = "auto",
         on_mismatch: str = "raise",
@@ -146,7 +150,8 @@ class SeedCallback(keras.callbacks.Callback):
         data_checks: bool = True,
     ) -> None:
         super().__init__()
-        self.seed = validate_seed(seed)
+        self._given_seed = None if seed is None else validate_seed(seed)
+        self.seed = self._given_seed  # the fit's seed once a fit began (`fit_context.fit_seed`)
         self.mode = mode_for(mode)
         if on_mismatch not in ON_MISMATCH:
             raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}. Received: on_mismatch={on_mismatch!r}")
@@ -156,14 +161,8 @@ class SeedCallback(keras.callbacks.Callback):
         self.on_mismatch = on_mismatch
         self.reset_layer_rng = bool(reset_layer_rng)
         self.log_key = log_key
-        if every_n_batches is not None and (
-            isinstance(every_n_batches, bool) or not isinstance(every_n_batches, int) or every_n_batches < 1
-        ):
-            raise ValueError(f"`every_n_batches` must be a positive int or None. Received: every_n_batches={every_n_batches!r}")
-        self.every_n_batches = every_n_batches
-        if isinstance(fetch_every, bool) or not isinstance(fetch_every, int) or fetch_every < 1:
-            raise ValueError(f"`fetch_every` must be a positive int. Received: fetch_every={fetch_every!r}")
-        self.fetch_every = fetch_every
+        self.every_n_batches = positive_int("every_n_batches", every_n_batches, optional=True)
+        self.fetch_every = positive_int("fetch_every", fetch_every)
         self.capture = resolve_capture(capture)
         # Keras runs batch-end hooks in a thread, overlapping the next steps, only for
         # callbacks that say they are safe: a batch fingerprint must read the state of its
@@ -180,7 +179,6 @@ class SeedCallback(keras.callbacks.Callback):
         if self._session is not None:
             self._session.close()
         self._session = None
-        self._provisional_mode_value: str | None = None
         self.divergence: Divergence | None = None
         self.verified_epochs: tuple[int, ...] = ()
         self.recorded_epochs: tuple[int, ...] = ()
@@ -199,7 +197,12 @@ class SeedCallback(keras.callbacks.Callback):
 
     def use_fit_context(self, context: FitContext) -> None:
         """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
-        data-order records and notes. Other models get a default context."""
+        data-order records, notes and seed. Other models get a default context.
+
+        Raises:
+            ValueError: When this callback was given a seed other than the model's.
+        """
+        fit_seed(self._given_seed, context.seed)
         self._handed = context
 
     @property
@@ -213,9 +216,7 @@ class SeedCallback(keras.callbacks.Callback):
     @property
     def resolved_mode(self) -> str | None:
         """ "record", "verify" or "extend" (see the class docstring); None before a fit."""
-        if self._session is not None and self._session.resolved_mode is not None:
-            return self._session.resolved_mode
-        return self._provisional_mode_value
+        return self._session.mode_now if self._session is not None else None
 
     @property
     def summary(self) -> str:
@@ -233,12 +234,12 @@ class SeedCallback(keras.callbacks.Callback):
         self._reset_state()
         warn_if_hash_randomized()
         self._context, self._handed = self._handed or FitContext(EpochClock(self.model)), None
+        self.seed = fit_seed(self._given_seed, self._context.seed)
         warn_if_kernels_off(self._context.kernels_chosen_off)
         chief = _backend.is_chief(self.model)
         self._session = ReferenceSession(
             ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief
         )
-        self._provisional_mode_value = self._provisional_mode(chief)
         self._data = DataChecks.started(self.model, self.data_checks)  # wraps the steps until on_train_end
         if self.every_n_batches:
             self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report,
@@ -248,12 +249,6 @@ class SeedCallback(keras.callbacks.Callback):
         self._processes = process_count()
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
-
-    def _provisional_mode(self, chief: bool) -> str:
-        """The mode as known before the first epoch (refined when it begins)."""
-        if self.mode != "auto":
-            return self.mode
-        return "verify" if chief and self.reference and os.path.exists(self.reference) else "record"
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         epoch = self._epoch = self._context.clock.epoch(epoch)
@@ -267,7 +262,7 @@ class SeedCallback(keras.callbacks.Callback):
         """Before the first step: fingerprint the initial state, open the reference, check."""
         self._first_epoch = epoch
         warn_lost_state(self._context.callbacks, epoch, epoch - self._context.clock.offset, self.model)
-        _build_optimizer_early(self.model)
+        build_optimizer_early(self.model)
         self._config = self._context.configuration(self.model, self.params, self.reset_layer_rng)
         self._initial = self._fingerprint(epoch)
         planned_end = self._context.clock.epoch(int((self.params or {}).get("epochs") or 0) - 1) + 1
@@ -405,7 +400,7 @@ class SeedCallback(keras.callbacks.Callback):
 
     def _likely_cause(self, divergence: Divergence) -> str | None:
         """The likely cause of a divergence from the reference, from what differs between the
-        reference and this run (`keras_repro.diagnosis`); None for replicas'."""
+        reference and this run (`keras_repro.fingerprinting.diagnosis`); None for replicas'."""
         if divergence.replica is not None or divergence.process is not None:
             return None
         deterministic = getattr(self.model, "_repro_seed", None) is not None
@@ -426,19 +421,6 @@ class SeedCallback(keras.callbacks.Callback):
             "verified. Record a longer reference to check them (mode='auto' extends it).",
             ReproWarning,
         )
-
-
-def _build_optimizer_early(model: Any) -> None:
-    """Builds the optimizer as its first step would, so the initial fingerprint covers it.
-
-    The TensorFlow trainer defers the build to the first traced step; the variables it
-    creates (zeros, the iteration counter, the learning rate) are the same either way.
-    """
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None or getattr(optimizer, "built", True):
-        return
-    if all(layer.built for layer in model._flatten_layers()) and model.trainable_variables:
-        optimizer.build(model.trainable_variables)
 
 
 def _is_number(value: Any) -> bool:

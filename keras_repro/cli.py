@@ -65,7 +65,7 @@ def epoch_table(log, other=None) -> str:
 
 def _match(expected, actual) -> str:
     """"identical", "DIFFERS" or "not run" for one table cell."""
-    from keras_repro.compare import compare_fingerprints
+    from keras_repro.fingerprinting.compare import compare_fingerprints
 
     if actual is None:
         return "not run"
@@ -74,7 +74,7 @@ def _match(expected, actual) -> str:
 
 def _load(path: str):
     """Loads a fingerprint file; the caller turns ReferenceFileError into exit 2."""
-    from keras_repro.log import load_fingerprints
+    from keras_repro.store.log import load_fingerprints
 
     return load_fingerprints(path)
 
@@ -82,7 +82,7 @@ def _load(path: str):
 def cmd_show(args: argparse.Namespace) -> int:
     """`keras-repro show FILE`: values an older version stored that this one would not
     (any `TF_*`..., secrets among them) are redacted, and the output says so."""
-    from keras_repro.environment import redacted, redacted_notes
+    from keras_repro.fingerprinting.environment import redacted, redacted_notes
 
     log = _load(args.file)
     environment, hidden = redacted(log.environment)
@@ -101,7 +101,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                    for n, what in ((len(hidden), "value"), (len(hidden_notes), "note")) if n]
         print(f"  ({' and '.join(counted)} redacted: an older keras_repro stored every "
               "TF_/XLA_/CUDA_/CUBLAS_/KERAS_/OMP_/MKL_/JAX_/TORCH_ variable, secrets among them; keras_repro "
-              "now records only the variables in keras_repro.environment.RECORDED_VARIABLES, never one whose "
+              "now records only the variables in keras_repro.fingerprinting.environment.RECORDED_VARIABLES, never one whose "
               "name looks secret. Record the run again to drop them from the file.)")
     for key, value in notes.items():
         print(f"note {key}: {value}")
@@ -116,7 +116,7 @@ def _print_configuration(config) -> None:
     """The recorded configuration: its settings, then one line per layer of the model."""
     import json
 
-    from keras_repro.configuration import ORDER, layers
+    from keras_repro.fingerprinting.configuration import ORDER, layers
 
     if config is None:
         print("configuration: not recorded (the file was written by an earlier keras_repro)")
@@ -146,8 +146,8 @@ def _planned(log) -> str:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """`keras-repro diff A B`."""
-    from keras_repro.diagnosis import likely_cause
-    from keras_repro.environment import differences
+    from keras_repro.fingerprinting.diagnosis import likely_cause
+    from keras_repro.fingerprinting.environment import differences
 
     reference, other = _load(args.a), _load(args.b)
     comparison = reference.compare(other)
@@ -158,7 +158,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     cause = likely_cause(comparison.first_divergence, reference, other)
     print(f"likely cause: {cause}")
     if reference.config is not None and other.config is not None:
-        from keras_repro import configuration
+        from keras_repro.fingerprinting import configuration
 
         changes = configuration.differences(reference.config, other.config,
                                             learning_rate=reference.first_epoch == other.first_epoch)
@@ -176,8 +176,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """`keras-repro demo`."""
-    from keras_repro import demo
     from keras_repro.seeding import MAX_SEED
+    from keras_repro.tools import demo
 
     if not 0 <= args.seed <= MAX_SEED:
         print(f"keras-repro: error: --seed must be in [0, {MAX_SEED}]. Received: --seed {args.seed}", file=sys.stderr)
@@ -205,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`keras-repro run -- COMMAND...`."""
-    from keras_repro import launcher
+    from keras_repro.tools import launcher
 
     command = list(args.command_line)
     if command and command[0] == "--":
@@ -228,8 +228,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """`keras-repro audit SCRIPT.py`."""
-    from keras_repro.audit import audit, validate_options
-    from keras_repro.scripts import load_script, script_data, script_fit_kwargs
+    from keras_repro.tools.audit import audit, validate_options
+    from keras_repro.tools.scripts import load_script, script_data, script_fit_kwargs
 
     try:
         validate_options(args.batch_size, args.seed, steps=args.steps)
@@ -249,9 +249,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     """`keras-repro preflight SCRIPT.py`."""
-    from keras_repro.audit import validate_options
     from keras_repro.determinism import prepare_at_import
-    from keras_repro.scripts import load_script, script_data
+    from keras_repro.tools.audit import validate_options
+    from keras_repro.tools.scripts import load_script, script_data
 
     prepare_at_import()  # before the script can start the backend
     try:
@@ -261,7 +261,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"keras-repro: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from keras_repro.preflight import preflight
+    from keras_repro.tools.preflight import preflight
 
     report = preflight(script.build_model, x, y, steps=args.steps, batch_size=args.batch_size)
     print(report)
@@ -270,8 +270,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 def cmd_bisect(args: argparse.Namespace) -> int:
     """`keras-repro bisect CHECKPOINT.keras SCRIPT.py --epoch K`."""
-    from keras_repro.audit import bisect, validate_checkpoint, validate_options
-    from keras_repro.scripts import load_script, script_data, script_fit_kwargs
+    from keras_repro.tools.audit import bisect, validate_checkpoint, validate_options
+    from keras_repro.tools.scripts import load_script, script_data, script_fit_kwargs
 
     try:
         validate_checkpoint(args.checkpoint)
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("script", help="a Python file defining build_model() and data()")
     audit.add_argument("--steps", type=int, default=20, help="training steps to compare (default 20)")
     audit.add_argument("--batch-size", type=int, default=32, help="rows per step for array data (default 32)")
-    audit.add_argument("--seed", type=int, default=7, help="SeedCallback seed of every run (default 7)")
+    audit.add_argument("--seed", type=int, default=None, help="SeedCallback seed of every run (default: a DeterministicModel's own, else 7)")
     audit.add_argument("--in-process-only", action="store_true", help="skip the fresh-process comparison")
     audit.set_defaults(handler=cmd_audit)
     preflight = sub.add_parser(
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     bisect.add_argument("script", help="a Python file defining data() (and registering custom layers)")
     bisect.add_argument("--epoch", type=int, required=True, help="the epoch K to replay (0-based, as in callbacks)")
     bisect.add_argument("--batch-size", type=int, default=32, help="rows per batch for array data (default 32)")
-    bisect.add_argument("--seed", type=int, default=7, help="SeedCallback seed of the original run (default 7)")
+    bisect.add_argument("--seed", type=int, default=None, help="SeedCallback seed of the original run (default: a DeterministicModel's own, else 7)")
     bisect.set_defaults(handler=cmd_bisect)
     return parser
 

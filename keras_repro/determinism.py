@@ -22,6 +22,7 @@ from typing import Any
 
 from keras_repro import _backend
 from keras_repro._backend import flags
+from keras_repro.arguments import positive_int
 from keras_repro.errors import ReproWarning, warn
 
 OPT_OUT_VARIABLE = flags.OPT_OUT_VARIABLE
@@ -80,9 +81,8 @@ def enable_determinism(threads: int | None = None, inter_op_threads: int | None 
     >>> report.complete                          # doctest: +SKIP
     True
     """
-    for name, value in (("threads", threads), ("inter_op_threads", inter_op_threads)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"`{name}` must be a positive int or None. Received: {name}={value!r}")
+    threads = positive_int("threads", threads, optional=True)
+    inter_op_threads = positive_int("inter_op_threads", inter_op_threads, optional=True)
     applied, not_applied = _backend.enable_op_determinism(threads, inter_op_threads)
     report = DeterminismReport(_backend.name(), applied, not_applied)
     for key, reason in not_applied.items():

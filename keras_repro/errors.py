@@ -42,9 +42,9 @@ class FingerprintMismatch(ReproError, AssertionError):
     """A run diverged from its reference fingerprint.
 
     Attributes:
-        divergence: The `keras_repro.compare.Divergence` that was found.
+        divergence: The `keras_repro.fingerprinting.compare.Divergence` that was found.
         reference: The path of the reference file, or None.
-        cause: The likely cause (`keras_repro.diagnosis`), or None.
+        cause: The likely cause (`keras_repro.fingerprinting.diagnosis`), or None.
     """
 
     def __init__(self, divergence: object, reference: object = None, cause: str | None = None) -> None:
@@ -60,7 +60,7 @@ class MissingMainGuardError(ReproError, RuntimeError):
     """A check that starts fresh processes (`audit`, `assert_resumable`...) was called inside
     one of those processes: most often a script that runs it at import, without
     `if __name__ == "__main__":`, as Python's `multiprocessing` requires for spawn
-    (`keras_repro.nesting`). Raised there, and again in the parent with the same message."""
+    (`keras_repro.tools.nesting`). Raised there, and again in the parent with the same message."""
 
 
 class ReproWarning(UserWarning):

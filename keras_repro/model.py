@@ -10,18 +10,25 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
-from keras_repro import configuration, feeding
 from keras_repro._backend import distribution_scope, input_hazards
 from keras_repro.callbacks import SeedCallback
 from keras_repro.determinism import use_deterministic_kernels
 from keras_repro.errors import NondeterministicInputWarning, ReproWarning, warn
-from keras_repro.fit_context import EpochClock, FitContext
-from keras_repro.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
-from keras_repro.input_resume import InputPasses
-from keras_repro.model_forms import (
-    cloned_as_keras_sequential, functional_arguments, model_being_cloned, rebase_functional, register_for_h5, restoring, restoring_arguments,
+from keras_repro.fingerprinting import configuration
+from keras_repro.fit import feeding
+from keras_repro.fit.context import EpochClock, FitContext
+from keras_repro.fit.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
+from keras_repro.fit.input_resume import InputPasses
+from keras_repro.fit.model_forms import (
+    cloned_as_keras_sequential,
+    functional_arguments,
+    model_being_cloned,
+    rebase_functional,
+    register_for_h5,
+    restoring,
+    restoring_arguments,
 )
-from keras_repro.ordering import SPLIT_MODES, split_indices
+from keras_repro.fit.ordering import SPLIT_MODES, split_indices
 from keras_repro.seeding import seed_everything, seed_for, validate_seed
 
 logger = logging.getLogger(__name__)
@@ -229,7 +236,7 @@ class DeterministicModel(keras.Model):
 
         In a multi-process run (a Keras distribution over several JAX processes), every
         process passes the same global arrays and the global `batch_size`: each feeds its
-        own part of every batch, in the same order (see `keras_repro.feeding`).
+        own part of every batch, in the same order (see `keras_repro.fit.feeding`).
 
         Args:
             validation_split_mode: "last" (default, as Keras: the last fraction of the
@@ -248,14 +255,15 @@ class DeterministicModel(keras.Model):
         callbacks = list(callbacks or [])
         seed_callback = next((c for c in callbacks if isinstance(c, SeedCallback)), None)
         if seed_callback is None:
-            seed_callback = SeedCallback(self._repro_seed)
+            seed_callback = SeedCallback()  # takes the model's seed
             callbacks.append(seed_callback)
         clock = EpochClock(self)
         notes = {"kept_weights": ", ".join(self._repro_kept)} if self._repro_kept else {}
         if self._repro_init_notes:
             notes["initial_weights"] = "; ".join(self._repro_init_notes)
         context = functools.partial(
-            FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels, callbacks=tuple(callbacks)
+            FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels, callbacks=tuple(callbacks),
+            seed=self._repro_seed,
         )
         common = dict(
             epochs=epochs, verbose=verbose, class_weight=class_weight, initial_epoch=initial_epoch,
@@ -271,7 +279,7 @@ class DeterministicModel(keras.Model):
                 )
             self._repro_feed = None
             notes.update(self._repro_input_hazards(x))
-            passes = InputPasses(x, validation_data, seed_callback.seed, validation_freq)  # resumed, continued fits
+            passes = InputPasses(x, validation_data, self._repro_seed, validation_freq)  # resumed, continued fits
             notes.update(passes.prepare(self, clock.epoch(initial_epoch), steps_per_epoch))
             seed_callback.use_fit_context(context(settings=configuration.other_input(x)))
             with passes.hooks_muted_until_train_begin():

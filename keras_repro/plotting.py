@@ -25,15 +25,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_repro._optional import require_pyplot
-from keras_repro.compare import (
+from keras_repro.fingerprinting.compare import (
     DIVERGED,
     IDENTICAL,
     WITHIN_TOLERANCE,
     Comparison,
     VariableComparison,
 )
-from keras_repro.fingerprints import PARTS
-from keras_repro.log import FingerprintLog
+from keras_repro.fingerprinting.digests import PARTS
+from keras_repro.store.log import FingerprintLog
 
 logger = logging.getLogger(__name__)
 

@@ -6,12 +6,8 @@ a readable report (epoch, part, variable, likely cause) when the two runs differ
 `assert_resumable` trains straight, then stops, saves, loads the checkpoint in a fresh
 process and trains the rest, and fails the same way when the resumed run differs.
 
-To use the `reproducible` and `resumable` fixtures, register this module as a pytest plugin in the
-*root* `conftest.py` of your tests (pytest only honours `pytest_plugins` there):
-
-    pytest_plugins = ["keras_repro.testing"]
-
-or pass `-p keras_repro.testing` on the command line. Then:
+The `reproducible` and `resumable` fixtures come with the install: pytest loads keras_repro's
+plugin (`keras_repro_pytest`, a `pytest11` entry point) by itself. Then:
 
     def test_training_is_reproducible(reproducible):
         reproducible(build_model, x, y, epochs=2, batch_size=32)
@@ -35,15 +31,17 @@ import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from keras_repro import child, nesting
+from keras_repro.arguments import positive_int
 from keras_repro.callbacks import SeedCallback
-from keras_repro.compare import DIVERGED, Comparison
-from keras_repro.diagnosis import likely_cause
-from keras_repro.fingerprints import part_differs
-from keras_repro.log import FingerprintLog
+from keras_repro.fingerprinting.compare import DIVERGED, Comparison
+from keras_repro.fingerprinting.diagnosis import likely_cause
+from keras_repro.fingerprinting.digests import part_differs
+from keras_repro.fit.context import callback_seed
+from keras_repro.store.log import FingerprintLog
+from keras_repro.tools import child, nesting
 
 try:  # the fixture needs pytest; the assertion does not
     import pytest
@@ -62,7 +60,7 @@ def assert_reproducible(
     y: Any = None,
     *,
     epochs: int = 2,
-    seed: int = 7,
+    seed: int | None = None,
     rtol: float = 0.0,
     atol: float = 0.0,
     **fit_kwargs: Any,
@@ -84,7 +82,8 @@ def assert_reproducible(
         x: The training inputs, as for `fit`.
         y: The training targets, as for `fit`, or None.
         epochs: The number of epochs of each fit.
-        seed: The seed of both fits (`SeedCallback(seed)`).
+        seed: The seed of every fit (`SeedCallback(seed)`): None (default) takes a
+            `DeterministicModel`'s own seed, and 7 for another model.
         rtol: Relative tolerance on each variable's float summaries (0: exact).
         atol: Absolute tolerance on the float summaries (0: exact).
         **fit_kwargs: More arguments of `fit` (`batch_size`, `shuffle`,
@@ -117,7 +116,7 @@ def assert_reproducible(
     comparison = first.compare(second, rtol=rtol, atol=atol)
     tolerant = bool(rtol or atol)
     if not (comparison.within_tolerance if tolerant else comparison.identical):
-        raise AssertionError(divergence_report(comparison, seed, deterministic, runs=(first, second)))
+        raise AssertionError(divergence_report(comparison, first.seed, deterministic, runs=(first, second)))
     logger.info("assert_reproducible: %s", comparison)
     return comparison
 
@@ -139,11 +138,16 @@ def _fit_once(
         )
     if getattr(model, "compiled", True) is False:
         raise ValueError("`build_model()` returned a model that is not compiled; call model.compile(...) in it.")
-    callback = SeedCallback(seed)
+    callback = _seed_callback(model, seed)
     model.fit(x, y, epochs=epochs, callbacks=callbacks + [callback], **fit_kwargs)
     if save_to is not None:
         model.save(save_to)
     return callback.log, getattr(model, "_repro_seed", None) is not None
+
+
+def _seed_callback(model: Any, seed: int | None) -> SeedCallback:
+    """The SeedCallback of one fit (`fit_context.callback_seed`)."""
+    return SeedCallback(callback_seed(model, seed))
 
 
 def _check_arguments(build_model: Any, epochs: Any, fit_kwargs: dict) -> list:
@@ -158,8 +162,7 @@ def _check_arguments(build_model: Any, epochs: Any, fit_kwargs: dict) -> list:
             "`build_model` must be a function that builds and compiles a new model, not a model: "
             "each run needs a fresh one. Pass e.g. `lambda: make_model()`."
         )
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be a positive int. Received: epochs={epochs!r}")
+    positive_int("epochs", epochs)
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     if any(isinstance(c, SeedCallback) for c in callbacks):
         raise ValueError(
@@ -177,7 +180,7 @@ def assert_resumable(
     *,
     epochs: int = 4,
     at: int = 2,
-    seed: int = 7,
+    seed: int | None = None,
     fresh_process: bool = True,
     **fit_kwargs: Any,
 ) -> Comparison:
@@ -201,7 +204,8 @@ def assert_resumable(
         y: The training targets, or None.
         epochs: The epochs of the straight run.
         at: The epoch the run is stopped and resumed at (1 <= at < epochs).
-        seed: The seed of every fit (`SeedCallback(seed)`).
+        seed: The seed of every fit (`SeedCallback(seed)`): None (default) takes a
+            `DeterministicModel`'s own seed, and 7 for another model.
         fresh_process: Load and resume in a fresh process (default) or in this one.
         **fit_kwargs: More arguments of `fit` (`batch_size`, `shuffle`,
             `validation_split`, `callbacks`...); `verbose` defaults to 0.
@@ -250,7 +254,7 @@ def assert_resumable(
     comparison = straight.compare(resumed)
     if not comparison.identical:
         raise AssertionError(divergence_report(
-            comparison, seed, deterministic, runs=(straight, resumed),
+            comparison, straight.seed, deterministic, runs=(straight, resumed),
             title=f"Training does not resume exactly: stopped after epoch {at - 1}, saved, loaded "
                   f"{'in a fresh process ' if fresh_process else ''}and resumed, it differs from a straight run",
         ))
@@ -264,7 +268,7 @@ def _resume(payload: Mapping[str, Any], x: Any, y: Any, fit_kwargs: dict, callba
 
     keras.backend.clear_session()
     model = keras.models.load_model(payload["checkpoint"])
-    callback = SeedCallback(payload["seed"])
+    callback = _seed_callback(model, payload["seed"])
     model.fit(x, y, epochs=payload["epochs"], initial_epoch=payload["at"], callbacks=callbacks + [callback], **fit_kwargs)
     return callback.log
 
@@ -291,7 +295,7 @@ def divergence_report(
         deterministic_model: Whether the model is a `DeterministicModel`, for the hint.
         title: The first line (default: "Training is not reproducible: ...").
         runs: The two runs compared (reference first), whose configurations and
-            fingerprints the likely cause is named from (`keras_repro.diagnosis`).
+            fingerprints the likely cause is named from (`keras_repro.fingerprinting.diagnosis`).
 
     Returns:
         Several lines: the verdict, where the runs first differ (epoch, part,
@@ -332,36 +336,5 @@ def _when(stage: str, epoch: int | None) -> str:
     return "start" if stage == "initial" else f"epoch {epoch}"
 
 
-if pytest is not None:
-
-    @pytest.fixture
-    def reproducible() -> Iterator[Callable[..., Comparison]]:
-        """Fixture: `assert_reproducible`, with the Keras session cleared afterwards.
-
-        Register it with `pytest_plugins = ["keras_repro.testing"]` in the root conftest.py.
-
-        Example:
-
-        >>> def test_reproducible(reproducible):        # doctest: +SKIP
-        ...     reproducible(build_model, x, y, epochs=2)
-        """
-        nesting.refuse_nested("the reproducible fixture")
-        yield assert_reproducible
-        import keras
-
-        keras.backend.clear_session()
-
-    @pytest.fixture
-    def resumable() -> Iterator[Callable[..., Comparison]]:
-        """Fixture: `assert_resumable`, with the Keras session cleared afterwards.
-
-        Example:
-
-        >>> def test_resumes(resumable):                # doctest: +SKIP
-        ...     resumable(build_model, x, y, epochs=4, at=2)
-        """
-        nesting.refuse_nested("the resumable fixture")
-        yield assert_resumable
-        import keras
-
-        keras.backend.clear_session()
+if pytest is not None:  # `-p keras_repro.testing` and `pytest_plugins` still register the fixtures
+    from keras_repro_pytest import reproducible, resumable  # noqa: F401

@@ -48,7 +48,7 @@ def edit_reference(path):
     writer (rather than damage) would produce."""
     import h5py
 
-    from keras_repro import store
+    from keras_repro.store import hdf5 as store
 
     with h5py.File(path, "r+") as file:
         yield file
@@ -73,6 +73,31 @@ def pytest_terminal_summary(terminalreporter):
             + ", ".join(f"{phase} process {seconds:.0f} s" for phase, seconds in runtime.items())
             + f"; {sum(runtime.values()):.0f} s in all"
         )
+
+
+UNIT_REFUSED = ("fit", "train_on_batch", "evaluate", "predict", "test_on_batch", "predict_on_batch")
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_neither_train_nor_spawn(request, monkeypatch):
+    """Keeps the `unit` tier honest: a test marked unit that trains, evaluates or predicts, or
+    starts a process, fails saying so (take the mark off, or make the test smaller)."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refused(what):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"a test marked `unit` must not {what}: take the mark off or do without it")
+        return refuse
+
+    for name in UNIT_REFUSED:
+        monkeypatch.setattr(keras.Model, name, refused(f"call Model.{name}"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refused("start a process"))
+    import multiprocessing.process
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refused("start a process"))
+    yield
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +127,10 @@ def fresh_keras_session(request):
     """Each test starts with fresh Keras name counters (unless its module trains only in
     other processes: `IN_PROCESS_KERAS = False`)."""
     if getattr(request.module, "IN_PROCESS_KERAS", True):
-        keras.backend.clear_session()
+        # Without Python's full garbage collection, which Keras runs by default and which costs
+        # most of a second per test once the process holds a few models (the interpreter's own
+        # collection still frees them).
+        keras.backend.clear_session(free_memory=False)
         # A DeterministicModel turns the backend's deterministic kernels on for the whole
         # process: each test starts with them off (tests of the default run in new processes).
         from keras_repro.determinism import use_deterministic_kernels
@@ -146,18 +174,44 @@ def make_model(seed: int | None = 7, dropout: float = 0.25, features: int = 6, c
     return model
 
 
+def run_child(args: list, *, cwd: str = REPO, env: dict | None = None, timeout: float = 300,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """Runs a child process to its end: the one way the suite runs one (`start_child` starts one
+    that runs beside the test). The child gets `child_env(**env)` (quiet TensorFlow unless
+    `env` says otherwise) and text output; with `check`, a non-zero exit fails the test with the
+    command, the exit code and the ends of both outputs.
+
+    Example:
+
+    >>> run_child([sys.executable, "-c", "print(1)"]).stdout        # doctest: +SKIP
+    '1\n'
+    """
+    result = subprocess.run([str(arg) for arg in args], cwd=cwd, env=_child_environment(env), capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))[:300]} exited with {result.returncode}:\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def start_child(args: list, *, cwd: str = REPO, env: dict | None = None, **popen: object) -> subprocess.Popen:
+    """Starts a child process that runs beside the test (kill tests, processes run together),
+    with the environment of `run_child`; `popen` goes to `subprocess.Popen` (stdout, stderr...)."""
+    popen.setdefault("text", True)
+    return subprocess.Popen([str(arg) for arg in args], cwd=cwd, env=_child_environment(env), **popen)
+
+
+def _child_environment(env: dict | None) -> dict:
+    """`child_env` with quiet TensorFlow, then the variables of `env` (None: removed)."""
+    environment = child_env(TF_CPP_MIN_LOG_LEVEL="3")
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = str(value)
+    return environment
+
+
 def run_python(code: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter (cwd = repository), failing loudly on error."""
-    full_env = child_env(**(env or {}))
-    full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}")
-    return result
+    return run_child([sys.executable, "-c", textwrap.dedent(code)], env=env, timeout=timeout)

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import keras
 import pytest
 
 import keras_repro as kr
-from keras_repro.audit import (
+from keras_repro.cli import main
+from keras_repro.errors import ReproWarning
+from keras_repro.tools.audit import (
     CHILD_ENVIRONMENT_VARIABLE,
     AuditDivergence,
     audit,
     bisect,
     find_hazards,
 )
-from keras_repro.cli import main
-from keras_repro.errors import ReproWarning
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, run_child
 from tests.scripts.audit import models
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "audit")
@@ -120,6 +119,7 @@ def test_local_build_model_skips_fresh_process_with_warning(data):
     assert "fresh process: skipped" in str(report)
 
 
+@pytest.mark.unit
 def test_bad_arguments_say_what_to_do(data):
     """Bad steps, reserved fit arguments, a SeedCallback and an uncompiled model are refused."""
     with pytest.raises(ValueError, match="Received: steps=0"):
@@ -174,6 +174,7 @@ def test_bisect_names_first_divergent_batch_and_variable(checkpoints, data):
     assert "NOT REPRODUCIBLE: replay: epoch 1, batch 3" in str(report)
 
 
+@pytest.mark.unit
 def test_bisect_bad_checkpoint(tmp_path, data):
     """A missing or non-.keras checkpoint is refused with what to pass."""
     with pytest.raises(FileNotFoundError, match="Received: checkpoint="):
@@ -199,6 +200,7 @@ def test_cli_audit_divergent_exit_1(capsys):
         (["bisect", "missing.keras", DETERMINISTIC_SCRIPT, "--epoch", "1"], "does not exist"),
     ],
 )
+@pytest.mark.unit
 def test_cli_bad_input_exit_2_one_line(args, message, capsys):
     """A missing file, a script without build_model() or a bad option: exit 2, one line."""
     assert main(args) == 2
@@ -227,10 +229,7 @@ def test_cli_audit_identical_exit_0(capsys):
 @pytest.mark.slow
 def test_cli_audit_module_divergent_exit_1():
     """`python -m keras_repro audit noisy.py` in a new process: exit 1, the divergence on stdout."""
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_repro", "audit", NOISY_SCRIPT, "--steps", "6", "--batch-size", str(BATCH)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-        env=child_env(TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+    result = run_child([sys.executable, "-m", "keras_repro", "audit", NOISY_SCRIPT, "--steps", 6, "--batch-size", BATCH],
+                       timeout=600, check=False)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "in-process: epoch 0, batch 3" in result.stdout and "noisy/drift" in result.stdout

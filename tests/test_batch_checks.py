@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro import checksums
+from keras_repro.fingerprinting import checksums
 from tests.conftest import make_data, make_model
 from tests.test_tolerance_and_batches import NudgeAtBatch, _fit
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 
 @pytest.mark.parametrize("every", [1, 2, 3])
@@ -81,6 +83,7 @@ def test_begin_capture_under_async_dispatch():
     assert [fp.digest for fp in end.log.batches] == [fp.digest for fp in begin.log.batches]
 
 
+@pytest.mark.unit
 def test_flat_layout_equals_the_definition():
     """The host form checksums many arrays in one pass, exactly as `lanes` does one by one."""
     rng = np.random.default_rng(1)
@@ -92,6 +95,7 @@ def test_flat_layout_equals_the_definition():
         assert np.array_equal(checksums.FlatLayout(sizes).lanes(arrays), expected), sizes
 
 
+@pytest.mark.unit
 def test_argument_errors():
     with pytest.raises(ValueError, match="fetch_every"):
         kr.SeedCallback(1, every_n_batches=1, fetch_every=0)

@@ -1,4 +1,4 @@
-"""Tests for keras_repro.callback_state: a resumed fit names the callbacks whose state starts afresh."""
+"""Tests for keras_repro.fit.callback_state: a resumed fit names the callbacks whose state starts afresh."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro.callback_state import lost_state, warn_lost_state
+from keras_repro.fit.callback_state import lost_state, warn_lost_state
 from tests.conftest import make_data, make_model
 
 LOST = "Keras restores no callback's state"
@@ -22,6 +22,7 @@ def _after_train_begin(callback, model):
     return callback
 
 
+@pytest.mark.unit
 def test_reduce_lr_named_only_where_its_state_matters():
     """Resumed: named with what it lost; at epoch 0, at its min_lr, or set again by the user: not."""
     model = make_model(7)  # adam, learning rate 0.001
@@ -36,6 +37,7 @@ def test_reduce_lr_named_only_where_its_state_matters():
 
 
 @pytest.mark.parametrize("restore", [False, True])
+@pytest.mark.unit
 def test_early_stopping_named_after_its_warm_up(restore):
     """Resumed within start_from_epoch: not named; after it, or continued: named (best_weights too)."""
     model = make_model(7)
@@ -46,6 +48,7 @@ def test_early_stopping_named_after_its_warm_up(restore):
     assert lost_state(stop, 3, 0, model) is not None
 
 
+@pytest.mark.unit
 def test_model_checkpoint_and_scheduler(tmp_path):
     """ModelCheckpoint: its lost best (unless a threshold stands in) and batch count; LearningRateScheduler:
     only in a continued fit, where Keras restarts the epoch it is called with."""
@@ -64,6 +67,7 @@ def test_model_checkpoint_and_scheduler(tmp_path):
     assert "initial_epoch=2" in lost_state(schedule, 2, 0, model)
 
 
+@pytest.mark.unit
 def test_one_warning_names_every_callback():
     """One ReproWarning per fit, naming each callback; none when nothing was lost."""
     model = make_model(7)

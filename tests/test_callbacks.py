@@ -19,6 +19,8 @@ from keras_repro import (
 )
 from tests.conftest import make_data, make_model, nudge_one_ulp, run_python
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _fit(callbacks, seed=7, epochs=3, model=None, **kwargs):
     """Builds (with fresh Keras names) and fits the small test model."""
@@ -239,6 +241,7 @@ def test_second_recorder_gets_a_clear_error_and_the_file_stays_whole(tmp_path):
         ({"seed": 1, "mode": "verify"}, "reference"),
     ],
 )
+@pytest.mark.unit
 def test_bad_arguments(kwargs, message):
     """Bad arguments fail at construction with the argument named."""
     with pytest.raises(ValueError, match=f"Received: {message}"):

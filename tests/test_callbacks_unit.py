@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro.fingerprints import data_record
-from keras_repro.fit_context import EpochClock, FitContext
+from keras_repro.fingerprinting.digests import data_record
+from keras_repro.fit.context import EpochClock, FitContext
 from tests.conftest import nudge_one_ulp
+
+pytestmark = [pytest.mark.backends, pytest.mark.unit]  # tests/matrix.py runs this module on JAX and torch too
 
 
 def _model():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
+from keras_repro.fingerprinting import digests
 from tests.conftest import edit_reference, make_data
 
 EPOCHS, BATCH = 2, 16
@@ -60,16 +61,17 @@ class Case:
     build: dict = dataclasses.field(default_factory=dict)
     fit: dict = dataclasses.field(default_factory=dict)
     data: dict = dataclasses.field(default_factory=dict)
-    callback_seed: int = 7
+    callback_seed: int | None = 7  # None: the DeterministicModel's
     reference: dict = dataclasses.field(default_factory=dict)  # build settings of the recording
 
 
 CASES = [
-    Case("model seed 8 under callback seed 7", ("initial", 0, "data", "order"),
-         r"^the reference's model was created with seed 7 \(kr\.DeterministicModel\(\.\.\., seed=7\)\); this run's with seed 8$",
-         build={"seed": 8}),
-    Case("callback seed", ("initial", 0, "rng", "seed_generator"),
-         r"^the reference was recorded with seed 7; this run uses seed 8$", callback_seed=8),
+    Case("model seed 8 (the callback takes it)", ("initial", 0, "data", "order"),
+         r"^the reference was recorded with seed 7; this run uses seed 8$",
+         build={"seed": 8}, callback_seed=None),
+    Case("callback seed (plain model)", ("initial", 0, "rng", "seed_generator"),
+         r"^the reference was recorded with seed 7; this run uses seed 8$", callback_seed=8,
+         build={"plain": True}, reference={"plain": True}),
     Case("wider layer", ("initial", 0, "trainable", "kernel"),
          r"^the configuration differs from the reference's: model: layer 1 \('dense\w*', Dense\): units 8 in the "
          r"reference, 16 in this run; weights \(6x8, 8\) in the reference, \(6x16, 16\) in this run$",
@@ -160,6 +162,21 @@ def test_each_injected_change_gets_its_cause(case, recorded):
     _assert_place(info.value.divergence, case.place)
     assert re.search(case.cause, info.value.cause), info.value.cause
     assert f"Likely cause: {info.value.cause}" in str(info.value)
+
+
+def test_a_callback_seed_other_than_the_models_is_refused(recorded):
+    """One seed owns a fit: SeedCallback(8) on a DeterministicModel(seed=7) raises before any step,
+    naming both; SeedCallback() takes the model's seed, and a plain model needs one."""
+    x, y = _data()
+    model = _build()
+    with pytest.raises(ValueError, match=r"SeedCallback's seed \(8\) differs from the model's \(7\)"):
+        model.fit(x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[kr.SeedCallback(8)])
+    assert model.optimizer.iterations.numpy() == 0
+    callback = kr.SeedCallback(None, recorded({}), mode="verify")
+    model.fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0, callbacks=[callback])
+    assert callback.seed == 7 and callback.verified_epochs == (0, 1)
+    with pytest.raises(ValueError, match="SeedCallback has no seed"):
+        _build(plain=True).fit(x, y, epochs=1, batch_size=BATCH, verbose=0, callbacks=[kr.SeedCallback()])
 
 
 def test_the_unchanged_run_verifies(recorded):
@@ -257,9 +274,9 @@ def test_a_reference_without_configuration_verifies_and_says_what_is_unknown(tmp
     path = tmp_path / "old.h5"
     _build().fit(x, y, epochs=EPOCHS, batch_size=BATCH, verbose=0, callbacks=[kr.SeedCallback(7, path)])
     log = kr.load_fingerprints(path)
-    assert any(kr.fingerprints.added_later(r) == "content" for r in log.initial.records)
-    assert any(r.path == kr.fingerprints.GLOBAL_GENERATOR_PATH for r in log.initial.records)
-    old = [kr.fingerprints.make_fingerprint([r for r in fp.records if not kr.fingerprints.added_later(r)], fp.epoch,
+    assert any(digests.added_later(r) == "content" for r in log.initial.records)
+    assert any(r.path == digests.GLOBAL_GENERATOR_PATH for r in log.initial.records)
+    old = [digests.make_fingerprint([r for r in fp.records if not digests.added_later(r)], fp.epoch,
                                             fp.metrics) for fp in (log.initial, *log.epochs)]
     dataclasses.replace(log, initial=old[0], epochs=tuple(old[1:]), config=None).save(path)
     with edit_reference(path) as file:

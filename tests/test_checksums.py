@@ -6,10 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_repro import _backend, checksums
-from keras_repro.batch_checksums import BatchChecksums
-from keras_repro.fingerprints import PARTS, fingerprint
-from keras_repro.state import model_variables
+from keras_repro import _backend
+from keras_repro.fingerprinting import checksums
+from keras_repro.fingerprinting.batch_checksums import BatchChecksums
+from keras_repro.fingerprinting.digests import PARTS, fingerprint
+from keras_repro.fingerprinting.variables import model_variables
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 MASK = 0xFFFFFFFF
 
@@ -30,6 +33,7 @@ def _lanes_by_hand(words: list[int]) -> list[int]:
     ]
 
 
+@pytest.mark.unit
 def test_lanes_match_the_definition_computed_by_hand():
     words = [0, 1, 2, 0xFFFFFFFF, 0x80000000, 12345]
     assert checksums.lanes(np.array(words, np.uint32)).tolist() == _lanes_by_hand(words)
@@ -50,16 +54,19 @@ def test_lanes_match_the_definition_computed_by_hand():
         (np.array([1.0], np.dtype(">f4")), [0x3F800000]),  # byte order does not matter
     ],
 )
+@pytest.mark.unit
 def test_words_of_each_dtype(array, words):
     assert checksums.words(array).tolist() == words
     assert checksums.lanes(array).tolist() == _lanes_by_hand(words)
 
 
+@pytest.mark.unit
 def test_unsupported_dtype_is_a_clear_error():
     with pytest.raises(TypeError, match="cannot checksum an array of dtype"):
         checksums.words(np.array(["a"]))
 
 
+@pytest.mark.unit
 def test_any_single_bit_flip_changes_both_lanes():
     rng = np.random.default_rng(0)
     array = rng.standard_normal(1000).astype(np.float32)
@@ -72,6 +79,7 @@ def test_any_single_bit_flip_changes_both_lanes():
         assert moved[0] != base[0] and moved[1] != base[1]
 
 
+@pytest.mark.unit
 def test_differences_that_cancel_in_the_sum_are_caught_by_the_mixed_lane():
     """Two values one ulp up and down, or two values swapped, keep lane 0; lane 1 moves."""
     array = np.linspace(-1, 1, 64, dtype=np.float32)
@@ -89,6 +97,7 @@ def test_differences_that_cancel_in_the_sum_are_caught_by_the_mixed_lane():
     assert np.array_equal(checksums.lanes(array.copy()), base)
 
 
+@pytest.mark.unit
 def test_digest_round_trip():
     pair = np.array([1, 0xFFFFFFFF], np.uint32)
     digest = checksums.lanes_to_digest(pair)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 
 import pytest
 
 from keras_repro import SeedCallback
 from keras_repro.cli import main
-from tests.conftest import REPO, edit_reference, make_data, make_model
+from tests.conftest import edit_reference, make_data, make_model, run_child
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +151,7 @@ def test_bad_file_exit_2_one_line(runs, tmp_path, capsys, command):
     assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
 
 
+@pytest.mark.unit
 def test_usage_error_exit_2(capsys):
     """A missing argument is a usage error, exit 2."""
     with pytest.raises(SystemExit) as info:
@@ -159,6 +159,7 @@ def test_usage_error_exit_2(capsys):
     assert info.value.code == 2
 
 
+@pytest.mark.unit
 def test_demo_bad_arguments(capsys):
     """Bad demo arguments exit 2 with the argument named."""
     assert main(["demo", "--epochs", "0"]) == 2
@@ -169,23 +170,16 @@ def test_demo_bad_arguments(capsys):
 def test_demo_console_script_and_module(tmp_path):
     """`keras-repro demo` reproduces (exit 0) and writes files `show` and `diff` accept; -m works."""
     out = tmp_path / "demo"
-    result = subprocess.run(
-        [shutil.which("keras-repro") or "keras-repro", "demo", "--epochs", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_child([shutil.which("keras-repro") or "keras-repro", "demo", "--epochs", 2, "--out", out], timeout=600)
     assert "REPRODUCIBLE" in result.stdout and "identical" in result.stdout
     assert main(["diff", str(out / "reference.h5"), str(out / "run2.h5")]) == 0
-    module = subprocess.run(
-        [sys.executable, "-m", "keras_repro", "show", str(out / "reference.h5")],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
-    assert module.returncode == 0 and "epoch" in module.stdout
+    module = run_child([sys.executable, "-m", "keras_repro", "show", out / "reference.h5"])
+    assert "epoch" in module.stdout
 
 
 def test_demo_reports_a_divergence(tmp_path, monkeypatch, capsys):
     """When run 2 differs (here: another seed for run 2), demo says so and exits 1."""
-    from keras_repro import demo
+    from keras_repro.tools import demo
 
     original = demo.train_once
     calls = []

@@ -1,10 +1,14 @@
-"""Tests for keras_repro.compare on hand-made fingerprints."""
+"""Tests for keras_repro.fingerprinting.compare on hand-made fingerprints."""
 
 from __future__ import annotations
 
-from keras_repro.compare import compare_fingerprints, compare_runs
-from keras_repro.fingerprints import VariableDigest, make_fingerprint
-from keras_repro.log import FingerprintLog
+import pytest
+
+from keras_repro.fingerprinting.compare import compare_fingerprints, compare_runs
+from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint
+from keras_repro.store.log import FingerprintLog
+
+pytestmark = pytest.mark.unit
 
 
 def _runs(reference_initial, reference_epochs, other_initial, other_epochs, reference_batches=(), other_batches=()):
@@ -119,7 +123,7 @@ def test_a_resumed_run_is_compared_from_its_first_epoch():
 
 def test_complete_tells_an_interrupted_recording():
     """A log is complete when it holds every planned epoch from its first on."""
-    from keras_repro.log import FingerprintLog
+    from keras_repro.store.log import FingerprintLog
 
     assert FingerprintLog(_fp(0), (_fp(0), _fp(1)), planned_epochs=2).complete
     assert not FingerprintLog(_fp(0), (_fp(0),), planned_epochs=2).complete
@@ -155,7 +159,7 @@ def test_within_tolerance_batches_only_locate_a_diverged_epoch():
     epochs = [_fp(0)]
     batches = [_batch(0, b) for b in range(3)]
     changed = [_batch(0, 0), _batch(0, 1, "2"), _batch(0, 2)]
-    from keras_repro.log import FingerprintLog
+    from keras_repro.store.log import FingerprintLog
 
     reference = FingerprintLog(_fp(0), tuple(epochs), batches=tuple(batches))
     assert compare_runs(reference, FingerprintLog(_fp(0), tuple(epochs), batches=tuple(changed)), rtol=0.1).first_divergence is None

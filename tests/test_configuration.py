@@ -1,4 +1,4 @@
-"""Tests for keras_repro.configuration: what a fit's configuration records, without training,
+"""Tests for keras_repro.fingerprinting.configuration: what a fit's configuration records, without training,
 and how two configurations are said to differ."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro import configuration
+from keras_repro.fingerprinting import configuration
+
+pytestmark = [pytest.mark.backends, pytest.mark.unit]  # tests/matrix.py runs this module on JAX and torch too
 
 
 def _model(units=8, dtype=None, optimizer="adam", loss="sparse_categorical_crossentropy"):

@@ -1,5 +1,5 @@
 """The conformance matrix: every model form, lifecycle and fit option of
-tests/scripts/conformance.py (the README's Guarantees table), on TensorFlow, JAX and PyTorch.
+tests/scripts/conformance.py (the table of docs/guarantees.md), on TensorFlow, JAX and PyTorch.
 
 Each backend runs all cells in two processes: "first" (PYTHONHASHSEED=0: records, fits twice,
 continues, checkpoints, interrupts) then "second" (PYTHONHASHSEED=random: verifies, resumes,
@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, start_child
 
 SCRIPT = os.path.join(REPO, "tests", "scripts", "conformance.py")
 sys.path.insert(0, os.path.dirname(SCRIPT))
@@ -50,11 +50,10 @@ def _run_phase(folder, phase, hash_seed):
     """Runs one phase for every backend at once; returns {backend: results}."""
     processes = {}
     for backend in BACKENDS:
-        env = child_env(KERAS_BACKEND=backend, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL="3")
         log = open(folder / f"{backend}-{phase}.log", "w")
-        processes[backend] = (subprocess.Popen(
-            [sys.executable, SCRIPT, phase, str(folder / backend)], stdout=log, stderr=subprocess.STDOUT,
-            env=env, cwd=REPO), log)
+        processes[backend] = (start_child([sys.executable, SCRIPT, phase, folder / backend],
+                                          env={"KERAS_BACKEND": backend, "PYTHONHASHSEED": hash_seed},
+                                          stdout=log, stderr=subprocess.STDOUT), log)
     results = {}
     for backend, (process, log) in processes.items():
         try:
@@ -113,10 +112,11 @@ def test_conformance(matrix, backend, cell, lifecycle):
     assert not failed, "\n".join(f"{phase}: {name}: {detail}" for phase, name, _, detail in failed)
 
 
+@pytest.mark.unit
 def test_readme_shows_the_matrix():
-    """The README's Guarantees section carries the matrix's table, as the script prints it."""
-    with open(os.path.join(REPO, "README.md")) as handle:
-        readme = handle.read()
-    assert conformance.markdown_table() in readme
+    """docs/guarantees.md carries the matrix's table, as the script prints it."""
+    with open(os.path.join(REPO, "docs", "guarantees.md")) as handle:
+        page = handle.read()
+    assert conformance.markdown_table() in page
     for (cell, lifecycle, backend), reason in NOT_PROMISED.items():
-        assert f"`{cell}` {lifecycle} on {backend}" in readme, "the README lists what is not promised"
+        assert f"`{cell}` {lifecycle} on {backend}" in page, "docs/guarantees.md lists what is not promised"

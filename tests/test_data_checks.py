@@ -1,4 +1,4 @@
-"""Data fingerprints by content (`keras_repro.fed_data`): every batch a fit feeds, in every input
+"""Data fingerprints by content (`keras_repro.fit.fed_data`): every batch a fit feeds, in every input
 form, checksummed inside the step and recorded in the data part. Run on each backend
 (KERAS_BACKEND=jax / torch)."""
 
@@ -13,9 +13,13 @@ import pytest
 import tensorflow as tf
 
 import keras_repro as kr
-from keras_repro import _backend, checksums, fed_data
+from keras_repro import _backend
 from keras_repro.errors import FingerprintMismatch, ReproWarning
-from keras_repro.fingerprints import hash_array
+from keras_repro.fingerprinting import checksums
+from keras_repro.fingerprinting.digests import hash_array
+from keras_repro.fit import fed_data
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 ROWS, BATCH, STEPS, EPOCHS = 24, 4, 6, 2
 
@@ -101,6 +105,7 @@ def _fed(fp: kr.Fingerprint) -> dict[str, str]:
 
 # The checksum definition ----------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_running_lanes_are_the_lanes_of_each_prefix():
     """Row k of `running_lanes` is `lanes` of the words up to k, also when it goes on from a part."""
     words = np.random.default_rng(1).integers(0, 2**32, 101, dtype=np.uint64).astype(np.uint32)
@@ -114,6 +119,7 @@ def test_running_lanes_are_the_lanes_of_each_prefix():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int32", "uint8", "bool", "float16", "int64"])
+@pytest.mark.unit
 def test_step_lanes_equal_the_definition(dtype):
     """The backend's in-step checksum of a batch's arrays is `checksums.lanes` of each."""
     if dtype == "int64" and _backend.name() == "jax":
@@ -125,6 +131,7 @@ def test_step_lanes_equal_the_definition(dtype):
     assert found.tolist() == [checksums.lanes(a).tolist() for a in arrays]
 
 
+@pytest.mark.unit
 def test_named_leaves_name_each_array_of_a_batch():
     """Leaves are named by their place in (x, y, sample_weight), as the content records are."""
     batch = ({"image": 1, "mask": 2}, [3, 4], 5)
@@ -355,6 +362,7 @@ def test_grain_batches_are_fingerprinted(tmp_path):
             assert seed_callback.divergence is None and _fed(seed_callback.log.epochs[0])
 
 
+@pytest.mark.unit
 def test_strings_are_checksummed_by_their_fingerprint_on_tensorflow():
     """On TensorFlow, string batches (a text pipeline) are checksummed: equal strings, equal lanes;
     one changed string, other lanes."""

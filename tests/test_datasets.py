@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import zipfile
 
@@ -11,9 +10,10 @@ import numpy as np
 import pytest
 
 from keras_repro.datasets import load_digits
-from tests.conftest import REPO
+from tests.conftest import REPO, run_child
 
 
+@pytest.mark.unit
 def test_digits_are_the_real_dataset():
     """1,797 8x8 images with pixels 0..16 and all ten classes, roughly balanced."""
     images, labels = load_digits()
@@ -23,6 +23,7 @@ def test_digits_are_the_real_dataset():
     assert len(counts) == 10 and counts.min() > 170
 
 
+@pytest.mark.unit
 def test_digits_match_scikit_learn():
     """The shipped copy equals scikit-learn's bundled digits (the test extra installs it)."""
     sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="pip install '.[test]' installs scikit-learn")
@@ -38,10 +39,7 @@ def test_wheel_contains_the_data(tmp_path):
     copy of the checkout: setuptools writes its build/ folder beside the sources."""
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", ".*_cache"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
-        check=True, capture_output=True, timeout=300,
-    )
+    run_child([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path, source])
     (wheel,) = tmp_path.glob("keras_repro-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

@@ -10,7 +10,7 @@ from tests.conftest import run_python
 IN_TIME = {
     "tensorflow": (
         "report = enable_determinism(threads=1, inter_op_threads=1)",
-        "from keras_repro.environment import collect; m = collect(); "
+        "from keras_repro.fingerprinting.environment import collect; m = collect(); "
         "print(m['determinism.tf_op_determinism'], m['determinism.intra_op_threads'])",
         ["inter_op_threads", "intra_op_threads", "tf_op_determinism"],
         "True 1",
@@ -75,12 +75,14 @@ def test_too_late_is_reported_not_pretended(backend):
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+@pytest.mark.unit
 def test_bad_thread_counts(bad):
     """Thread counts must be positive ints."""
     with pytest.raises(ValueError, match="Received: threads="):
         enable_determinism(threads=bad)
 
 
+@pytest.mark.unit
 def test_report_text_lists_what_was_and_was_not_set():
     """str(report) lists both kinds of entry."""
     from keras_repro.determinism import DeterminismReport

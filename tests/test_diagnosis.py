@@ -1,4 +1,4 @@
-"""Tests for keras_repro.diagnosis: the ranking of causes on hand-made evidence, without training."""
+"""Tests for keras_repro.fingerprinting.diagnosis: the ranking of causes on hand-made evidence, without training."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import hashlib
 
 import pytest
 
-from keras_repro import diagnosis
-from keras_repro.compare import Divergence
-from keras_repro.diagnosis import RANKS, Evidence, likely_cause, rank_causes
-from keras_repro.fingerprints import VariableDigest, make_fingerprint
-from keras_repro.log import FingerprintLog
+from keras_repro.fingerprinting import diagnosis
+from keras_repro.fingerprinting.compare import Divergence
+from keras_repro.fingerprinting.diagnosis import RANKS, Evidence, likely_cause, rank_causes
+from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint
+from keras_repro.store.log import FingerprintLog
+
+pytestmark = pytest.mark.unit
 
 CONFIG = {"model.seed": "7", "input": "arrays: x float32 (64, 6)", "input.ordered_by": "keras_repro",
           "batch_size": "16", "steps": "4", "learning_rate": "0.001", "model.digest": "m"}

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ import keras
 import pytest
 
 from keras_repro import load_fingerprints
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, run_child, start_child
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "distributed")
 TIMEOUT = 150
@@ -29,11 +28,8 @@ TIMEOUT = 150
 
 
 def _env(**extra: str) -> dict:
-    """The environment of a script: fixed hash seed, quiet TensorFlow, TensorFlow backend."""
-    env = child_env(PYTHONHASHSEED="0", TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
+    """The variables of a script: fixed hash seed, TensorFlow backend, no TF_CONFIG."""
+    return {"PYTHONHASHSEED": "0", "KERAS_BACKEND": "tensorflow", "TF_CONFIG": None, **extra}
 
 
 def _parse(stdout: str) -> dict:
@@ -49,9 +45,7 @@ def _parse(stdout: str) -> dict:
 def _run(script: str, *args: object, env: dict | None = None) -> dict:
     """Runs one script to completion; its parsed output, or a failure with its stderr."""
     command = [sys.executable, os.path.join(SCRIPTS, script), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env or _env(), timeout=TIMEOUT, cwd=REPO)
-    assert result.returncode == 0, f"{script} {args} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    return _parse(result.stdout)
+    return _parse(run_child(command, env=env or _env(), timeout=TIMEOUT).stdout)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -73,7 +67,7 @@ def _run_together(commands: list[list[str]], envs: list[dict]) -> list[dict]:
         logs = [(stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
                 for _ in commands]
         processes = [
-            subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=REPO, env=env)
+            start_child(command, env=env, stdout=out, stderr=err)
             for command, env, (out, err) in zip(commands, envs, logs)
         ]
         deadline = time.monotonic() + TIMEOUT
@@ -232,13 +226,13 @@ KERAS_MULTI_WORKER_ERRORS = (
 def test_keras_still_needs_the_multi_worker_fix(tmp_path):
     """Without `kr.fix_multi_worker_fit()`, Keras' fit under MultiWorkerMirroredStrategy (2 workers on loopback)
     still fails with one of the errors the fix works around; when it no longer does, the fix can go."""
-    from keras_repro.multi_worker import NEWEST_KERAS_NEEDING_FIX
+    from keras_repro.fit.multi_worker import NEWEST_KERAS_NEEDING_FIX
 
     workers = _run_workers([tmp_path / "unfixed.h5"] * 2, fix=False)
     unfixed = [w for w in workers if "FIT_ERROR" not in w]
     assert not unfixed, (
         f"Keras {keras.__version__} now trains under MultiWorkerMirroredStrategy without the fix: raise the "
-        f"version bound NEWEST_KERAS_NEEDING_FIX {NEWEST_KERAS_NEEDING_FIX} in keras_repro/multi_worker.py, or retire "
+        f"version bound NEWEST_KERAS_NEEDING_FIX {NEWEST_KERAS_NEEDING_FIX} in keras_repro/fit/multi_worker.py, or retire "
         f"the fix (keras-team/keras#20585). Worker outputs: {workers}"
     )
     for worker in workers:

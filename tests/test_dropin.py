@@ -16,6 +16,8 @@ import keras_repro as kr
 from keras_repro.model import DeterministicFunctional
 from tests.conftest import make_data
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _graph(units=3):
     inputs = keras.Input((6,))
@@ -30,6 +32,7 @@ def _same(a, b):
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.unit
 def test_functional_subclass_changes_no_class_of_keras_repro():
     """A subclass built as M(inputs, outputs) is functional; DeterministicModel and the other forms stay intact."""
 
@@ -137,6 +140,7 @@ def test_layers_a_config_does_not_rebuild_are_accepted():
     assert "scale_layer" in log.notes["initial_weights"]
 
 
+@pytest.mark.unit
 def test_nested_trainer_layer_and_quantized_custom_layers_are_accepted():
     """Keras' own cases: a Trainer-layer nested in a model, and a model of custom nested layers quantized after."""
     from keras.src.trainers.trainer import Trainer
@@ -169,6 +173,7 @@ def test_nested_trainer_layer_and_quantized_custom_layers_are_accepted():
     assert kernels == quantized_kernels(keras.Model) and "int8" in kernels
 
 
+@pytest.mark.unit
 def test_clone_model_keeps_class_and_seed():
     """clone_model of a functional DeterministicModel: same class, seed and initial weights; a clone
     sharing the layers keeps their weights."""
@@ -184,6 +189,7 @@ def test_clone_model_keeps_class_and_seed():
     assert not _same(_weights(model), initial)
 
 
+@pytest.mark.unit
 def test_clone_model_of_a_sequential_says_what_keras_gives():
     """Keras clones every Sequential subclass as keras.Sequential: a warning says so and names the recipe that keeps class and seed."""
     model = kr.DeterministicSequential([keras.Input((6,)), keras.layers.Dense(2)], seed=9)
@@ -197,6 +203,7 @@ def test_clone_model_of_a_sequential_says_what_keras_gives():
     assert _same(_weights(recipe), _weights(kr.DeterministicSequential([keras.Input((6,)), keras.layers.Dense(2)], seed=9)))
 
 
+@pytest.mark.unit
 def test_from_config_and_legacy_h5_keep_class_and_seed(tmp_path):
     """from_config and a legacy .h5 save/load (with or without custom_objects) give the class and seed back."""
     x = np.ones((2, 6), "float32")

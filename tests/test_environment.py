@@ -1,4 +1,4 @@
-"""Tests for keras_repro.environment: what a manifest records, and what it never shows."""
+"""Tests for keras_repro.fingerprinting.environment: what a manifest records, and what it never shows."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from keras_repro import environment
-from keras_repro.environment import (
+from keras_repro.fingerprinting import environment
+from keras_repro.fingerprinting.environment import (
     RECORDED_VARIABLES,
     collect,
     differences,
@@ -16,6 +16,8 @@ from keras_repro.environment import (
     redacted_note,
     redacted_notes,
 )
+
+pytestmark = pytest.mark.unit
 
 TERRAFORM = {"TF_TOKEN_app_terraform_io": "tf-token-3f9a1c", "TF_VAR_db_password": "hunter2-db"}
 """Terraform's variables: a TF_ prefix, secret values."""

@@ -1,4 +1,4 @@
-"""Tests for keras_repro.fingerprints."""
+"""Tests for keras_repro.fingerprinting.digests."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from keras_repro import fingerprint
-from keras_repro import fingerprints as fp_module
-from keras_repro.fingerprints import PARTS, data_record, hash_array, make_fingerprint
+from keras_repro.fingerprinting import digests as fp_module
+from keras_repro.fingerprinting.digests import PARTS, data_record, hash_array, make_fingerprint
 from tests.conftest import make_data, make_model, run_python
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 
 def _trained(seed=7, epochs=1):
@@ -69,6 +71,7 @@ def test_each_part_detects_its_own_change(part):
     assert [p for p in PARTS if before.parts.get(p) != after.parts.get(p)] == [part]
 
 
+@pytest.mark.unit
 def test_digest_ignores_auto_generated_names():
     """Two identically seeded models built one after the other ("dense" vs "dense_1") match."""
     first = make_model(seed=3)
@@ -103,6 +106,7 @@ def test_same_digest_in_fresh_processes_with_other_hash_seeds():
     assert other != digests[0]
 
 
+@pytest.mark.unit
 def test_hash_array_defined_byte_order():
     """Big-endian input hashes like its little-endian equal; a changed byte does not."""
     little = np.arange(10, dtype="<f4")
@@ -114,6 +118,7 @@ def test_hash_array_defined_byte_order():
     assert hash_array(little, b"h") != hash_array(little, b"g")
 
 
+@pytest.mark.unit
 def test_hash_array_is_independent_of_chunking_threads(monkeypatch):
     """Parallel chunk hashing gives the value a sequential definition gives."""
     import concurrent.futures
@@ -130,6 +135,7 @@ def test_hash_array_is_independent_of_chunking_threads(monkeypatch):
     assert parallel == sequential == expected.hexdigest()
 
 
+@pytest.mark.unit
 def test_non_contiguous_and_empty_arrays():
     """A transposed view hashes like its contiguous copy; empty arrays hash too."""
     array = np.arange(12, dtype="float32").reshape(3, 4)
@@ -209,6 +215,7 @@ def test_with_records_and_without():
     assert reordered.parts["data"] != with_data.parts["data"]
 
 
+@pytest.mark.unit
 def test_make_fingerprint_rejects_unknown_parts():
     """Records must belong to a known part."""
     record = fp_module.VariableDigest("x", "weights", "float32", (), "0" * 64)
@@ -216,6 +223,7 @@ def test_make_fingerprint_rejects_unknown_parts():
         make_fingerprint([record])
 
 
+@pytest.mark.unit
 def test_repeated_paths_are_disambiguated():
     """Two variables with one path both appear in `.variables`."""
     records = [fp_module.VariableDigest("a/b", "trainable", "float32", (), d * 64) for d in "01"]

@@ -1,5 +1,5 @@
 """Resumed and continued fits of inputs other than arrays see the batches of the straight run
-(`keras_repro.input_resume`): a tf.data pipeline with a seeded reshuffling shuffle and a
+(`keras_repro.fit.input_resume`): a tf.data pipeline with a seeded reshuffling shuffle and a
 PyDataset reshuffling with NumPy's global RNG; what cannot be replayed warns and is noted."""
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro import _backend, input_resume
+from keras_repro import _backend
+from keras_repro.fit import input_resume
 from tests.conftest import run_python
+
+pytestmark = pytest.mark.backends
 
 ROWS, BATCH = 96, 32
 FORMS = ("tf.data", "PyDataset", "PyDataset-workers-2")
@@ -202,7 +205,8 @@ def test_what_cannot_be_replayed_warns_at_a_resumed_fit_and_is_noted(form, named
 CHILD = """
 import json, keras, numpy as np
 import keras_repro as kr
-from keras_repro import _backend, input_resume
+from keras_repro import _backend
+from keras_repro.fit import input_resume
 from tests.test_input_resume import FORMS, pipeline, fed, _stale_batches
 
 FORMS = [form for form in FORMS if not _stale_batches(form)]
@@ -218,6 +222,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_two_epochs_saved_and_resumed_in_a_new_process_equal_four_straight(tmp_path):
     """2 epochs + save + load_model in a new process + fit(initial_epoch=2) == 4 straight epochs,
     batches and weights, for every form; the same process without the replay differs at epoch 2."""

@@ -13,6 +13,8 @@ from keras.src.models.functional import Functional
 import keras_repro as kr
 from tests.keras_suite import plugin, run
 
+pytestmark = pytest.mark.unit
+
 
 def test_test_modules_see_keras_repro_classes_where_they_import_keras():
     """Every import form a Keras test uses yields the substituted classes; Functional and Keras' own modules are untouched."""

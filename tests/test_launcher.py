@@ -1,4 +1,4 @@
-"""Tests for `keras-repro run` and keras_repro.launcher."""
+"""Tests for `keras-repro run` and keras_repro.tools.launcher."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import sys
 import pytest
 
 from keras_repro.cli import main
-from keras_repro.launcher import XLA_DETERMINISM_FLAG, launch_environment
-from keras_repro.nesting import CHILD_ENVIRONMENT_VARIABLE
+from keras_repro.tools.launcher import XLA_DETERMINISM_FLAG, launch_environment
+from keras_repro.tools.nesting import CHILD_ENVIRONMENT_VARIABLE
 
 
+@pytest.mark.unit
 def test_environment_sets_hash_seed_and_determinism_without_touching_base():
     """PYTHONHASHSEED and the determinism variables are set; existing XLA flags are kept."""
     base = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "HOME": "/root"}
@@ -22,12 +23,14 @@ def test_environment_sets_hash_seed_and_determinism_without_touching_base():
     assert launch_environment(env)["XLA_FLAGS"].count(XLA_DETERMINISM_FLAG) == 1
 
 
+@pytest.mark.unit
 def test_environment_without_determinism_sets_only_the_hash_seed():
     """--no-determinism leaves everything but PYTHONHASHSEED alone."""
     assert launch_environment({}, hash_seed=0, deterministic=False) == {"PYTHONHASHSEED": "0"}
 
 
 @pytest.mark.parametrize("kwargs", [{"hash_seed": -1}, {"hash_seed": True}, {"threads": 0}])
+@pytest.mark.unit
 def test_bad_values(kwargs):
     """Bad values fail with the option named."""
     with pytest.raises(ValueError, match="Received"):

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.unit
+
 PACKAGE = os.path.join(REPO, "keras_repro")
 MAX_LINES = 450
 
@@ -116,3 +118,30 @@ BACKEND_COMPARISON = re.compile(
 def test_backend_names_are_compared_only_in_the_backend_package(name):
     source = open(_modules()[name]).read()
     assert not BACKEND_COMPARISON.search(source), BACKEND_COMPARISON.search(source).group(0)
+
+
+def test_the_package_shows_its_architecture():
+    """At most 16 modules directly in keras_repro/, and the rest in subpackages (at least three
+    besides the backend's): fit, fingerprinting, store, tools."""
+    top = [name for name in os.listdir(PACKAGE) if name.endswith(".py")]
+    packages = [name for name in os.listdir(PACKAGE)
+                if os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")) and name != "_backend"]
+    assert len(top) <= 16, sorted(top)
+    assert len(packages) >= 3, packages
+
+
+def test_the_pytest_plugin_imports_nothing_heavy():
+    """The pytest11 plugin loads in every pytest session of an environment with keras_repro
+    installed: at import it needs pytest and the standard library only (keras_repro, Keras and
+    NumPy are imported inside the fixtures)."""
+    import configparser
+    import sys
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(REPO, "setup.cfg"))
+    declared = config["options.entry_points"]["pytest11"].strip()
+    assert declared == "keras_repro = keras_repro_pytest"
+    tree = ast.parse(open(os.path.join(REPO, "keras_repro_pytest.py")).read())
+    top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    assert top_level - {"__future__", "pytest"} <= set(sys.stdlib_module_names), top_level

@@ -13,6 +13,8 @@ import keras_repro as kr
 from keras_repro.model import DeterministicFunctional
 from tests.conftest import make_data
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 class RowRecorder(keras.layers.Layer):
     """Records column 0 of every training batch it sees (run eagerly)."""
@@ -103,6 +105,7 @@ def test_training_and_validation_rows_never_mix(mode):
         assert np.bincount(y[sorted(validation)]).tolist() == [4, 3, 3]  # 25% of 14, 13, 13 rows
 
 
+@pytest.mark.unit
 def test_bad_split_mode_and_steps_per_epoch():
     """Unsupported arguments fail before training with the argument named."""
     model = kr.DeterministicSequential([keras.Input((3,)), keras.layers.Dense(1)], seed=1)
@@ -138,6 +141,7 @@ def _sequential(seed):
 
 
 @pytest.mark.parametrize("build", [_functional, lambda seed: Net(seed=seed), _sequential], ids=["functional", "subclass", "sequential"])
+@pytest.mark.unit
 def test_initial_weights_depend_on_the_seed_alone(build):
     """Earlier draws from random/numpy/Keras do not move the initial weights; another seed does."""
 
@@ -156,6 +160,7 @@ def test_initial_weights_depend_on_the_seed_alone(build):
     assert any(not np.array_equal(a, b) for a, b in zip(base, weights(8, noise=False)))
 
 
+@pytest.mark.unit
 def test_explicit_initializer_seeds_are_kept():
     """A layer given a seeded initializer keeps exactly those weights."""
     inputs = keras.Input((4,))
@@ -165,6 +170,7 @@ def test_explicit_initializer_seeds_are_kept():
     np.testing.assert_array_equal(model.layers[1].kernel.numpy(), keras.ops.convert_to_numpy(expected))
 
 
+@pytest.mark.unit
 def test_seed_is_required_and_validated():
     """No seed or a bad seed fails with what to write, for the form used."""
     inputs = keras.Input((4,))
@@ -176,6 +182,7 @@ def test_seed_is_required_and_validated():
         kr.DeterministicModel(inputs, keras.layers.Dense(1)(inputs), seed=-3)
 
 
+@pytest.mark.unit
 def test_functional_form_is_a_deterministic_model():
     """The functional form is a DeterministicModel and leaves the class hierarchy alone."""
     model = _functional(3)
@@ -185,6 +192,7 @@ def test_functional_form_is_a_deterministic_model():
 
 
 @pytest.mark.parametrize("build", [_functional, _sequential], ids=["functional", "sequential"])
+@pytest.mark.unit
 def test_save_and_load_keep_class_seed_and_weights(tmp_path, build):
     """load_model restores the class and seed without custom_objects."""
     model = build(11)

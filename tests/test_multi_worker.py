@@ -10,8 +10,11 @@ import keras
 import pytest
 
 import keras_repro as kr
-from keras_repro import _backend, multi_worker
+from keras_repro import _backend
 from keras_repro.errors import ReproWarning
+from keras_repro.fit import multi_worker
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 
@@ -33,11 +36,13 @@ def _functions(trainer) -> tuple:
     return trainer.reduce_per_replica, trainer.TensorFlowTrainer._maybe_symbolic_build
 
 
+@pytest.mark.unit
 def test_the_fix_is_exported_lazily():
     assert kr.fix_multi_worker_fit is multi_worker.fix_multi_worker_fit
     assert "fix_multi_worker_fit" in kr.__all__
 
 
+@pytest.mark.unit
 def test_the_fix_patches_keras_once(trainer):
     """Applied: both functions replaced; a second call keeps the same replacements."""
     original = _functions(trainer)
@@ -50,6 +55,7 @@ def test_the_fix_patches_keras_once(trainer):
     assert all(new is same for new, same in zip(_functions(trainer), patched))
 
 
+@pytest.mark.unit
 def test_the_fix_leaves_runs_that_are_not_multi_worker_to_keras(trainer, monkeypatch):
     """Outside multi-worker mode (here: the default strategy) the replacements call Keras' own functions."""
     import tensorflow as tf
@@ -71,6 +77,7 @@ def test_the_fix_leaves_runs_that_are_not_multi_worker_to_keras(trainer, monkeyp
 
 
 @pytest.mark.parametrize("version", ["3.16.0", "4.0.0", "3.16.0.dev2026113003", "nightly"])
+@pytest.mark.unit
 def test_an_untested_keras_is_not_patched_unless_forced(trainer, monkeypatch, version):
     """A Keras newer than NEWEST_KERAS_NEEDING_FIX (or of an unreadable version): nothing patched, a warning at
     the caller's line naming the version and force=True; force=True patches."""
@@ -87,6 +94,7 @@ def test_an_untested_keras_is_not_patched_unless_forced(trainer, monkeypatch, ve
 
 
 @pytest.mark.parametrize("version", ["3.0.0", "3.15.1", "3.15.99"])
+@pytest.mark.unit
 def test_keras_up_to_the_bound_is_patched(trainer, monkeypatch, version):
     """The bound takes every patch release of the newest version tested."""
     assert multi_worker.NEWEST_KERAS_NEEDING_FIX == (3, 15)
@@ -96,6 +104,7 @@ def test_keras_up_to_the_bound_is_patched(trainer, monkeypatch, version):
     assert all(new is not old for new, old in zip(_functions(trainer), original))
 
 
+@pytest.mark.unit
 def test_a_keras_without_the_patched_functions_is_refused_even_forced(trainer, monkeypatch):
     monkeypatch.delattr(trainer, "_collective_all_reduce_multi_worker")
     original = _functions(trainer)
@@ -104,6 +113,7 @@ def test_a_keras_without_the_patched_functions_is_refused_even_forced(trainer, m
     assert _functions(trainer) == original
 
 
+@pytest.mark.unit
 def test_another_backend_is_refused(monkeypatch):
     """Where Keras' trainer does not run under tf.distribute, the call is an error naming the backend."""
     monkeypatch.setattr(_backend, "trains_under_tf_distribute", lambda: False)

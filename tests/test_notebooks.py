@@ -20,11 +20,13 @@ def _ids(paths):
     return [os.path.basename(path) for path in paths]
 
 
+@pytest.mark.unit
 def test_expected_notebooks_exist():
     assert EXPECTED <= set(_ids(NOTEBOOKS))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+@pytest.mark.unit
 def test_committed_without_outputs(path):
     """Outputs are stripped so diffs stay readable and nothing stale is committed."""
     notebook = nbformat.read(path, as_version=4)

@@ -12,9 +12,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from keras_repro.compare import Comparison  # noqa: E402
-from keras_repro.fingerprints import VariableDigest, make_fingerprint  # noqa: E402
-from keras_repro.log import FingerprintLog  # noqa: E402
+from keras_repro.fingerprinting.compare import Comparison  # noqa: E402
+from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint  # noqa: E402
 from keras_repro.plotting import (  # noqa: E402
     STATUS_COLORS,
     model_prefix,
@@ -23,6 +22,9 @@ from keras_repro.plotting import (  # noqa: E402
     plot_metrics,
     short_name,
 )
+from keras_repro.store.log import FingerprintLog  # noqa: E402
+
+pytestmark = pytest.mark.unit
 
 KERNEL, BIAS, ITERATION = "net/dense/kernel", "net/dense/bias", "adam/iteration"
 

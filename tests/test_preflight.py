@@ -70,6 +70,7 @@ def test_a_model_given_is_put_back():
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.unit
 def test_bad_arguments():
     x, y = models.data()
     with pytest.raises(ValueError, match="steps"):

@@ -1,5 +1,5 @@
 """Multi-process agreement and data sharding, without starting processes: the gathers of
-`keras_repro.processes` run against simulated peers, the process share against stand-in
+`keras_repro.fit.processes` run against simulated peers, the process share against stand-in
 Keras distributions. The real two-process runs are in test_distributed.py."""
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_repro import _backend, feeding, processes
-from keras_repro.compare import Divergence
-from keras_repro.environment import distribution_layout
-from keras_repro.fingerprints import VariableDigest, make_fingerprint
+from keras_repro import _backend
+from keras_repro.fingerprinting.compare import Divergence
+from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint
+from keras_repro.fingerprinting.environment import distribution_layout
+from keras_repro.fit import feeding, processes
+
+pytestmark = [pytest.mark.backends, pytest.mark.unit]  # tests/matrix.py runs this module on JAX and torch too
 
 
 class Peers:

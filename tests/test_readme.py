@@ -1,6 +1,8 @@
-"""The README's code runs as written, at Keras' default verbosity, as a user would run it.
+"""The code of the README and of docs/*.md runs as written, at Keras' default verbosity, as a
+user would run it.
 
-Python blocks run in order in one fresh process (as pasted into a script or a notebook),
+Python blocks (the README's, then each page of docs/ in reading order) run in order in one fresh
+process (as pasted into a script or a notebook),
 in an empty folder; a block that starts with a `# NAME.py` comment is a file the user saves,
 and the `python -m pytest ...` block after it is run as shown. The quickstart also runs
 twice on its own, in two fresh processes: it records, then verifies with the same digest.
@@ -10,37 +12,51 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import child_env, REPO
+from tests.conftest import REPO, run_child
 
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 FILE_COMMENT = re.compile(r"^# (\w+\.py)\n")
 
 
+DOCUMENTS = ("README.md", "docs/guide.md", "docs/fingerprints.md", "docs/file-format.md", "docs/guarantees.md")
+"""Every page whose code blocks run, in reading order (the docs continue the README's session)."""
+
+
 def _blocks():
+    blocks = []
+    for document in DOCUMENTS:
+        with open(os.path.join(REPO, document)) as handle:
+            blocks += [(language, body) for language, body in BLOCK.findall(handle.read())]
+    return blocks
+
+
+@pytest.mark.unit
+def test_the_readme_is_short_and_every_page_of_docs_is_run():
+    """The README stays a page a first-time user reads to the end (at most 250 lines), and every
+    page of docs/ is in DOCUMENTS, so its code blocks run."""
     with open(os.path.join(REPO, "README.md")) as handle:
-        return [(language, body) for language, body in BLOCK.findall(handle.read())]
+        assert sum(1 for _ in handle) <= 250
+    pages = {f"docs/{name}" for name in os.listdir(os.path.join(REPO, "docs")) if name.endswith(".md")}
+    assert pages == set(DOCUMENTS[1:])
 
 
 def _run(args, folder, timeout=900):
-    env = child_env(TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-    result = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    env = {"MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    return run_child(args, cwd=folder, env=env, timeout=timeout).stdout
 
 
+@pytest.mark.unit
 def test_readme_starts_with_the_two_commands():
     """The first block holds exactly the install-and-demo and install-and-test commands."""
     language, body = _blocks()[0]
     assert language == "bash"
     assert body.strip().splitlines() == [
         "pip install . && keras-repro demo",
-        "pip install torch==2.13.0 -e '.[test,jax,torch]' && python -m pytest",
+        "pip install torch==2.13.0 -e '.[test,jax,torch]' && python tests/matrix.py",
     ]
     with open(os.path.join(REPO, ".ci", "run")) as handle:
         assert body.strip().splitlines()[1].replace(" && ", "\n").split("\n")[-1] in handle.read()

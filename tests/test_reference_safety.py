@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro import store
-from keras_repro.reference import lock_path
+from keras_repro.store import hdf5 as store
+from keras_repro.store.reference import lock_path
 from tests.conftest import make_data, make_model
 
 MODES = ("record", "auto", "verify")
@@ -296,6 +296,7 @@ def test_a_missing_folder_in_a_read_only_folder_is_a_clear_error(tmp_path):
     assert os.listdir(folder) == []
 
 
+@pytest.mark.unit
 def test_a_reference_under_a_file_is_a_clear_error(tmp_path):
     """A reference whose folder is a file: ReferenceFileError naming both, in every mode,
     when the callback is made (nothing is written)."""

@@ -24,9 +24,10 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_repro import SeedCallback, cli, load_fingerprints, store
+from keras_repro import SeedCallback, cli, load_fingerprints
 from keras_repro.callbacks import lock_path
-from tests.conftest import child_env, REPO, make_data, make_model
+from keras_repro.store import hdf5 as store
+from tests.conftest import REPO, make_data, make_model, run_child, start_child
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts", "reliability")
 RECORD = os.path.join(SCRIPTS, "record.py")
@@ -35,7 +36,7 @@ BACKEND = "jax"  # the fastest to start and to train the tiny model; the file co
 
 
 def _env(**extra):
-    return child_env(KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0", **extra)
+    return {"KERAS_BACKEND": BACKEND, "PYTHONHASHSEED": "0", **extra}
 
 
 def _parse(stdout_lines):
@@ -70,7 +71,7 @@ def _run_and_kill(folder, anchor, delay, slow):
     command = [sys.executable, RECORD, str(reference), "--epochs", str(KILL_EPOCHS), "--markers"]
     if slow:
         command += ["--slow-write", str(slow)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(), cwd=REPO)
+    process = start_child(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     lines, started = [], threading.Event()
 
     def read():
@@ -129,11 +130,7 @@ def _check_after_kill(folder, parsed, full):
 
 def _record_in_full(folder):
     """An uninterrupted recording; returns its stdout lines."""
-    result = subprocess.run(
-        [sys.executable, RECORD, str(folder / "run.h5"), "--epochs", str(KILL_EPOCHS)],
-        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_child([sys.executable, RECORD, folder / "run.h5", "--epochs", KILL_EPOCHS], env=_env())
     return result.stdout.splitlines()
 
 
@@ -429,10 +426,8 @@ def _run_corpus(original, folder, names):
     results, remaining = {}, list(names)
     while remaining:
         with open(folder / "loader-stderr.txt", "w") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, LOAD_CORPUS, str(original), str(folder), *remaining],
-                stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env(), cwd=REPO,
-            )
+            process = start_child([sys.executable, LOAD_CORPUS, original, folder, *remaining], env=_env(),
+                                  stdout=subprocess.PIPE, stderr=stderr)
         lines = queue.Queue()
         threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(None)], daemon=True).start()
         begun, hung, tail = None, False, []
@@ -569,10 +564,8 @@ def test_two_processes_recording_the_same_reference(tmp_path):
     nothing; the file holds the winner's epochs only."""
     reference = tmp_path / "run.h5"
     processes = {
-        seed: subprocess.Popen(
-            [sys.executable, RECORD, str(reference), "--epochs", "4", "--epoch-sleep", "1.0", "--seed", str(seed)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
-        )
+        seed: start_child([sys.executable, RECORD, reference, "--epochs", 4, "--epoch-sleep", 1.0, "--seed", seed],
+                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for seed in (7, 8)
     }
     outputs = {}

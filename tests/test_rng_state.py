@@ -1,4 +1,4 @@
-"""Tests for keras_repro.rng_state: Keras' global SeedGenerator, reset in place and fingerprinted."""
+"""Tests for keras_repro.fit.rng_state: Keras' global SeedGenerator, reset in place and fingerprinted."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro.rng_state import (
+from keras_repro.fit.rng_state import (
     GLOBAL_GENERATOR_PATH,
     global_generator_records,
     keras_global_generator,
     reset_global_generator,
 )
 from tests.conftest import make_data, make_model
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 
 @keras.saving.register_keras_serializable(package="tests")
@@ -42,6 +44,7 @@ def _draw():
     return keras.ops.convert_to_numpy(keras.random.normal((3,)))
 
 
+@pytest.mark.unit
 def test_reset_is_in_place_and_survives_set_random_seed():
     """The generator Keras dropped is put back; it and the one Keras made meanwhile are reset alike."""
     kept = reset_global_generator(5)
@@ -59,6 +62,7 @@ def test_reset_is_in_place_and_survives_set_random_seed():
     assert not np.array_equal(_draw(), first)
 
 
+@pytest.mark.unit
 def test_record_follows_the_global_state():
     """The rng record is equal for equal states and differs when an unseeded draw moved the state."""
     reset_global_generator(5)

@@ -13,6 +13,8 @@ from keras_repro import derive_seed, seed_everything, seeding
 from keras_repro.errors import HashRandomizationWarning
 from tests.conftest import run_python
 
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
+
 
 def _draws():
     """One draw from every RNG seed_everything is meant to control."""
@@ -23,6 +25,7 @@ def _draws():
     )
 
 
+@pytest.mark.unit
 def test_seed_everything_returns_seed_and_repeats_every_rng():
     """Same seed, same draws from python, numpy and the backend; another seed, other draws."""
     assert seed_everything(11) == 11
@@ -35,6 +38,7 @@ def test_seed_everything_returns_seed_and_repeats_every_rng():
 
 
 @pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "7", None, True])
+@pytest.mark.unit
 def test_seed_everything_rejects_bad_seed(bad):
     """Seeds outside [0, 2**32-1] or of the wrong type raise a ValueError naming the value."""
     with pytest.raises(ValueError, match="Received: seed="):
@@ -42,11 +46,13 @@ def test_seed_everything_rejects_bad_seed(bad):
 
 
 @pytest.mark.parametrize("seed", [0, 2**32 - 1, np.int64(5)])
+@pytest.mark.unit
 def test_seed_everything_accepts_range_ends(seed):
     """Both ends of the range and numpy ints are accepted."""
     assert seed_everything(seed) == int(seed)
 
 
+@pytest.mark.unit
 def test_derive_seed_is_pure_and_in_range():
     """Same arguments, same seed; any changed key or base seed, another seed."""
     base = derive_seed(7, "order", 3)
@@ -56,6 +62,7 @@ def test_derive_seed_is_pure_and_in_range():
     assert base not in others and len(others) == 4
 
 
+@pytest.mark.unit
 def test_derive_seed_keys_do_not_collide_across_types_or_splits():
     """An int key and its string, or keys split differently, give different seeds."""
     assert derive_seed(1, 3) != derive_seed(1, "3")
@@ -63,12 +70,14 @@ def test_derive_seed_keys_do_not_collide_across_types_or_splits():
     assert derive_seed(1, b"x") != derive_seed(1, "x")
 
 
+@pytest.mark.unit
 def test_derive_seed_rejects_unstable_keys():
     """Keys whose encoding could change between processes (floats, objects) are refused."""
     with pytest.raises(TypeError, match="int, str or bytes"):
         derive_seed(1, 0.5)
 
 
+@pytest.mark.unit
 def test_derive_seed_spreads():
     """Consecutive epochs give distinct, well spread seeds."""
     seeds = [derive_seed(7, "epoch", e) for e in range(1000)]
@@ -90,6 +99,7 @@ def test_derive_seed_same_in_fresh_processes_with_other_hash_seeds():
     "startup_value, randomized",
     [(None, True), ("random", True), ("", True), ("0", False), ("123", False)],
 )
+@pytest.mark.unit
 def test_hash_randomization_reads_the_startup_value(monkeypatch, startup_value, randomized):
     """A fixed PYTHONHASHSEED at start (even non-zero) means no randomization."""
     monkeypatch.setattr(seeding, "_startup_environment_value", lambda name: startup_value)
@@ -97,6 +107,7 @@ def test_hash_randomization_reads_the_startup_value(monkeypatch, startup_value, 
     assert seeding.hash_randomization_enabled() is randomized
 
 
+@pytest.mark.unit
 def test_warns_once_when_hash_randomized(monkeypatch):
     """The warning fires once per process, says what to do, and not when the seed is fixed."""
     seeding.warn_if_hash_randomized.cache_clear()

@@ -1,4 +1,4 @@
-"""Tests for keras_repro.store: round trips, atomic writes and every kind of bad file."""
+"""Tests for keras_repro.store.hdf5: round trips, atomic writes and every kind of bad file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints, store
+from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints
+from keras_repro.store import hdf5 as store
 from tests.conftest import edit_reference, make_data, make_model
 
 
@@ -97,20 +98,24 @@ def _expect(path, *fragments):
     return info.value
 
 
+@pytest.mark.unit
 def test_missing_file(tmp_path):
     _expect(tmp_path / "absent.h5", "does not exist")
 
 
+@pytest.mark.unit
 def test_folder_instead_of_file(tmp_path):
     _expect(tmp_path, "is a folder")
 
 
+@pytest.mark.unit
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.h5"
     path.write_bytes(b"")
     _expect(path, "is empty")
 
 
+@pytest.mark.unit
 def test_not_hdf5(tmp_path):
     path = tmp_path / "text.h5"
     path.write_text("epoch,digest\n0,abc\n")
@@ -127,6 +132,7 @@ def test_truncated_file(copy, keep):
     assert error.reason
 
 
+@pytest.mark.unit
 def test_foreign_hdf5(tmp_path):
     path = tmp_path / "weights.h5"
     with h5py.File(path, "w") as file:

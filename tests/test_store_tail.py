@@ -1,4 +1,4 @@
-"""Tests for the append-only tail (keras_repro.store_tail): a recording appends each epoch
+"""Tests for the append-only tail (keras_repro.store.tail): a recording appends each epoch
 at constant cost, the file is valid after every step of an append, a damaged tail is
 refused, and the recording folds the tail into the HDF5 part when it ends."""
 
@@ -12,7 +12,9 @@ import h5py
 import keras
 import pytest
 
-from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints, store, store_tail
+from keras_repro import ReferenceFileError, SeedCallback, load_fingerprints
+from keras_repro.store import hdf5 as store
+from keras_repro.store import tail as store_tail
 from tests.conftest import make_data, make_model
 
 
@@ -162,6 +164,7 @@ def test_a_damaged_tail_is_refused(recorded, tmp_path, where):
         load_fingerprints(path)
 
 
+@pytest.mark.unit
 def test_header_round_trip_and_damage():
     """`parse_header` reads exactly what `Header.block` writes, and nothing else."""
     plain = store_tail.Header("a" * 64)

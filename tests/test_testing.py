@@ -14,12 +14,10 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro.compare import compare_runs
-from keras_repro.fingerprints import VariableDigest, make_fingerprint
+from keras_repro.fingerprinting.compare import compare_runs
+from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint
 from keras_repro.testing import assert_reproducible, assert_resumable, divergence_report
-from tests.conftest import REPO, child_env, make_data, make_model
-
-pytest_plugins = ["keras_repro.testing"]  # what users put in their root conftest.py
+from tests.conftest import REPO, make_data, make_model, start_child
 
 
 def _fp(epoch, bias="b" * 64):
@@ -140,6 +138,7 @@ def test_reproducible_fixture(reproducible):
     assert reproducible(_deterministic_model, x, y, epochs=1).identical
 
 
+@pytest.mark.unit
 def test_argument_errors():
     x, y = make_data()
     with pytest.raises(TypeError, match="callable"):
@@ -154,6 +153,7 @@ def test_argument_errors():
         assert_reproducible(lambda: "not a model", x, y)
 
 
+@pytest.mark.unit
 def test_report_from_hand_made_fingerprints():
     """The report lists the first divergence and the diverged variables."""
     comparison = compare_runs(kr.FingerprintLog(None, (_fp(0), _fp(1))), kr.FingerprintLog(None, (_fp(0), _fp(1, bias="e" * 64))))
@@ -219,9 +219,8 @@ def test_unguarded_script_stops_with_an_error_naming_main(tmp_path):
     script, imports = tmp_path / "unguarded.py", tmp_path / "imports.txt"
     script.write_text(UNGUARDED_SCRIPT)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env=child_env(IMPORTS_LOG=str(imports), PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+    process = start_child([sys.executable, script], cwd=tmp_path, env={"IMPORTS_LOG": imports, "PYTHONPATH": REPO},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = process.communicate(timeout=300)
     finally:  # a runaway would leave nested processes behind: end the whole group
@@ -239,9 +238,10 @@ def test_unguarded_script_stops_with_an_error_naming_main(tmp_path):
     assert cpu < 60, f"took {cpu:.0f} s of CPU time"
 
 
+@pytest.mark.unit
 def test_checks_refuse_inside_a_fresh_process(monkeypatch, request):
     """Inside a fresh process the checks and their fixtures raise MissingMainGuardError before training."""
-    from keras_repro import nesting
+    from keras_repro.tools import nesting
 
     monkeypatch.setenv(nesting.CHILD_ENVIRONMENT_VARIABLE, "assert_resumable")
     x, y = make_data()
@@ -256,6 +256,7 @@ def test_checks_refuse_inside_a_fresh_process(monkeypatch, request):
             request.getfixturevalue(name)
 
 
+@pytest.mark.unit
 def test_resumable_argument_errors():
     x, y = make_data()
     with pytest.raises(ValueError, match="at=3"):

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro.compare import classify
-from keras_repro.fingerprints import summarize
+from keras_repro.fingerprinting import digests
+from keras_repro.fingerprinting.compare import classify
+from keras_repro.fingerprinting.digests import summarize
 from tests.conftest import make_data, make_model
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 
 def _scaled_copy(model, factor, index=0):
@@ -23,6 +26,7 @@ def _scaled_copy(model, factor, index=0):
     return before, after, variable.path
 
 
+@pytest.mark.unit
 def test_summaries_are_exact_float64_statistics():
     """sum, L2, min, max over finite values, and NaN / Inf counts."""
     values = np.array([1.5, -2.0, np.nan, np.inf, 4.0], dtype="float32")
@@ -33,6 +37,7 @@ def test_summaries_are_exact_float64_statistics():
     "factor, rtol, expected",
     [(1 + 1e-6, 1e-4, "within_tolerance"), (1 + 1e-2, 1e-4, "diverged"), (1 + 1e-6, 0.0, "diverged")],
 )
+@pytest.mark.unit
 def test_tolerance_classifies_known_perturbations(factor, rtol, expected):
     """A 1e-6 relative change is within rtol=1e-4; a 1e-2 change is not; exact mode never tolerates."""
     model = make_model(3)
@@ -50,10 +55,11 @@ def test_tolerance_classifies_known_perturbations(factor, rtol, expected):
     assert changed.relative_difference == pytest.approx(factor - 1, rel=0.2)  # float32 rounding
 
 
+@pytest.mark.unit
 def test_nan_count_change_is_never_within_tolerance():
     """A NaN appearing is a divergence at any tolerance."""
-    a = kr.fingerprints.VariableDigest("w", "trainable", "float32", (3,), "0" * 64, (1.0, 1.0, 0.0, 1.0, 0.0, 0.0))
-    b = kr.fingerprints.VariableDigest("w", "trainable", "float32", (3,), "1" * 64, (1.0, 1.0, 0.0, 1.0, 1.0, 0.0))
+    a = digests.VariableDigest("w", "trainable", "float32", (3,), "0" * 64, (1.0, 1.0, 0.0, 1.0, 0.0, 0.0))
+    b = digests.VariableDigest("w", "trainable", "float32", (3,), "1" * 64, (1.0, 1.0, 0.0, 1.0, 1.0, 0.0))
     assert classify(a, b, rtol=1.0, atol=1.0)[0] == "diverged"
 
 
@@ -130,6 +136,7 @@ def test_offline_compare_names_the_batch(tmp_path):
     assert kr.load_fingerprints(a).compare(kr.load_fingerprints(a)).identical
 
 
+@pytest.mark.unit
 def test_every_n_batches_validation():
     """every_n_batches must be a positive int."""
     with pytest.raises(ValueError, match="every_n_batches"):
@@ -139,7 +146,8 @@ def test_every_n_batches_validation():
 def test_same_seed_verify_compares_batch_checksums_without_building_fingerprints(tmp_path, monkeypatch):
     """A matching batch costs an array comparison: no per-variable records are built and
     compared unless the checksums differ."""
-    from keras_repro import batch_checks, callbacks
+    from keras_repro import callbacks
+    from keras_repro.fit import batch_checks
 
     path = tmp_path / "run.h5"
     _fit([kr.SeedCallback(5, path, every_n_batches=1)])

@@ -8,6 +8,7 @@ import contextlib
 import csv
 import errno
 import os
+import sys
 import threading
 import warnings
 
@@ -16,8 +17,10 @@ import numpy as np
 import pytest
 
 import keras_repro as kr
-from keras_repro.reference import ReferenceFile, lock_path
-from tests.conftest import edit_reference, make_data, make_model
+from keras_repro.store.reference import ReferenceFile, lock_path
+from tests.conftest import edit_reference, make_data, make_model, run_child
+
+pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 
 
 def _functional(seed=7, **kwargs):
@@ -137,6 +140,7 @@ def test_sequential_given_weights_keeps_them(tmp_path, how, with_input):
     assert not _same(fresh.get_weights(), weights)
 
 
+@pytest.mark.unit
 def test_sequential_built_layer_by_layer_draws_every_layer_from_the_seed():
     """add() after Input: every layer's weights come from the seed, whatever was drawn before."""
 
@@ -198,6 +202,7 @@ def test_keep_weights_keeps_pretrained_layers_and_the_fingerprint_shows_them(tmp
     assert kept and kept[0].stats[0] == float(np.arange(40).sum())
 
 
+@pytest.mark.unit
 def test_default_redraws_and_warns_about_a_nested_model():
     """By default every layer is re-drawn, and a nested model (often pretrained) gets a
     warning naming it and keep_weights; keep_weights=() re-draws silently."""
@@ -209,6 +214,7 @@ def test_default_redraws_and_warns_about_a_nested_model():
         _transfer_model(keep_weights=())
 
 
+@pytest.mark.unit
 def test_keep_weights_errors():
     """Unknown names and wrong types fail with the model's layer names and the argument."""
     with pytest.raises(ValueError, match=r"\['encodr'\].*not a layer.*Received: keep_weights"):
@@ -217,6 +223,7 @@ def test_keep_weights_errors():
         _functional(keep_weights=3)
 
 
+@pytest.mark.unit
 def test_loading_a_model_with_kept_weights_restores_it(tmp_path):
     """A saved model with keep_weights loads with its trained weights, without a warning."""
     model, _, _ = _transfer_model(keep_weights=["encoder"])
@@ -449,6 +456,7 @@ def test_stratified_split_of_several_targets_says_what_to_do():
             round(c * 0.25) for c in np.bincount(y, minlength=3)]
 
 
+@pytest.mark.unit
 def test_split_mode_is_validated_for_every_input():
     """A wrong mode fails for datasets too; a seeded split of a dataset is refused clearly."""
     tf = pytest.importorskip("tensorflow")
@@ -464,6 +472,7 @@ def test_split_mode_is_validated_for_every_input():
 # 7. Smaller defects ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_lock_held_by_another_thread_is_blamed_on_that_fit(tmp_path):
     """A lock held by a fit of another thread of this process says so; one left by an
     interrupted fit of this thread is taken over."""
@@ -497,6 +506,7 @@ def test_reference_path_mistakes(tmp_path, monkeypatch):
     assert not (tmp_path / "~").exists() and not os.path.exists("~")
 
 
+@pytest.mark.unit
 def test_reference_errors_name_the_file_once(tmp_path):
     """Messages say "Fingerprint file '...'" once, not once per layer of wrapping."""
     import h5py
@@ -528,6 +538,7 @@ def test_mismatch_names_the_likely_cause(tmp_path):
     assert info.value.cause == f"the reference was recorded with the {other} backend; this run uses {keras.backend.backend()}"
 
 
+@pytest.mark.unit
 def test_seed_messages_say_what_to_write():
     """derive_seed folds any int (as validate's message suggests); each model form's
     missing-seed message shows that form."""
@@ -567,11 +578,7 @@ def test_show_and_diff_read_files_without_keras(tmp_path):
             "exec('try:\\n runpy.run_module(\"keras_repro\", run_name=\"__main__\")\\nexcept SystemExit as e: code = e.code'); "
             "print('EXIT', code, sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
     for command in (["show", str(tmp_path / "a.h5")], ["diff", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")]):
-        import subprocess
-        import sys
-
-        result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=120,
-                                cwd=os.path.dirname(os.path.dirname(__file__)))
+        result = run_child([sys.executable, "-c", code, *command], timeout=120, check=False)
         lines = result.stdout.splitlines()
         assert lines[-1] in ("EXIT 0 []", "EXIT 1 []"), (result.stdout[-2000:], result.stderr[-2000:])
     assert "likely cause: the reference was recorded with seed 7; this run uses seed 8" in result.stdout

@@ -255,7 +255,7 @@ def _stack(count: int) -> Callable[[list], np.ndarray]:
 def host_checksums(variables: list, replica: int = 0, read: Callable[[Any, int], np.ndarray] = to_numpy) -> Deferred:
     """Batch checksums computed on the host, at `start`, from `read` (a backend's
     `to_numpy`: views where it can), all arrays in one `FlatLayout` pass."""
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     def words() -> list[np.ndarray]:
         return [checksums.words(read(v, replica)) for v in variables]
@@ -266,7 +266,7 @@ def host_checksums(variables: list, replica: int = 0, read: Callable[[Any, int],
 
 
 def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> Deferred:
-    """(start, finish) of the batch checksum lanes (`keras_repro.checksums`) of `variables`
+    """(start, finish) of the batch checksum lanes (`keras_repro.fingerprinting.checksums`) of `variables`
     (see `Deferred`). With `model`, the JAX form reads the trainer's state mid-epoch."""
     if not variables:
         return (lambda: None), (lambda pending: np.zeros((len(pending), 0, 2), np.uint32))
@@ -291,14 +291,14 @@ def deferred_or_host(build: Callable[[], Deferred], variables: list, replica: in
 
 def with_lanes(logs: Any, key: str, lanes: Any) -> Any:
     """A step's logs with `lanes` added under `key` (logs that are no dict, or no lanes: unchanged,
-    and the batch goes unchecked, which `keras_repro.fed_data` reports)."""
+    and the batch goes unchecked, which `keras_repro.fit.fed_data` reports)."""
     return {**logs, key: lanes} if isinstance(logs, dict) and lanes is not None else logs
 
 
 def step_lanes(leaves: list) -> Any:
-    """The checksum lanes (`keras_repro.checksums`) of each array of a batch, uint32
+    """The checksum lanes (`keras_repro.fingerprinting.checksums`) of each array of a batch, uint32
     (len(leaves), 2), computed where the batch lives, inside the train step (here: on the host)."""
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     return np.array([checksums.lanes(np.asarray(leaf)) for leaf in leaves], np.uint32).reshape(-1, 2)
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from keras_repro._backend import flags
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    Deferred,
     child_determinism_environment,
     data_checks_gap,
-    Deferred,
-    deferred_or_host,
     data_to_numpy,
+    deferred_or_host,
     determinism_failure,
     distribution_scope,
     input_hazards,
@@ -69,7 +69,7 @@ def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     is gathered whole with one `process_allgather` for all such arrays of the batch: a
     collective, which every process reaches in the same order since every process reads the
     same variables in the same order. A replicated array is read from this process's own copy,
-    so copies that drifted apart stay visible (see `keras_repro.processes`).
+    so copies that drifted apart stay visible (see `keras_repro.fit.processes`).
     """
     values = [value_of(variable) for variable in variables]
     spread = [index for index, value in enumerate(values) if _spread_over_processes(value)]
@@ -315,10 +315,10 @@ def _current_values(variables: list, model: Any) -> Callable[[], list]:
 
 
 def _lanes(value: Any) -> Any:
-    """The checksum lanes (`keras_repro.checksums`) of one array, traced: uint32 (2,)."""
+    """The checksum lanes (`keras_repro.fingerprinting.checksums`) of one array, traced: uint32 (2,)."""
     import jax.numpy as jnp
 
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     u32 = jnp.uint32
     value = jnp.asarray(value)

@@ -12,11 +12,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    Deferred,
     async_batch_hooks_help,
     build_with_lanes,
-    Deferred,
-    deferred_or_host,
     data_to_numpy,
+    deferred_or_host,
     first_match,
     gather_from_processes,
     input_hazards,
@@ -192,7 +192,7 @@ def native_ordered_input(data: tuple, rows_for_epoch: Any, num_rows: int, batch_
     On TensorFlow this is a tf.data pipeline over row indices held in a variable
     (set at each epoch start) that gathers each batch from the arrays, the same
     shape as Keras' own array pipeline, so it keeps native speed. Other backends
-    return None and use the backend-neutral `PyDataset` in `keras_repro.feeding`.
+    return None and use the backend-neutral `PyDataset` in `keras_repro.fit.feeding`.
 
     Returns:
         (dataset, set_epoch) or None.
@@ -261,7 +261,7 @@ def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> 
 
 
 def _words(value: Any) -> Any:
-    """The checksum words (`keras_repro.checksums`) of a tensor, flat uint32; strings as the
+    """The checksum words (`keras_repro.fingerprinting.checksums`) of a tensor, flat uint32; strings as the
     int64 FarmHash fingerprint of each string, composite tensors (ragged, sparse) as the words
     of their components in turn."""
     u32 = tf.uint32
@@ -283,7 +283,7 @@ def _words(value: Any) -> Any:
 
 
 def _fmix(h: Any) -> Any:
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     u32, shift = tf.uint32, tf.bitwise.right_shift
     h = tf.bitwise.bitwise_xor(h, shift(h, tf.constant(16, u32)))
@@ -295,7 +295,7 @@ def _fmix(h: Any) -> Any:
 
 def _mixed_words(w: Any) -> Any:
     """fmix32(w_i + i * PHI) of a flat uint32 tensor."""
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     positions = tf.cast(tf.range(tf.size(w)), tf.uint32) * tf.constant(checksums.PHI, tf.uint32)
     return _fmix(w + positions)

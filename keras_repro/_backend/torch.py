@@ -13,13 +13,13 @@ import torch
 
 from keras_repro._backend import flags
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    Deferred,
     async_batch_hooks_help,
     build_with_lanes,
-    data_checks_gap,
     child_determinism_environment,
-    Deferred,
-    deferred_or_host,
+    data_checks_gap,
     data_to_numpy,
+    deferred_or_host,
     distribution_scope,
     first_match,
     gather_from_processes,
@@ -226,7 +226,7 @@ def _signed(constant: int) -> int:
 
 
 def _words(value: Any) -> Any:
-    """The checksum words of a tensor as int32 (`keras_repro.checksums`), flat."""
+    """The checksum words of a tensor as int32 (`keras_repro.fingerprinting.checksums`), flat."""
     value = value.detach().contiguous().reshape(-1)
     size = value.element_size()
     if value.dtype == torch.bool or size == 1:
@@ -238,7 +238,7 @@ def _words(value: Any) -> Any:
 
 def _positions(sizes: list[int], device: Any) -> Any:
     """i * PHI (mod 2**32, as int32) for the words of arrays of `sizes` laid end to end."""
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     positions = torch.cat([torch.arange(n, dtype=torch.int64) for n in sizes])
     positions = (positions * checksums.PHI) & 0xFFFFFFFF
@@ -247,7 +247,7 @@ def _positions(sizes: list[int], device: Any) -> Any:
 
 def _device_lanes(values: list, sizes: list[int], positions: Any) -> Any:
     """The lanes of int32 word tensors (`_words`) on their device: int64 (len(values), 2)."""
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     def shifted(h: Any, bits: int) -> Any:
         return (h >> bits) & ((1 << (32 - bits)) - 1)
@@ -285,7 +285,7 @@ def step_lanes(leaves: list) -> Any:
     """The checksum lanes of each tensor of a batch: uint32 NumPy (len(leaves), 2) from zero-copy
     views of CPU tensors, in one `FlatLayout` pass (torch's integer ops are slower there);
     int64 on the device for tensors on an accelerator (`lanes_to_host` keeps the low 32 bits)."""
-    from keras_repro import checksums
+    from keras_repro.fingerprinting import checksums
 
     with torch.no_grad():
         tensors = [torch.as_tensor(leaf) for leaf in leaves]

@@ -151,7 +151,7 @@ def _default_seed() -> None:
     """Gives a model built without a seed the harness's SEED (not one rebuilt from a config or
     cloned by `clone_model`: those take the seed of the model they come from)."""
     import keras_repro as kr
-    from keras_repro import model_forms
+    from keras_repro.fit import model_forms
 
     original = kr.DeterministicModel.__init__
 

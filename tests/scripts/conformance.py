@@ -2,7 +2,7 @@
 backend, all in one process per phase.
 
 Run as: python tests/scripts/conformance.py PHASE FOLDER [--cells ID,...]
-        python tests/scripts/conformance.py table      (the README's table, in Markdown)
+        python tests/scripts/conformance.py table      (the table of docs/guarantees.md, in Markdown)
 
 PHASE "first" (started with PYTHONHASHSEED=0) records every cell's reference, fits twice in
 one process, continues fits, saves checkpoints and interrupts a recording. PHASE "second"
@@ -108,7 +108,7 @@ CELLS = {cell.id: cell for cell in _cells()}
 
 
 def markdown_table() -> str:
-    """The README's table of what the matrix checks on every backend, and its legend."""
+    """The table (docs/guarantees.md) of what the matrix checks on every backend, and its legend."""
     lines = ["| cell | model | fit | checked |", "|---|---|---|---|"]
     for cell in CELLS.values():
         if cell.family:
@@ -275,7 +275,7 @@ def build(cell: Cell, seed: int = SEED):
     else:
         kr.seed_everything(seed)
         model = keras.Sequential([keras.Input((6,))] + _layers())
-    # JAX refuses unseeded keras.random calls in a compiled step (keras_repro.rng_state)
+    # JAX refuses unseeded keras.random calls in a compiled step (keras_repro.fit.rng_state)
     jit = {"jit_compile": False} if cell.option == "keras_random" else {}
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"], **jit)
     return model, x, y

@@ -44,7 +44,7 @@ def data():
 
 def without(fingerprint, *parts):
     """A fingerprint's digest over every part but `parts`."""
-    from keras_repro.fingerprints import make_fingerprint
+    from keras_repro.fingerprinting.digests import make_fingerprint
 
     return make_fingerprint([r for r in fingerprint.records if r.part not in parts])
 

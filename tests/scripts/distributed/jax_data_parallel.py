@@ -12,6 +12,7 @@ import common  # noqa: E402
 import keras  # noqa: E402
 
 import keras_repro as kr  # noqa: E402
+from keras_repro.fingerprinting import digests  # noqa: E402
 
 
 def main(folder: str, seed: int) -> None:
@@ -29,7 +30,7 @@ def main(folder: str, seed: int) -> None:
     except kr.FingerprintMismatch as error:
         common.emit("MISMATCH", str(error).replace("\n", " "))
     common.emit_log(callback)
-    replicas = kr.fingerprints.replica_fingerprints(model) if hasattr(kr.fingerprints, "replica_fingerprints") else {}
+    replicas = digests.replica_fingerprints(model)
     common.emit("REPLICA_DIGESTS", *[fp.digest for fp in replicas.values()])
 
 

@@ -37,8 +37,12 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 import keras_repro as kr  # noqa: E402
-from keras_repro import _backend, checksums  # noqa: E402
-from keras_repro.fingerprints import hash_array  # noqa: E402
+from keras_repro import _backend  # noqa: E402
+from keras_repro.fingerprinting import (
+    checksums,
+    variables,  # noqa: E402
+)
+from keras_repro.fingerprinting.digests import hash_array  # noqa: E402
 
 EPOCHS = 3
 
@@ -119,7 +123,7 @@ def dp_record() -> None:
     callback = kr.SeedCallback(7, reference("dp.h5"), every_n_batches=2)
     fit("", common.build(7), callback)
     emit_environment(callback)
-    common.emit("REPLICA_DEVICES", *kr.state.replica_devices(callback.model))
+    common.emit("REPLICA_DEVICES", *variables.replica_devices(callback.model))
     common.emit("KERNEL", *_kernel_layout(callback.model))
     resumable = common.build(7)
     fit("FIRST_", resumable, kr.SeedCallback(7), epochs=1)

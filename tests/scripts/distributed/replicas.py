@@ -16,8 +16,8 @@ import common  # noqa: E402
 import keras  # noqa: E402
 
 import keras_repro as kr  # noqa: E402
-from keras_repro.compare import replica_divergence  # noqa: E402
-from keras_repro.fingerprints import replica_fingerprints  # noqa: E402
+from keras_repro.fingerprinting.compare import replica_divergence  # noqa: E402
+from keras_repro.fingerprinting.digests import replica_fingerprints  # noqa: E402
 
 SEED = 7
 

@@ -10,7 +10,7 @@ Prints "FIT" just before `fit` starts, "EPOCH k DIGEST" (flushed) right after
 --slow-write sleeps twice inside every whole write of the reference: after the initial
 fingerprint group is written to the temporary file (the epochs still to come), and
 after the rename (before write_run returns); and once inside every appended epoch
-(keras_repro.store_tail): after its record is written, before the header that commits
+(keras_repro.store.tail): after its record is written, before the header that commits
 it; so that more kills land inside a write, at its most delicate point. --markers prints "W+" before and "W-"
 after every write, so a test can tell which kills landed inside one.
 --epoch-sleep sleeps at every epoch begin (after SeedCallback has run), to make a
@@ -28,7 +28,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_repro as kr  # noqa: E402
-from keras_repro import store, store_tail  # noqa: E402
+from keras_repro.store import hdf5 as store  # noqa: E402
+from keras_repro.store import tail as store_tail
 
 
 def _say(*words) -> None:

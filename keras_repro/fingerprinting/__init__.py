@@ -1,0 +1,1 @@
+"""What a fingerprint is: digests of a model's variables, checksums, comparison, diagnosis, configuration and environment."""
