@@ -18,6 +18,7 @@ from keras_repro.fingerprinting import configuration
 from keras_repro.fit import feeding, input_rng
 from keras_repro.fit.context import EpochClock, FitContext
 from keras_repro.fit.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
+from keras_repro.fit.input_resume import InputPasses
 from keras_repro.fit.model_forms import (
     cloned_as_keras_sequential,
     functional_arguments,
@@ -283,13 +284,16 @@ class DeterministicModel(keras.Model):
                 inputs_rng.epoch_begin(self._repro_seed, clock.epoch(initial_epoch))  # the fit's one seed
                 notes.update(inputs_rng.note())
             notes.update(self._repro_input_hazards(x))
+            passes = InputPasses(x, validation_data, self._repro_seed, validation_freq)  # resumed, continued fits
+            notes.update(passes.prepare(self, clock.epoch(initial_epoch), steps_per_epoch))
             seed_callback.use_fit_context(context(settings=configuration.other_input(x),
                                                   input_rng=inputs_rng if seed_callback.reset_layer_rng else None))
-            return super().fit(
-                x, y, batch_size=batch_size, callbacks=callbacks, validation_split=validation_split,
-                validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
-                steps_per_epoch=steps_per_epoch, **common,
-            )
+            with passes.hooks_muted_until_train_begin():
+                return super().fit(
+                    x, y, batch_size=batch_size, callbacks=[passes.callback()] + callbacks, validation_split=validation_split,
+                    validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
+                    steps_per_epoch=steps_per_epoch, **common,
+                )
         if steps_per_epoch is not None:
             raise ValueError(
                 "DeterministicModel.fit owns the order of array inputs epoch by epoch and does not "

@@ -15,8 +15,8 @@ import tensorflow as tf
 import keras_repro as kr
 from keras_repro import _backend
 from keras_repro._backend import tf_data
-from keras_repro.tools.audit import find_hazards
 from keras_repro.errors import FingerprintMismatch, NondeterministicInputWarning
+from keras_repro.tools.audit import find_hazards
 
 pytestmark = pytest.mark.backends  # tests/matrix.py runs this module on JAX and torch too
 

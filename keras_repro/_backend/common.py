@@ -130,6 +130,35 @@ def sync_model_state(model: Any) -> None:
     """Makes the model's variables current mid-epoch (the JAX trainer defers writing them)."""
 
 
+def input_build_passes(model: Any, first_fit: bool = False) -> int:
+    """Passes `fit` makes over its input before the first epoch (0 or 1): where Keras' trainer
+    builds the model symbolically from a batch it takes from a new pass (on an iterator of
+    its own, which it then resets: a `PyDataset` gets `on_epoch_begin`/`on_epoch_end`).
+    With `first_fit`, the passes of the first fit after `compile` (what a straight run made)."""
+    return 0
+
+
+def input_passes_per_epoch(data: Any) -> int:
+    """Passes Keras' epoch loop makes over `data` per epoch (or validation): it starts an
+    iterator at each epoch's start, and when it knows the number of batches, another at the
+    epoch's end (`EpochIterator`, Keras 3.15); on JAX and torch those are Python generators
+    over the input, which start nothing until read: one pass."""
+    return 1
+
+
+def symbolic_build_passes(model: Any, first_fit: bool = False) -> int:
+    """`input_build_passes` of the JAX and torch trainers: Keras' `_symbolic_build` takes a batch
+    when the model, its compiled metrics or its compiled loss are not built (after `compile` they
+    are not: the first fit after it always takes one)."""
+    if first_fit:
+        return 1
+    unbuilt = not all(getattr(layer, "built", True) for layer in model._flatten_layers())
+    for name in ("_compile_metrics", "_compile_loss"):
+        compiled = getattr(model, name, None)
+        unbuilt = unbuilt or (compiled is not None and not compiled.built)
+    return int(unbuilt)
+
+
 def async_batch_hooks_help() -> bool:
     """Whether letting Keras run batch-end hooks on a thread saves time (it does where steps
     are dispatched asynchronously: JAX)."""

@@ -22,6 +22,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     determinism_failure,
     distribution_scope,
     input_hazards,
+    input_passes_per_epoch,
     native_ordered_input,
     plain_text,
     seed_backend,

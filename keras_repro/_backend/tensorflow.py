@@ -224,6 +224,23 @@ def native_ordered_input(data: tuple, rows_for_epoch: Any, num_rows: int, batch_
     return dataset, set_epoch
 
 
+def input_build_passes(model: Any, first_fit: bool = False) -> int:
+    """Keras' TensorFlow trainer builds from a batch of a new pass only under a `tf.distribute`
+    strategy, and then at every fit (`_maybe_symbolic_build`)."""
+    return int(getattr(model, "_distribute_strategy", None) is not None)
+
+
+def input_passes_per_epoch(data: Any) -> int:
+    """On TensorFlow, Keras' epoch loop iterates the `tf.data` dataset itself: a new iterator at
+    each epoch's start and, when the dataset's cardinality is known, another at its end."""
+    if not isinstance(data, tf.data.Dataset):
+        return 1
+    try:
+        return 2 if int(data.cardinality()) >= 0 else 1
+    except Exception:  # noqa: BLE001 - a dataset whose cardinality cannot be had
+        return 1
+
+
 def deferred_checksums(variables: list, replica: int = 0, model: Any = None) -> Deferred:
     """Batch checksums compiled with XLA, called as a concrete function (the polymorphic
     function's matching of two handles a variable cost about 0.13 ms a call); results stay

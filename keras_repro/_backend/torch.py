@@ -25,6 +25,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     gather_from_processes,
     host_checksums,
     input_hazards,
+    input_passes_per_epoch,
     native_ordered_input,
     plain_text,
     process_count,
