@@ -146,7 +146,7 @@ class SeedCallback(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self._given_seed = None if seed is None else validate_seed(seed)
-        self.seed = self._given_seed  # the fit's seed once a fit began (`fit_context.fit_seed`)
+        self.seed = self._given_seed  # the fit's seed once a fit began (`keras_repro.fit.context.fit_seed`)
         self.mode = mode_for(mode)
         if on_mismatch not in ON_MISMATCH:
             raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}. Received: on_mismatch={on_mismatch!r}")
