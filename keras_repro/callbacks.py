@@ -11,28 +11,23 @@ import keras
 from keras_repro import _backend
 from keras_repro.arguments import positive_int
 from keras_repro.determinism import warn_if_kernels_off
-from keras_repro.errors import FingerprintMismatch, FingerprintMismatchWarning, ReproWarning, warn
+from keras_repro.errors import ReproWarning, warn
 from keras_repro.fingerprinting import environment
-from keras_repro.fingerprinting.compare import Divergence, compare_fingerprints, replica_divergence
-from keras_repro.fingerprinting.diagnosis import likely_cause
-from keras_repro.fingerprinting.digests import Fingerprint, fingerprint, replica_fingerprints
-from keras_repro.fingerprinting.variables import build_optimizer_early, replica_devices, replica_local_paths
+from keras_repro.fingerprinting.compare import Divergence, compare_fingerprints
+from keras_repro.fingerprinting.digests import Fingerprint, fingerprint
+from keras_repro.fingerprinting.variables import build_optimizer_early
 from keras_repro.fit.batch_checks import BatchChecker, resolve_capture
 from keras_repro.fit.callback_state import warn_lost_state
 from keras_repro.fit.context import EpochClock, FitContext, fit_seed
 from keras_repro.fit.fed_data import DataChecks
 from keras_repro.fit.processes import (
     agree,
-    divergence_of,
-    divergence_verdict,
     process_count,
-    process_divergence,
     together,
 )
-from keras_repro.fit.rng_state import global_generator_records, reset_global_generator, reset_rng, reset_seed_generators
+from keras_repro.fit.rng_state import global_generator_records, reseed_epoch, reseed_fit, reset_seed_generators
+from keras_repro.fit.verdicts import Verdicts
 from keras_repro.seeding import (
-    seed_everything,
-    seed_for,
     validate_seed,
     warn_if_hash_randomized,
 )
@@ -151,7 +146,7 @@ class SeedCallback(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self._given_seed = None if seed is None else validate_seed(seed)
-        self.seed = self._given_seed  # the fit's seed once a fit began (`fit_context.fit_seed`)
+        self.seed = self._given_seed  # the fit's seed once a fit began (`keras_repro.fit.context.fit_seed`)
         self.mode = mode_for(mode)
         if on_mismatch not in ON_MISMATCH:
             raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}. Received: on_mismatch={on_mismatch!r}")
@@ -179,7 +174,7 @@ class SeedCallback(keras.callbacks.Callback):
         if self._session is not None:
             self._session.close()
         self._session = None
-        self.divergence: Divergence | None = None
+        self._verdicts: Verdicts | None = None
         self.verified_epochs: tuple[int, ...] = ()
         self.recorded_epochs: tuple[int, ...] = ()
         self._context: FitContext | None = None
@@ -191,7 +186,6 @@ class SeedCallback(keras.callbacks.Callback):
         self._environment: dict[str, str] = {}
         self._warned_missing = False
         self._processes = 1
-        self._undecided: Divergence | None = None
         self._config: dict[str, str] | None = None
         self._data = DataChecks(None, enabled=False)
 
@@ -240,20 +234,20 @@ class SeedCallback(keras.callbacks.Callback):
         self._session = ReferenceSession(
             ReferenceFile(self.reference) if self.reference else None, self.mode, self.seed, chief
         )
+        self._processes = process_count()
+        self._verdicts = Verdicts(self.model, self._session, self.reference, self.on_mismatch, self._processes,
+                                  lambda: self.log, self._stop)
         self._data = DataChecks.started(self.model, self.data_checks)  # wraps the steps until on_train_end
         if self.every_n_batches:
             self._batch_checker = BatchChecker(self.every_n_batches, self.fetch_every, self.capture, self._report,
                                                self._data.running)
-        seed_everything(seed_for(self.seed, "fit"))
-        reset_global_generator(seed_for(self.seed, "keras-rng"))
-        self._processes = process_count()
+        reseed_fit(self.seed)
         self._environment = environment.collect()
         logger.info("SeedCallback: %s mode, reference=%s", self.resolved_mode, self.reference)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         epoch = self._epoch = self._context.clock.epoch(epoch)
-        seed_everything(seed_for(self.seed, "epoch", epoch))
-        reset_rng(self.model, self.seed, epoch, self.reset_layer_rng, self._context.input_rng)
+        reseed_epoch(self.model, self.seed, epoch, self.reset_layer_rng, self._context.input_rng)
         self._data.epoch_begin(epoch)
         if self._first_epoch is None:
             self._begin(epoch)
@@ -317,10 +311,14 @@ class SeedCallback(keras.callbacks.Callback):
         last = self._epochs[-1].epoch if self._epochs else None
         if last is not None and getattr(self.model, "stop_training", False):
             self._session.save(self.log, last, stopped_early=True)  # the run plans no further epochs
-        self._session.close()
-        self._data.stop()
+        self._stop()
         if self.reference:
             logger.info("SeedCallback: %s", self.summary)
+
+    @property
+    def divergence(self) -> Divergence | None:
+        """The first `Divergence` the last fit found, or None."""
+        return self._verdicts.divergence if self._verdicts is not None else None
 
     # helpers -----------------------------------------------------------------------
 
@@ -337,19 +335,24 @@ class SeedCallback(keras.callbacks.Callback):
         extra = [*self._context.data_records(epoch), *self._data.records(epoch), *global_generator_records(summaries)]
         return fingerprint(self.model, summaries=summaries).with_epoch(epoch).with_records(extra)
 
+    def _stop(self) -> None:
+        """Closes the reference and puts the model's own steps back (at the end of a fit, or
+        before a `FingerprintMismatch` is raised: Keras then skips on_train_end)."""
+        self._session.close()
+        self._data.stop()
+
+    def _report(self, divergence: Divergence | None) -> None:
+        """Raises or warns about the first divergence (`keras_repro.fit.verdicts`)."""
+        self._verdicts.report(divergence)
+
+    def _settle(self) -> None:
+        """Multi-process: all act on the first divergence any process found (a collective)."""
+        self._verdicts.settle()
+
     def _check_replicas(self, epoch: int, stage: str, current: Fingerprint) -> None:
-        """Reports the first variable whose copy on some device of this process drifted from
-        replica 0's, then in some process from process 0's (`current`: this process's state)."""
-        if not self.check_replicas:
-            return
-        devices = replica_devices(self.model)
-        if len(devices) > 1:
-            found = replica_divergence(
-                replica_fingerprints(self.model), epoch, stage, replica_local_paths(self.model), devices
-            )
-            self._report(found)
-        if self._processes > 1:  # a collective: every process checks, whatever it found
-            self._report(process_divergence(current, epoch, stage, replica_local_paths(self.model)))
+        """Checks the copies of the variables on other devices and in other processes."""
+        if self.check_replicas:
+            self._verdicts.check_replicas(epoch, stage, current)
 
     def _check_initial(self, epoch: int) -> None:
         """Compares the state before the first step with the reference (or, recording a
@@ -364,47 +367,6 @@ class SeedCallback(keras.callbacks.Callback):
             self._session.keep_base(found is None)
         else:
             self._report(found)
-
-    def _report(self, divergence: Divergence | None) -> None:
-        """Raises or warns about the first divergence; a verify then stops extending its file.
-        In a multi-process run, it is kept until the processes decide together (`_settle`)."""
-        if divergence is None or self.divergence is not None:
-            return
-        if self._processes > 1:
-            self._undecided = self._undecided or divergence
-            return
-        self._act_on(divergence)
-
-    def _settle(self) -> None:
-        """Multi-process: all act on the first divergence any process found (a collective)."""
-        if self._processes == 1:
-            return
-        mine, self._undecided = self._undecided, None
-        found = agree(divergence_verdict(mine, self.reference, self._likely_cause(mine)) if mine else None)
-        if found is not None and self.divergence is None:
-            divergence, reference, cause = divergence_of(found[1])
-            self._act_on(divergence, (reference, cause))  # as the process that found it words it
-
-    def _act_on(self, divergence: Divergence, worded: tuple[str | None, str | None] | None = None) -> None:
-        """Raises or warns about a divergence, found against `worded` = (reference, likely cause)
-        (by default this callback's reference and the cause this process sees)."""
-        self.divergence = divergence
-        self._session.stop_extending()
-        reference, cause = worded or (self.reference, self._likely_cause(divergence))
-        error = FingerprintMismatch(divergence, reference, cause)
-        if self.on_mismatch == "raise":
-            self._session.close()  # Keras skips on_train_end after an exception
-            self._data.stop()
-            raise error
-        warn(str(error), FingerprintMismatchWarning)
-
-    def _likely_cause(self, divergence: Divergence) -> str | None:
-        """The likely cause of a divergence from the reference, from what differs between the
-        reference and this run (`keras_repro.fingerprinting.diagnosis`); None for replicas'."""
-        if divergence.replica is not None or divergence.process is not None:
-            return None
-        deterministic = getattr(self.model, "_repro_seed", None) is not None
-        return likely_cause(divergence, self._session.expected, self.log, deterministic_model=deterministic)
 
     def _warn_missing(self, epoch: int) -> None:
         """Warns once that the reference is shorter than this run (unless it is kept: said then)."""

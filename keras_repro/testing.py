@@ -146,7 +146,7 @@ def _fit_once(
 
 
 def _seed_callback(model: Any, seed: int | None) -> SeedCallback:
-    """The SeedCallback of one fit (`fit_context.callback_seed`)."""
+    """The SeedCallback of one fit (`keras_repro.fit.context.callback_seed`)."""
     return SeedCallback(callback_seed(model, seed))
 
 

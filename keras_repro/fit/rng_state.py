@@ -35,7 +35,7 @@ import numpy as np
 from keras_repro import _backend
 from keras_repro.fingerprinting.digests import GLOBAL_GENERATOR_PATH, VariableDigest, hash_array, summarize
 from keras_repro.fingerprinting.variables import seed_generators
-from keras_repro.seeding import seed_for
+from keras_repro.seeding import seed_everything, seed_for
 
 _kept = threading.local()
 """`.generators`: every SeedGenerator met as Keras' global one in this thread, the kept one first."""
@@ -144,3 +144,27 @@ def global_generator_records(summaries: bool = False) -> list[VariableDigest]:
     dtype, shape = np.dtype(value.dtype).name, tuple(int(d) for d in value.shape)
     digest = hash_array(value, f"rng\0keras-global\0{dtype}\0{shape}\0".encode())
     return [VariableDigest(GLOBAL_GENERATOR_PATH, "rng", dtype, shape, digest, summarize(value) if summaries else None)]
+
+
+def reseed_fit(seed: int) -> None:
+    """At a fit's start: Python, NumPy and the backend seeded from (seed, "fit"), and Keras'
+    global SeedGenerator reset from (seed, "keras-rng"), in place.
+
+    Example:
+
+    >>> reseed_fit(7)     # doctest: +SKIP
+    """
+    seed_everything(seed_for(seed, "fit"))
+    reset_global_generator(seed_for(seed, "keras-rng"))
+
+
+def reseed_epoch(model: Any, seed: int, epoch: int, reset: bool = True, inputs: Any = None) -> None:
+    """At an epoch's start: Python, NumPy and the backend seeded from (seed, "epoch", epoch),
+    then the RNG state reset as `reset_rng` does.
+
+    Example:
+
+    >>> reseed_epoch(model, seed=7, epoch=3)     # doctest: +SKIP
+    """
+    seed_everything(seed_for(seed, "epoch", epoch))
+    reset_rng(model, seed, epoch, reset, inputs)

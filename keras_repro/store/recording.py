@@ -1,6 +1,6 @@
 """The reference side of one fit: which epochs it verifies, which it records, and writing them.
 
-A fit covers epochs `first .. planned_end - 1` (model-numbered, see `fit_context`).
+A fit covers epochs `first .. planned_end - 1` (model-numbered, see `keras_repro.fit.context`).
 With a reference file:
 
 * "record": the fit's epochs are written, after each epoch. When the fit continues
