@@ -24,6 +24,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     input_hazards,
     input_passes_per_epoch,
     native_ordered_input,
+    symbolic_build_passes as input_build_passes,
     plain_text,
     seed_backend,
     trains_under_tf_distribute,
