@@ -153,10 +153,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     comparison = reference.compare(other)
     if comparison.identical:
         print(f"identical: {len(comparison.epochs_compared)} epochs compared")
+        print(f"verdict: {comparison.verdict} ({comparison.explanation})")
         return EXIT_OK
     print(f"differ: {comparison.first_divergence}")
     cause = likely_cause(comparison.first_divergence, reference, other)
     print(f"likely cause: {cause}")
+    print(f"verdict: {comparison.verdict} ({comparison.explanation})")
     if reference.config is not None and other.config is not None:
         from keras_repro.fingerprinting import configuration
 

@@ -9,6 +9,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from keras_repro.fingerprinting import noise
 from keras_repro.fingerprinting.digests import PARTS, Fingerprint, VariableDigest, added_later, part_differs
 
 IDENTICAL, WITHIN_TOLERANCE, DIVERGED = "identical", "within_tolerance", "diverged"
@@ -109,6 +110,14 @@ class Comparison:
         details: One `VariableComparison` per variable and compared fingerprint.
         rtol: The relative tolerance used (0 for exact).
         atol: The absolute tolerance used (0 for exact).
+        judgement: (verdict, explanation) from `keras_repro.fingerprinting.noise.judge`, or
+            None where no evidence was judged (then `verdict` is "identical" or "different").
+
+    Example:
+
+    >>> comparison = kr.load_fingerprints("a.h5").compare(kr.load_fingerprints("b.h5"))  # doctest: +SKIP
+    >>> comparison.verdict, comparison.explanation  # doctest: +SKIP
+    ('noise', 'same seed, configuration, initial state, data and RNG state; first at epoch 0: ...')
     """
 
     identical: bool
@@ -117,6 +126,7 @@ class Comparison:
     details: tuple[VariableComparison, ...] = ()
     rtol: float = 0.0
     atol: float = 0.0
+    judgement: tuple[str, str] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def within_tolerance(self) -> bool:
@@ -124,11 +134,28 @@ class Comparison:
         return self.first_divergence is None
 
     @property
-    def verdict(self) -> str:
-        """ "identical", "within_tolerance" or "diverged"."""
+    def status(self) -> str:
+        """ "identical", "within_tolerance" or "diverged": the comparison at `rtol`/`atol`."""
         if self.identical:
             return IDENTICAL
         return WITHIN_TOLERANCE if self.within_tolerance else DIVERGED
+
+    @property
+    def verdict(self) -> str:
+        """ "identical", "noise" (rounding) or "different" (a real change), from the evidence
+        both runs recorded, whatever the tolerance (`keras_repro.fingerprinting.noise`)."""
+        if self.identical:
+            return noise.IDENTICAL
+        return self.judgement[0] if self.judgement else noise.DIFFERENT
+
+    @property
+    def explanation(self) -> str:
+        """Why `verdict`: the evidence, and for "noise" the likely source of the rounding."""
+        if self.identical:
+            return f"every fingerprint bit-identical ({len(self.epochs_compared)} epochs compared)"
+        if self.judgement:
+            return self.judgement[1]
+        return f"the runs differ at {self.first_divergence}" if self.first_divergence else "the runs differ"
 
     def __str__(self) -> str:
         if self.identical:
@@ -388,7 +415,10 @@ def compare_runs(reference: Run, other: Run, rtol: float = 0.0, atol: float = 0.
             found.append(batch if batch is not None and batch.stage == "batch" else at_end)
     common = tuple(e for e in sorted(set(ref_by_epoch) & set(other_by_epoch)) if e >= start)
     first = found[0] if found else None
-    return Comparison(identical and first is None, first, common, tuple(details), rtol, atol)
+    identical = identical and first is None
+    judgement = None if identical else noise.judge_runs(
+        reference, other, pair, bool(ignore), found, [(ref_by_epoch[e], other_by_epoch[e]) for e in common])
+    return Comparison(identical, first, common, tuple(details), rtol, atol, judgement)
 
 
 def _found(divergence: Divergence | None) -> list[Divergence]:
