@@ -250,22 +250,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    """`keras-repro preflight SCRIPT.py`."""
+    """`keras-repro preflight [SCRIPT.py]`: the stack checks, then (with a script) its steps."""
     from keras_repro.determinism import prepare_at_import
     from keras_repro.tools.audit import validate_options
     from keras_repro.tools.scripts import load_script, script_data
 
     prepare_at_import()  # before the script can start the backend
-    try:
-        validate_options(args.batch_size, 0, steps=args.steps)
-        script = load_script(args.script, ("build_model", "data"))
-        x, y = script_data(script)
-    except ValueError as error:
-        print(f"keras-repro: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    build = x = y = None
+    if args.script is not None:
+        try:
+            validate_options(args.batch_size, 0, steps=args.steps)
+            script = load_script(args.script, ("build_model", "data"))
+            x, y = script_data(script)
+            build = script.build_model
+        except ValueError as error:
+            print(f"keras-repro: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     from keras_repro.tools.preflight import preflight
 
-    report = preflight(script.build_model, x, y, steps=args.steps, batch_size=args.batch_size)
+    report = preflight(build, x, y, steps=args.steps, batch_size=args.batch_size)
     print(report)
     return EXIT_OK if report.ok else EXIT_DIFFER
 
@@ -346,13 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(handler=cmd_audit)
     preflight = sub.add_parser(
         "preflight",
-        help="train SCRIPT's first steps with deterministic kernels; name the ops without one, time both",
-        description="SCRIPT defines build_model() (returning a compiled model) and data() (returning "
-        "(x, y)). Trains a few steps with the backend's deterministic kernels on, names every op that has "
-        "no deterministic implementation on this device with the layer it comes from, and times the steps "
-        "with the kernels on and off. Exit 0 when every op has one, 1 when some do not.",
+        help="check the environment and the known determinism bugs of the installed versions; with SCRIPT, "
+        "train its first steps with deterministic kernels, name the ops without one, time both",
+        description="Checks the environment a deterministic run needs (PYTHONHASHSEED, deterministic kernels, "
+        "XLA_FLAGS, CUBLAS_WORKSPACE_CONFIG, threads) and the installed versions against a table of known "
+        "determinism bugs and behaviour changes (keras_repro/tools/known_issues.py), each ok / warn / fail "
+        "with the fix. SCRIPT defines build_model() (returning a compiled model) and data() (returning "
+        "(x, y)): then it also trains a few steps with the backend's deterministic kernels on, names every "
+        "op that has no deterministic implementation on this device with the layer it comes from, and "
+        "times the steps with the kernels on and off. Exit 0 when ready, 1 when a check failed or some op "
+        "has no deterministic kernel.",
     )
-    preflight.add_argument("script", help="a Python file defining build_model() and data()")
+    preflight.add_argument("script", nargs="?", help="a Python file defining build_model() and data() "
+                           "(without one, only the environment and the known issues are checked)")
     preflight.add_argument("--steps", type=int, default=5, help="training steps per setting (default 5)")
     preflight.add_argument("--batch-size", type=int, default=32, help="rows per step for array data (default 32)")
     preflight.set_defaults(handler=cmd_preflight)

@@ -1,5 +1,6 @@
-"""`preflight`: before a long run, the ops without a deterministic kernel and what the
-deterministic kernels cost.
+"""`preflight`: before a long run, the stack (the environment a deterministic run needs, and
+the known determinism bugs of the installed versions: `keras_repro.tools.stack_checks`), the
+ops without a deterministic kernel and what the deterministic kernels cost.
 
 Deterministic kernels fail loudly where a backend has none for an op on this device
 (TensorFlow's `UnimplementedError`, torch's `RuntimeError` from deterministic algorithms,
@@ -27,6 +28,8 @@ from keras_repro import _backend
 from keras_repro.determinism import kernel_state, use_deterministic_kernels
 from keras_repro.fingerprinting.variables import build_optimizer_early
 from keras_repro.tools.audit.steps import check_positive, prepare_feed
+from keras_repro.tools.known_issues import FAIL, Finding
+from keras_repro.tools.stack_checks import check_stack
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,10 @@ class PreflightReport:
         hazards: Known nondeterminism of the input `x` seen without running it (as
             `kr.audit` lists it: `keras_repro._backend.input_hazards`), e.g. a random op
             without a seed in a `tf.data` map.
+        environment: The environment checks (`stack_checks.environment_checks`), each ok, warn
+            or fail with its fix.
+        known_issues: The known-issue table's verdict for the installed versions
+            (`keras_repro.tools.known_issues`).
 
     Example:
 
@@ -85,11 +92,13 @@ class PreflightReport:
     step_seconds: dict[str, float | None]
     notes: tuple[str, ...] = ()
     hazards: tuple[str, ...] = ()
+    environment: tuple[Finding, ...] = ()
+    known_issues: tuple[Finding, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when every op ran with deterministic kernels."""
-        return not self.failures
+        """True when every op ran with deterministic kernels and no stack check failed."""
+        return not self.failures and not any(f.status == FAIL for f in (*self.environment, *self.known_issues))
 
     @property
     def slowdown(self) -> float | None:
@@ -100,6 +109,11 @@ class PreflightReport:
     def __str__(self) -> str:
         lines = [f"preflight ({self.steps} steps, backend {self.backend}, devices {', '.join(self.devices) or '-'})",
                  f"deterministic kernels before: {self.kernels}"]
+        lines += ["environment:", *(f"  {finding}" for finding in self.environment)] if self.environment else []
+        lines += ["known issues:", *(f"  {finding}" for finding in self.known_issues)] if self.known_issues else []
+        if not self.steps:
+            lines.append(("FAIL" if not self.ok else "stack checked") + ": no model given, so no step was trained")
+            return "\n".join(lines + [f"note: {note}" for note in self.notes])
         if self.failures:
             lines.append(f"NOT READY: {len(self.failures)} op(s) have no deterministic implementation on this device:")
             lines += [f"  - {failure}" for failure in self.failures]
@@ -115,21 +129,22 @@ class PreflightReport:
 
 
 def preflight(
-    model: Any,
-    x: Any,
+    model: Any = None,
+    x: Any = None,
     y: Any = None,
     *,
     steps: int = 5,
     batch_size: int = 32,
     sample_weight: Any = None,
 ) -> PreflightReport:
-    """Trains a few steps with deterministic kernels, names the ops that have none on this
-    device, and times the steps with the kernels on and off.
+    """Checks the stack (environment, known issues of the installed versions), trains a few
+    steps with deterministic kernels, names the ops that have none on this device, and times
+    the steps with the kernels on and off.
 
     Args:
         model: A compiled `keras.Model`, or a function of no arguments returning one (then
             each setting trains a fresh model). A model is trained for the steps and then
-            put back as it was (weights and optimizer state).
+            put back as it was (weights and optimizer state). None: check the stack only.
         x: Training input: arrays (the first `steps * batch_size` rows are used), or a
             dataset, `PyDataset`, generator or DataLoader (its first `steps` batches).
         y: Targets for array inputs.
@@ -148,9 +163,17 @@ def preflight(
     >>> print(kr.preflight(build_model, x, y, steps=5))   # doctest: +SKIP
     preflight (5 steps, backend torch, devices cpu, cuda:0)
     ...
+    >>> kr.preflight().known_issues[0].status              # doctest: +SKIP
+    'ok'
     """
     check_positive("steps", steps)
     check_positive("batch_size", batch_size)
+    environment, known_issues = check_stack()
+    if model is None:
+        report = PreflightReport(_backend.name(), tuple(_backend.devices()), str(kernel_state()), (), 0,
+                                 {ON: None, OFF: None}, (), (), environment, known_issues)
+        logger.info("%s", report)
+        return report
     if isinstance(model, keras.Model):
         build, fixed = None, model
     elif callable(model):
@@ -174,7 +197,8 @@ def preflight(
     finally:
         use_deterministic_kernels(before.in_effect)
     report = PreflightReport(_backend.name(), tuple(_backend.devices()), str(before), tuple(failures),
-                             len(batches), seconds, tuple(notes), tuple(_backend.input_hazards(x)))
+                             len(batches), seconds, tuple(notes), tuple(_backend.input_hazards(x)),
+                             environment, known_issues)
     logger.info("%s", report)
     return report
 
