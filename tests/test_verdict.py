@@ -72,7 +72,7 @@ def _verdict_line(capsys) -> str:
 def test_diff_prints_identical_noise_and_different(runs, capsys):
     """Against itself: identical (exit 0); nudged by one ulp: noise; lr 0.0011: different (exit 1)."""
     assert main(["diff", runs["base"], runs["base"]]) == 0
-    assert _verdict_line(capsys).startswith("verdict: identical (every fingerprint bit-identical (4 epochs")
+    assert _verdict_line(capsys).startswith("verdict: identical (every fingerprint bit-identical, 4 epochs compared)")
     assert main(["diff", runs["base"], runs["nudged"]]) == 1
     line = _verdict_line(capsys)
     assert line.startswith("verdict: noise (same seed, configuration, initial state, data and RNG state; first at epoch 0")

@@ -152,7 +152,7 @@ class Comparison:
     def explanation(self) -> str:
         """Why `verdict`: the evidence, and for "noise" the likely source of the rounding."""
         if self.identical:
-            return f"every fingerprint bit-identical ({len(self.epochs_compared)} epochs compared)"
+            return f"every fingerprint bit-identical, {len(self.epochs_compared)} epochs compared"
         if self.judgement:
             return self.judgement[1]
         return f"the runs differ at {self.first_divergence}" if self.first_divergence else "the runs differ"

@@ -109,9 +109,16 @@ def epsilon(dtype: str) -> float | None:
 def _pairs(a: Fingerprint, b: Fingerprint) -> tuple[list[tuple[VariableDigest, VariableDigest]], list[str]]:
     """The records of both fingerprints matched by part and path, and the records only one has
     (records of a kind only one run keeps, e.g. the input's content, are left out)."""
-    mine = {(r.part, r.path): r for r in a.records}
-    theirs = {(r.part, r.path): r for r in b.records}
-    one_sided = [path for (part, path) in set(mine) ^ set(theirs) if part not in ("data", "rng")]
+    def keyed(records: Sequence[VariableDigest]) -> dict[tuple[str, str, int], VariableDigest]:
+        seen: dict[tuple[str, str], int] = {}
+        found = {}
+        for record in records:  # a path repeated in a part (shared layers) is told apart by its rank
+            rank = seen[(record.part, record.path)] = seen.get((record.part, record.path), 0) + 1
+            found[(record.part, record.path, rank)] = record
+        return found
+
+    mine, theirs = keyed(a.records), keyed(b.records)
+    one_sided = [path for (part, path, _) in set(mine) ^ set(theirs) if part not in ("data", "rng")]
     return [(mine[key], theirs[key]) for key in mine if key in theirs], sorted(one_sided)
 
 
