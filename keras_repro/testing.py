@@ -311,7 +311,7 @@ def divergence_report(
     )
     found = comparison.first_divergence
     lines = [f"{title or f'Training is not reproducible: two runs{seeded} differ'} ({mode} comparison).",
-             f"Verdict: {comparison.verdict}"]
+             f"Verdict: {comparison.status}; {comparison.verdict} ({comparison.explanation})"]
     if found is not None:
         lines += [f"First divergence: {found}",
                   f"  epoch:    {found.where()}",
