@@ -6,8 +6,11 @@ when installed), in fresh processes:
   kernels on    a DeterministicModel (Embedding, Conv1D, BatchNormalization, Dropout)
                 recorded in one process and verified in another, deterministic kernels
                 on (the default): "identical" is the promise;
+  preflight     `kr.preflight()` without a model: the environment checks and the known-issue
+                table's verdict for the installed versions, those not ok;
   kernels off   the same pair with KERAS_REPRO_DETERMINISTIC_KERNELS=0 and
                 DeterministicModel(deterministic_kernels=False): a report, not a promise;
+                where the runs differ, `Comparison.verdict` (noise or different) says which;
   resume        the conformance cells `functional` and `sequential` (2 epochs, save,
                 load_model in a new process, the rest == straight; tests/scripts/conformance.py);
   fingerprint   `fingerprint()` of a Dense model of `--parameters` parameters with Adam
@@ -57,9 +60,24 @@ model = kr.DeterministicModel(inputs, keras.layers.Dense(10, activation="softmax
 model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 callback = kr.SeedCallback(7, path, mode=mode, on_mismatch="warn")
 model.fit(x, y, epochs=3, batch_size=64, validation_split=0.2, verbose=0, callbacks=[callback])
+verdict = None
+if mode == "verify" and callback.divergence is not None:
+    try:
+        comparison = kr.load_fingerprints(path).compare(callback.log)
+        verdict = f"{comparison.verdict}: {comparison.explanation}"
+    except Exception as error:  # a report: say so and go on
+        verdict = f"not judged ({type(error).__name__}: {error})"
 print("RESULT " + json.dumps({"divergence": None if callback.divergence is None else str(callback.divergence),
                              "kernels": callback.log.environment.get("deterministic_kernels"),
-                             "devices": callback.log.environment.get("devices")}))
+                             "devices": callback.log.environment.get("devices"), "verdict": verdict}))
+'''
+
+PREFLIGHT = r'''
+import json
+import keras_repro as kr
+report = kr.preflight()
+flagged = [f"{f.status} {f.name}" for f in (*report.environment, *report.known_issues) if f.status != "ok"]
+print("RESULT " + json.dumps({"flagged": flagged, "text": str(report)}))
 '''
 
 FINGERPRINT = r'''
@@ -103,8 +121,16 @@ def _pair(backend: str, folder: str, kernels: bool) -> tuple[str, str]:
     verified, log2 = _child(backend, PAIR, ["verify", path, switch], env)
     if not recorded or not verified:
         return "error (see log)", log1 + log2
-    verdict = "identical" if verified["divergence"] is None else f"differs: {verified['divergence']}"
+    verdict = "identical" if verified["divergence"] is None else f"differs: {verified['divergence']} (verdict {verified.get('verdict')})"
     return f"{verdict} [kernels {verified['kernels']}]", log1 + log2
+
+
+def _preflight(backend: str) -> tuple[str, str]:
+    """`kr.preflight()` without a model: the stack checks that are not ok."""
+    result, log = _child(backend, PREFLIGHT, [])
+    if not result:
+        return "error (see log)", log
+    return ("; ".join(result["flagged"]) or "all ok"), result["text"]
 
 
 def _resume(backend: str, folder: str) -> tuple[str, str]:
@@ -161,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         for backend in backends:
             for name, run in (
+                ("preflight: stack checks not ok", lambda: _preflight(backend)),
                 ("record/verify, kernels on", lambda: _pair(backend, folder, True)),
                 ("record/verify, kernels off", lambda: _pair(backend, folder, False)),
                 ("resume in a new process", lambda: _resume(backend, folder)),
