@@ -22,17 +22,18 @@ class ReproError(Exception):
 class ReferenceFileError(ReproError, OSError):
     """A fingerprint file is missing, unreadable, corrupt or of an unknown format.
 
-    The message always names the file and the reason, and says what to do.
+    The message always names the file and the reason, and says what to do. A layer trace
+    file (`keras_repro.trace`) gives the same error, its message starting "Trace file".
 
     Attributes:
         path: The file that could not be used.
         reason: A short description of what is wrong with it.
     """
 
-    def __init__(self, path: object, reason: str) -> None:
+    def __init__(self, path: object, reason: str, what: str = "Fingerprint file") -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"Fingerprint file '{self.path}': {reason}")
+        super().__init__(f"{what} '{self.path}': {reason}")
 
     def __str__(self) -> str:
         return self.args[0]

@@ -15,11 +15,13 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     Deferred,
     async_batch_hooks_help,
     build_with_lanes,
+    call_model,
     data_to_numpy,
     deferred_or_host,
     first_match,
     gather_from_processes,
     input_hazards,
+    model_loss,
     plain_text,
     process_count,
     seed_backend,
@@ -360,3 +362,16 @@ def _checksum_runner() -> Any:
         return tf.stack([lanes(v) for v in values])
 
     return run
+
+
+def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:
+    """One eager step under a `GradientTape`, as Keras' TensorFlow `train_step` (see `common`)."""
+    variables = list(model.trainable_variables)
+    with tf.GradientTape() as tape:
+        y_pred = call_model(model, x)
+        loss = model_loss(model, x, y, y_pred, sample_weight)
+        scaled = model.optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled, variables)
+    gradients = [tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g) for g, v in zip(gradients, variables)]
+    model.optimizer.apply_gradients(zip(gradients, variables))
+    return loss, gradients
