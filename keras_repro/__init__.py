@@ -58,7 +58,7 @@ _EXPORTS = {
     "seed_everything": "keras_repro.seeding",
     "assert_reproducible": "keras_repro.testing",
     "assert_resumable": "keras_repro.testing",
-    "Trace": "keras_repro.trace.record",
+    "Trace": "keras_repro.trace.entries",
     "trace_layers": "keras_repro.trace.record",
     "TraceComparison": "keras_repro.trace.compare",
     "TraceDivergence": "keras_repro.trace.compare",

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from keras_repro.trace.record import STAT_NAMES, Trace
+from keras_repro.trace.entries import STAT_NAMES, Trace
 
 CATEGORIES = ("state", "data", "layer", "between", "loss", "gradient", "optimizer", "update", "structure")
 

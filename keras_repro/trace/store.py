@@ -30,7 +30,7 @@ import numpy as np
 
 from keras_repro.errors import ReferenceFileError
 from keras_repro.store import file_access
-from keras_repro.trace.record import KINDS, STAT_NAMES, Trace
+from keras_repro.trace.entries import KINDS, STAT_NAMES, Trace
 
 FORMAT_NAME = "keras_repro.trace"
 FORMAT_VERSION = 1
