@@ -184,8 +184,8 @@ def _diff_traces(a: str, b: str, traces: list[bool]) -> int:
     from keras_repro.trace.compare import compare_traces
     from keras_repro.trace.store import read_trace
 
-    if not all(traces):
-        trace, other = (a, b) if traces[0] else (b, a)
+    trace, other = (a, b) if traces[0] else (b, a)
+    if not all(traces) and os.path.exists(other):
         raise ReferenceFileError(other, f"is not a layer trace, and '{trace}' is: diff compares two fingerprint files "
                                  f"or two trace files. Received: a={a!r}, b={b!r}", what="File")
     first, second = read_trace(a), read_trace(b)
