@@ -216,3 +216,10 @@ def test_bad_trace_files_and_arguments(tmp_path, capsys):
     model.compile("sgd", "mse")
     with pytest.raises(ValueError, match="Received: steps=0"):
         kr.trace_layers(model, *_data(), steps=0)
+
+
+@pytest.mark.unit
+def test_fingerprint_mismatch_names_the_trace_commands():
+    """A FingerprintMismatch says which commands find the layer next."""
+    message = str(kr.FingerprintMismatch("epoch 1, part 'trainable'", "run.h5", "the seed differs"))
+    assert "Likely cause: the seed differs." in message and "keras-repro diff trace_a.h5 trace_b.h5" in message
