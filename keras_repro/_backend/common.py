@@ -281,6 +281,16 @@ def model_loss(model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> A
     return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
 
 
+def framework_rng_state() -> Any:
+    """The state of the framework's own global RNG where Keras layers draw from it (None:
+    they do not), for `set_framework_rng_state` to put back."""
+    return None
+
+
+def set_framework_rng_state(state: Any) -> None:
+    """Puts back a state `framework_rng_state` returned."""
+
+
 def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:
     """Trains one step of a compiled model eagerly, as its `train_step` would, and returns
     (loss, gradients of `model.trainable_variables`). Wrapped layer calls append

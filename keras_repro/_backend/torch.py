@@ -323,3 +323,16 @@ def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> 
         model.optimizer.apply(gradients, variables)
     model.zero_grad()
     return loss.detach(), gradients
+
+
+def framework_rng_state() -> Any:
+    """torch's global RNG states (CPU and accelerators): Keras' torch Dropout without a seed
+    draws its masks there."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_framework_rng_state(state: Any) -> None:
+    cpu, accelerators = state
+    torch.set_rng_state(cpu)
+    if accelerators is not None:
+        torch.cuda.set_rng_state_all(accelerators)

@@ -86,8 +86,8 @@ def _global_seed_generator() -> Any:
 @contextlib.contextmanager
 def state_kept(model: Any) -> Iterator[list[tuple[str, Any]]]:
     """Keeps a copy of the model's variables (weights, SeedGenerator states), its optimizer's
-    variables and Keras' global SeedGenerator state, and assigns them back on exit, however
-    the block ends. Yields `model_variables(model)` (the optimizer built first)."""
+    variables, Keras' global SeedGenerator state and the framework's global RNG (torch's, which
+    unseeded Dropout draws from there), and puts them back on exit, however the block ends. Yields `model_variables(model)` (the optimizer built first)."""
     build_optimizer_early(model)
     variables = model_variables(model)
     generator = _global_seed_generator()
@@ -95,8 +95,10 @@ def state_kept(model: Any) -> Iterator[list[tuple[str, Any]]]:
     if generator is not None:
         kept.append(generator.state)
     values = [np.array(array, copy=True) for array in _backend.read_batch(kept)]
+    framework = _backend.framework_rng_state()
     try:
         yield variables
     finally:
         for variable, value in zip(kept, values):
             variable.assign(value)
+        _backend.set_framework_rng_state(framework)

@@ -32,9 +32,9 @@ def trace_layers(model: Any, x: Any, y: Any = None, *, steps: int = 3, batch_siz
 
     Step k trains on rows k * batch_size ... (k + 1) * batch_size - 1 of the arrays, in order
     (wrapping around at the end), eagerly, as the model's `train_step` would: forward, loss,
-    gradients, optimizer update. Afterwards the model's variables, its optimizer's variables
-    and the SeedGenerator states (the layers' and Keras' global one) are put back as they
-    were, so tracing does not train the model (an unbuilt model is built first, as `fit`
+    gradients, optimizer update. Afterwards the model's variables, its optimizer's variables,
+    the SeedGenerator states (the layers' and Keras' global one) and torch's global RNG are
+    put back as they were, so tracing does not train the model (an unbuilt model is built first, as `fit`
     would, and an unbuilt optimizer is built: those stay). Metrics are not updated.
 
     Args:
