@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -417,5 +418,21 @@ def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> 
     calls[:] = [(path, inputs, outputs) for path, (inputs, outputs) in zip(paths, arrays)]
     for variable, value in zip(model.non_trainable_variables, new_non_trainable):
         variable.assign(value)
-    model.optimizer.apply(list(gradients), variables)
+    optimizer_variables = model.optimizer.variables
+    new_trainable, new_optimizer = _compiled_update(model.optimizer)(
+        [v.value for v in optimizer_variables], list(gradients), [v.value for v in variables])
+    for variable, value in zip(list(variables) + list(optimizer_variables), list(new_trainable) + list(new_optimizer)):
+        variable.assign(value)
     return loss, list(gradients)
+
+
+_UPDATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""A jitted `stateless_apply` per optimizer (the eager update is most of a traced step's time)."""
+
+
+def _compiled_update(optimizer: Any) -> Any:
+    """`optimizer.stateless_apply`, jitted once per optimizer."""
+    update = _UPDATES.get(optimizer)
+    if update is None:
+        update = _UPDATES[optimizer] = jax.jit(optimizer.stateless_apply)
+    return update
