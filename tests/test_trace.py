@@ -64,8 +64,10 @@ class Net(keras.Model):
         self.encoder = keras.Sequential([keras.layers.Dense(5, name="dense_1"), Shift(name="shift")], name="encoder")
         self.head = keras.layers.Dense(1, name="head")
 
+    between = 0.0  # added between the encoder and the head (the tests change it)
+
     def call(self, x):
-        return self.head(self.encoder(x))
+        return self.head(self.encoder(x) + type(self).between)
 
 
 @pytest.mark.backends
@@ -104,6 +106,12 @@ def test_nested_subclassed_model_named_by_its_path():
     finally:
         Shift.offset = 0.0
     assert (divergence.step, divergence.kind, divergence.name, divergence.category) == (0, "output", "encoder/shift", "layer")
+    Net.between = 0.01
+    try:
+        divergence = kr.compare_traces(first, kr.trace_layers(model, x, y, steps=2, batch_size=8)).first_divergence
+    finally:
+        Net.between = 0.0
+    assert (divergence.step, divergence.name, divergence.category) == (0, "head", "between")
 
 
 def _perturbed_step(monkeypatch, what):
@@ -135,9 +143,11 @@ def _perturbed_step(monkeypatch, what):
 def test_gradient_and_optimizer_divergences_named_as_such(monkeypatch, what):
     """A changed gradient is named as a gradient; a changed update with matching gradients as the optimizer."""
     x, y = _data()
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d1"), keras.layers.Dense(1, name="d2")])
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="d2")(keras.layers.Dense(3, name="d1")(inputs)))  # functional
     model.compile("sgd", "mse")
     reference = kr.trace_layers(model, x, y, steps=2, batch_size=8)
+    assert [n for k, n, s in zip(reference.kind, reference.name, reference.step) if k == "output" and s == 0] == ["d1", "d2"]
     _perturbed_step(monkeypatch, what)
     divergence = kr.compare_traces(reference, kr.trace_layers(model, x, y, steps=2, batch_size=8)).first_divergence
     kind = "gradient" if what == "gradient" else "variable"
