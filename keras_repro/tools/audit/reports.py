@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from keras_repro.fingerprinting.compare import Divergence
 from keras_repro.fingerprinting.diagnosis import training_cause
@@ -66,6 +67,9 @@ class AuditReport:
         checks: Every comparison, made or skipped, in order.
         seed: The seed of the `SeedCallback` of every run.
         backend: The Keras backend.
+        layer: The first layer, gradient or update that differs between layer traces
+            of the two sides (a `kr.TraceDivergence`), or None (identical, not traced,
+            or the traces agree: the difference is in the compiled step).
 
     Example:
 
@@ -81,6 +85,7 @@ class AuditReport:
     checks: tuple[Check, ...] = ()
     seed: int | None = None
     backend: str = ""
+    layer: Any = None
 
     def __str__(self) -> str:
         if self.identical:
@@ -92,6 +97,8 @@ class AuditReport:
         lines = [f"audit ({self.steps} steps, seed {self.seed}, backend {self.backend})", head, ""]
         lines += [f"  {check}" for check in self.checks]
         if self.divergence is not None:
+            if self.layer is not None:
+                lines += ["", f"layer trace: {self.layer}"]
             lines += ["", f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
         lines += [""] + _hazard_lines(self.hazards)
         return "\n".join(lines)
