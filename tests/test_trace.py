@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -14,7 +16,7 @@ from keras_repro.cli import main
 from keras_repro.errors import ReferenceFileError
 from keras_repro.trace import store
 from keras_repro.trace.entries import Trace
-from tests.conftest import run_python
+from tests.conftest import start_child
 
 SKEW_SCRIPT = """
 import sys
@@ -73,10 +75,14 @@ class Net(keras.Model):
 @pytest.mark.backends
 def test_hash_seed_divergence_named_at_its_layer_across_processes(tmp_path, capsys):
     """Traces from processes with other PYTHONHASHSEEDs differ first at `skew` (exit 1); the same seed gives exit 0."""
-    paths = {}
-    for label, seed in (("a", 1), ("b", 2), ("c", 1)):
+    paths, children = {}, []
+    for label, seed in (("a", 1), ("b", 2), ("c", 1)):  # side by side: the suite waits for the slowest only
         paths[label] = tmp_path / f"{label}.h5"
-        run_python(SKEW_SCRIPT.replace("sys.argv[1]", repr(str(paths[label]))), env={"PYTHONHASHSEED": str(seed)})
+        children.append(start_child([sys.executable, "-c", SKEW_SCRIPT, str(paths[label])], env={"PYTHONHASHSEED": str(seed)},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for process in children:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
     capsys.readouterr()
     assert main(["diff", str(paths["a"]), str(paths["b"])]) == 1
     out = capsys.readouterr().out
