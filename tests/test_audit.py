@@ -175,6 +175,8 @@ def test_bisect_names_first_divergent_batch_and_variable(checkpoints, data):
     assert not report.identical
     _assert_noise_divergence(report.divergence, "replay", epoch=1)
     assert "NOT REPRODUCIBLE: replay: epoch 1, batch 3" in str(report)
+    assert (report.layer.step, report.layer.name, report.layer.category) == (3, "noisy/drift", "update")
+    assert "layer trace: step 3" in str(report)
 
 
 @pytest.mark.unit

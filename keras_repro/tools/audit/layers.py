@@ -75,3 +75,28 @@ def locate_layer(build_model: Callable[[], Any], feed: Feed, seed: int | None, c
         logger.info("audit: the layer trace failed (%s)", error)
         return None
     return compare_traces(first, other).first_divergence
+
+
+def locate_layer_from_checkpoint(path: str, x: Any, y: Any, sample_weight: Any, batch_size: int, divergence: Any,
+                                 reseed: Callable[[], None]) -> Any:
+    """The first `TraceDivergence` between two layer traces from the checkpoint `path` (loaded
+    after `reseed()` each time, as `bisect` replays it) up to the replays' first divergent batch
+    (the rows in order: a trace does not shuffle); None where it cannot be traced (inputs other
+    than arrays, a model saved without its compilation) or the traces agree."""
+    if divergence is None:
+        return None
+    from keras_repro.trace.compare import compare_traces
+    from keras_repro.trace.record import trace_layers
+
+    steps = 1 if divergence.batch is None else int(divergence.batch) + 1
+    traces = []
+    try:
+        for _ in range(2):
+            keras.backend.clear_session()
+            reseed()
+            model = keras.models.load_model(path)
+            traces.append(trace_layers(model, x, y, steps=steps, batch_size=batch_size, sample_weight=sample_weight))
+    except (ValueError, TypeError, AttributeError, NotImplementedError) as error:
+        logger.info("bisect: the layer trace failed (%s)", error)
+        return None
+    return compare_traces(*traces).first_divergence

@@ -117,6 +117,8 @@ class BisectReport:
         steps: The number of batches replayed.
         hazards: Known sources of nondeterminism (see `find_hazards`).
         seed: The seed of the `SeedCallback` of both replays.
+        layer: The first layer, gradient or update that differs between two layer
+            traces from the checkpoint (a `kr.TraceDivergence`), or None.
     """
 
     identical: bool
@@ -126,6 +128,7 @@ class BisectReport:
     steps: int
     hazards: list[str]
     seed: int | None = None
+    layer: Any = None
 
     def __str__(self) -> str:
         lines = [f"bisect epoch {self.epoch} from '{self.checkpoint}' ({self.steps} batches, replayed twice, seed {self.seed})"]
@@ -138,7 +141,10 @@ class BisectReport:
                 "with a fresh process.",
             ]
         else:
-            lines += [f"NOT REPRODUCIBLE: {self.divergence}", "", f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
+            lines += [f"NOT REPRODUCIBLE: {self.divergence}", ""]
+            if self.layer is not None:
+                lines += [f"layer trace: {self.layer}", ""]
+            lines += [f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
         return "\n".join(lines + [""] + _hazard_lines(self.hazards))
 
 

@@ -59,7 +59,7 @@ from keras_repro.seeding import seed_everything, seed_for
 from keras_repro.store.log import FingerprintLog
 from keras_repro.tools import child, nesting
 from keras_repro.tools.audit.hazards import find_hazards
-from keras_repro.tools.audit.layers import locate_layer
+from keras_repro.tools.audit.layers import locate_layer, locate_layer_from_checkpoint
 from keras_repro.tools.audit.reports import (
     IN_PROCESS,
     AuditReport,
@@ -219,7 +219,9 @@ def bisect(
     batch_size: int = 32,
     **fit_kwargs: Any,
 ) -> BisectReport:
-    """Replays one epoch twice from a checkpoint and names the first batch where the replays differ.
+    """Replays one epoch twice from a checkpoint and names the first batch where the replays differ,
+    then the first layer, gradient or update (two layer traces from the checkpoint up to that
+    batch, array inputs: `report.layer`).
 
     For a run whose epoch `epoch` diverged while epoch `epoch - 1` matched: loads
     the `.keras` checkpoint saved at the end of epoch `epoch - 1` (or before
@@ -283,6 +285,9 @@ def bisect(
         logs.append(callback.log)
         del model
     divergence = named(compare_runs(*logs).first_divergence, REPLAY)
-    report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, logs[0].seed)
+    layer = locate_layer_from_checkpoint(
+        path, x, y, kwargs.get("sample_weight"), batch_size, divergence,
+        lambda: seed_everything(seed_for(DEFAULT_SEED if seed is None else seed, "bisect", epoch)))
+    report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, logs[0].seed, layer)
     logger.info("%s", report)
     return report
