@@ -217,6 +217,7 @@ def test_bad_trace_files_and_arguments(tmp_path, capsys):
         assert main(["diff", str(good), str(other)]) == 2
         error = capsys.readouterr().err
         assert str(other) in error and words in error and "Received:" in error, error
+    assert main(["show", str(good)]) == 2 and "is a keras_repro layer trace" in capsys.readouterr().err
     with pytest.raises(ReferenceFileError, match="field 'entries/lanes'.*Received: shape=\\(2, 3\\)"):
         kr.compare_traces(good, edited)
     os.chmod(good, 0o444)
