@@ -87,8 +87,12 @@ def write_trace(path: str | os.PathLike, trace: Trace) -> None:
         raise _fail(path, "exists and is not a keras_repro trace file; it is left as it is. Pass another path. "
                           f"Received: path={os.fspath(path)!r}")
     folder = os.path.dirname(target)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
-    os.close(handle)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+        os.close(handle)
+    except OSError as error:
+        raise _fail(path, f"cannot be written: {error.strerror or error}. Write to a writable folder. "
+                          f"Received: path={os.fspath(path)!r}") from error
     try:
         with h5py.File(temporary, "w", userblock_size=USER_BLOCK) as file:
             file.attrs["format"] = FORMAT_NAME
@@ -118,7 +122,8 @@ def write_trace(path: str | os.PathLike, trace: Trace) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         if isinstance(error, OSError) and not isinstance(error, ReferenceFileError):
-            raise _fail(path, f"cannot be written: {error.strerror or error}; the previous file is unchanged") from error
+            raise _fail(path, f"cannot be written: {error.strerror or error}; the previous file is unchanged. "
+                              f"Received: path={os.fspath(path)!r}") from error
         raise
 
 
@@ -151,7 +156,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
                                   + repr(head.rstrip(b"\0")[:80]))
             actual = _body_digest(handle)
     except OSError as error:
-        raise _fail(path, f"cannot be read: {error.strerror or error}") from None
+        raise _fail(path, f"cannot be read: {error.strerror or error}. Received: path={os.fspath(path)!r}") from None
     if actual != digest:
         raise _fail(path, "is damaged or was changed after keras_repro wrote it: the SHA-256 of its contents does "
                           f"not match the one in its header. Trace again. Received: sha256={actual[:16]}...")
@@ -159,7 +164,8 @@ def read_trace(path: str | os.PathLike) -> Trace:
         with h5py.File(path, "r") as file:
             return _parse(path, file)
     except OSError as error:
-        raise _fail(path, f"cannot be read as HDF5: {error}") from None
+        raise _fail(path, f"cannot be read as HDF5 ({error}); the file is damaged. Trace again. "
+                          f"Received: path={os.fspath(path)!r}") from None
 
 
 def _parse(path: str | os.PathLike, file: h5py.File) -> Trace:
