@@ -58,6 +58,11 @@ _EXPORTS = {
     "seed_everything": "keras_repro.seeding",
     "assert_reproducible": "keras_repro.testing",
     "assert_resumable": "keras_repro.testing",
+    "Trace": "keras_repro.trace.entries",
+    "trace_layers": "keras_repro.trace.record",
+    "TraceComparison": "keras_repro.trace.compare",
+    "TraceDivergence": "keras_repro.trace.compare",
+    "compare_traces": "keras_repro.trace.compare",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]  # one list of public names: _EXPORTS

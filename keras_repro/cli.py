@@ -148,7 +148,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """`keras-repro diff A B`."""
     from keras_repro.fingerprinting.diagnosis import likely_cause
     from keras_repro.fingerprinting.environment import differences
+    from keras_repro.trace.store import is_trace_file
 
+    traces = [is_trace_file(path) for path in (args.a, args.b)]
+    if any(traces):
+        return _diff_traces(args.a, args.b, traces)
     reference, other = _load(args.a), _load(args.b)
     comparison = reference.compare(other)
     if comparison.identical:
@@ -173,6 +177,35 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print("environment differences (likely explanation):")
         for key, (a, b) in changed.items():
             print(f"  {key}: {a if a is not None else '(unset)'} -> {b if b is not None else '(unset)'}")
+    return EXIT_DIFFER
+
+
+def _diff_traces(a: str, b: str, traces: list[bool]) -> int:
+    """`keras-repro diff` of two layer traces (`keras_repro.trace`)."""
+    from keras_repro.fingerprinting.environment import differences
+    from keras_repro.trace.compare import compare_traces
+    from keras_repro.trace.store import read_trace
+
+    trace, other = (a, b) if traces[0] else (b, a)
+    if not all(traces) and os.path.exists(other):
+        raise ReferenceFileError(other, f"is not a layer trace, and '{trace}' is: diff compares two fingerprint files "
+                                 f"or two trace files. Received: a={a!r}, b={b!r}", what="File")
+    first, second = read_trace(a), read_trace(b)
+    comparison = compare_traces(first, second)
+    print(comparison)
+    divergence = comparison.first_divergence
+    if divergence is None:
+        return EXIT_OK
+    print(f"kind: {divergence.category}")
+    if divergence.digests[0] and divergence.digests[1]:
+        print(f"checksums: {divergence.digests[0]} vs {divergence.digests[1]}")
+        mean = [s.get("mean", float("nan")) for s in divergence.stats]
+        print(f"mean: {mean[0]:.9g} vs {mean[1]:.9g}")
+    changed = differences(first.environment, second.environment)
+    if changed:
+        print("environment differences (likely explanation):")
+        for key, (x, y) in changed.items():
+            print(f"  {key}: {x if x is not None else '(unset)'} -> {y if y is not None else '(unset)'}")
     return EXIT_DIFFER
 
 
@@ -317,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="per-epoch table and environment of a fingerprint file")
     show.add_argument("file", help="a fingerprint file (.h5)")
     show.set_defaults(handler=cmd_show)
-    diff = sub.add_parser("diff", help="first divergence between two fingerprint files")
-    diff.add_argument("a", help="the reference run (.h5)")
-    diff.add_argument("b", help="the run to check (.h5)")
+    diff = sub.add_parser("diff", help="first divergence between two fingerprint files, or two layer traces")
+    diff.add_argument("a", help="the reference run (.h5): a fingerprint file or a layer trace (kr.trace_layers)")
+    diff.add_argument("b", help="the run to check (.h5), of the same kind")
     diff.set_defaults(handler=cmd_diff)
     run = sub.add_parser(
         "run",

@@ -22,17 +22,18 @@ class ReproError(Exception):
 class ReferenceFileError(ReproError, OSError):
     """A fingerprint file is missing, unreadable, corrupt or of an unknown format.
 
-    The message always names the file and the reason, and says what to do.
+    The message always names the file and the reason, and says what to do. A layer trace
+    file (`keras_repro.trace`) gives the same error, its message starting "Trace file".
 
     Attributes:
         path: The file that could not be used.
         reason: A short description of what is wrong with it.
     """
 
-    def __init__(self, path: object, reason: str) -> None:
+    def __init__(self, path: object, reason: str, what: str = "Fingerprint file") -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"Fingerprint file '{self.path}': {reason}")
+        super().__init__(f"{what} '{self.path}': {reason}")
 
     def __str__(self) -> str:
         return self.args[0]
@@ -45,15 +46,22 @@ class FingerprintMismatch(ReproError, AssertionError):
         divergence: The `keras_repro.fingerprinting.compare.Divergence` that was found.
         reference: The path of the reference file, or None.
         cause: The likely cause (`keras_repro.fingerprinting.diagnosis`), or None.
+        next_step: What to run next to find the layer where the runs part (a layer trace).
     """
+
+    NEXT_STEP = ("To find the layer: in both settings run kr.trace_layers(model, x, y, steps=3, path=...) from the "
+                 "same starting weights (writing trace_a.h5 and trace_b.h5), then `keras-repro diff trace_a.h5 "
+                 "trace_b.h5`")
 
     def __init__(self, divergence: object, reference: object = None, cause: str | None = None) -> None:
         self.divergence = divergence
         self.reference = None if reference is None else str(reference)
         self.cause = cause
+        self.next_step = self.NEXT_STEP
         where = f" (reference: '{self.reference}')" if self.reference else ""
         why = f". Likely cause: {cause}" if cause else ""
-        super().__init__(f"Run is not reproducible{where}: {divergence}{why}")
+        text = f"Run is not reproducible{where}: {divergence}{why}".rstrip(".")
+        super().__init__(f"{text}. {self.next_step}")
 
 
 class MissingMainGuardError(ReproError, RuntimeError):

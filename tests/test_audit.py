@@ -74,6 +74,8 @@ def test_training_nondeterminism_names_batch_and_variable(data):
     text = str(report)
     assert "NOT REPRODUCIBLE: in-process: epoch 0, batch 3" in text and "noisy/drift" in text
     assert "hint: a training step is nondeterministic" in text
+    layer = report.layer  # the two builds traced layer by layer: the layer's state update at step 3
+    assert (layer.step, layer.name, layer.category) == (3, "noisy/drift", "update") and "layer trace: step 3" in text
 
 
 def test_init_nondeterminism_names_initial_state(data):
@@ -157,6 +159,7 @@ def test_hash_dependent_model_diverges_only_in_fresh_process(data):
     assert report.checks[0].divergence is None
     _assert_noise_divergence(report.divergence, "fresh process")
     assert "hint: identical within this process but not in a fresh one" in str(report)
+    assert (report.layer.step, report.layer.name, report.layer.category) == (3, "noisy/drift", "update")
 
 
 def test_bisect_deterministic_epoch_replays_identically(checkpoints, data):
@@ -172,6 +175,8 @@ def test_bisect_names_first_divergent_batch_and_variable(checkpoints, data):
     assert not report.identical
     _assert_noise_divergence(report.divergence, "replay", epoch=1)
     assert "NOT REPRODUCIBLE: replay: epoch 1, batch 3" in str(report)
+    assert (report.layer.step, report.layer.name, report.layer.category) == (3, "noisy/drift", "update")
+    assert "layer trace: step 3" in str(report)
 
 
 @pytest.mark.unit

@@ -22,7 +22,7 @@ BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 FILE_COMMENT = re.compile(r"^# (\w+\.py)\n")
 
 
-DOCUMENTS = ("README.md", "docs/guide.md", "docs/fingerprints.md", "docs/file-format.md", "docs/guarantees.md")
+DOCUMENTS = ("README.md", "docs/guide.md", "docs/fingerprints.md", "docs/file-format.md", "docs/guarantees.md", "docs/trace.md")
 """Every page whose code blocks run, in reading order (the docs continue the README's session)."""
 
 

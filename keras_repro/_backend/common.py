@@ -268,6 +268,39 @@ def deferred_or_host(build: Callable[[], Deferred], variables: list, replica: in
     return start, finish
 
 
+# Layer traces: one eager training step whose layer calls are recorded -----------------------
+
+def call_model(model: Any, x: Any) -> Any:
+    """The model's forward pass in training mode, as Keras' trainers make it."""
+    return model(x, training=True) if getattr(model, "_call_has_training_arg", True) else model(x)
+
+
+def model_loss(model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> Any:
+    """The compiled loss of one batch (with the layers' added losses), as `train_step` computes it."""
+    compute = getattr(model, "_compute_loss", None) or model.compute_loss
+    return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+
+
+def framework_rng_state() -> Any:
+    """The state of the framework's own global RNG where Keras layers draw from it (None:
+    they do not), for `set_framework_rng_state` to put back."""
+    return None
+
+
+def set_framework_rng_state(state: Any) -> None:
+    """Puts back a state `framework_rng_state` returned."""
+
+
+def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:
+    """Trains one step of a compiled model eagerly, as its `train_step` would, and returns
+    (loss, gradients of `model.trainable_variables`). Wrapped layer calls append
+    (path, inputs, outputs) to `calls` during the forward pass; after the step `calls`
+    holds concrete arrays (see `keras_repro.trace`)."""
+    raise ValueError(f"Layer traces need gradients, which the {keras.backend.backend()} backend does not "
+                     "compute. Use TensorFlow, JAX or PyTorch. Received: backend="
+                     f"{keras.backend.backend()}")
+
+
 # Data checks: the checksum of every batch a fit feeds, taken inside its train step -----------
 
 def with_lanes(logs: Any, key: str, lanes: Any) -> Any:

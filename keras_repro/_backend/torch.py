@@ -16,6 +16,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     Deferred,
     async_batch_hooks_help,
     build_with_lanes,
+    call_model,
     child_determinism_environment,
     data_checks_gap,
     data_to_numpy,
@@ -26,6 +27,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     host_checksums,
     input_hazards,
     input_passes_per_epoch,
+    model_loss,
     native_ordered_input,
     symbolic_build_passes as input_build_passes,
     plain_text,
@@ -307,3 +309,30 @@ def lanes_to_host(pending: list) -> np.ndarray:
         return np.stack(pending).astype(np.uint32, copy=False)
     host = [lanes.cpu().numpy() if isinstance(lanes, torch.Tensor) else lanes for lanes in pending]
     return (np.stack(host).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32)
+
+
+def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:
+    """One eager step with autograd, as Keras' torch `train_step` (see `common`)."""
+    variables = list(model.trainable_variables)
+    y_pred = call_model(model, x)
+    model.zero_grad()
+    loss = model_loss(model, x, y, y_pred, sample_weight)
+    model.optimizer.scale_loss(loss).backward()
+    gradients = [torch.zeros_like(v.value) if v.value.grad is None else v.value.grad.detach().clone() for v in variables]
+    with torch.no_grad():
+        model.optimizer.apply(gradients, variables)
+    model.zero_grad()
+    return loss.detach(), gradients
+
+
+def framework_rng_state() -> Any:
+    """torch's global RNG states (CPU and accelerators): Keras' torch Dropout without a seed
+    draws its masks there."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_framework_rng_state(state: Any) -> None:
+    cpu, accelerators = state
+    torch.set_rng_state(cpu)
+    if accelerators is not None:
+        torch.cuda.set_rng_state_all(accelerators)

@@ -114,6 +114,9 @@ def foreign(path: str | os.PathLike) -> str | None:
             "another program (such as Keras' save_weights or a legacy .h5 model), or a fingerprint file "
             "of format version 1"
         )
+    if head.startswith(b"keras_repro.trace\n"):
+        return ("is a keras_repro layer trace (kr.trace_layers), not a fingerprint file: compare two traces with "
+                "`keras-repro diff A.h5 B.h5` or kr.compare_traces")
     if head != f"{FORMAT_NAME}\n".encode():
         return "is not a keras_repro fingerprint file (its first bytes are not a keras_repro header)"
     return None

@@ -199,8 +199,10 @@ def _environment(hash_seed: str, started_by: str) -> dict[str, str]:
     return env
 
 
-def run(entry: str, payload: Mapping[str, Any], arrays: Any, what: str, hash_seed: str | None = None) -> FingerprintLog:
-    """Runs `entry(payload, arrays)` in a new interpreter; returns the log it produced.
+def run(entry: str, payload: Mapping[str, Any], arrays: Any, what: str, hash_seed: str | None = None,
+        read: Callable[[str], Any] | None = None) -> FingerprintLog:
+    """Runs `entry(payload, arrays)` in a new interpreter; returns the log it produced (or,
+    with `read`, what `read` makes of the file the entry's result `save`d: a layer trace).
 
     Args:
         entry: "module:function" of keras_repro, called in the child with the payload
@@ -252,7 +254,7 @@ def run(entry: str, payload: Mapping[str, Any], arrays: Any, what: str, hash_see
                 "Fix the error above (the fresh process imports your module again: keep its training "
                 "under `if __name__ == \"__main__\":`)."
             )
-        return load_fingerprints(out_path)
+        return (read or load_fingerprints)(out_path)
 
 
 def main(argv: list[str]) -> int:

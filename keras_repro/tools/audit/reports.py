@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from keras_repro.fingerprinting.compare import Divergence
 from keras_repro.fingerprinting.diagnosis import training_cause
@@ -66,6 +67,9 @@ class AuditReport:
         checks: Every comparison, made or skipped, in order.
         seed: The seed of the `SeedCallback` of every run.
         backend: The Keras backend.
+        layer: The first layer, gradient or update that differs between layer traces
+            of the two sides (a `kr.TraceDivergence`), or None (identical, not traced,
+            or the traces agree: the difference is in the compiled step).
 
     Example:
 
@@ -81,6 +85,7 @@ class AuditReport:
     checks: tuple[Check, ...] = ()
     seed: int | None = None
     backend: str = ""
+    layer: Any = None
 
     def __str__(self) -> str:
         if self.identical:
@@ -92,6 +97,8 @@ class AuditReport:
         lines = [f"audit ({self.steps} steps, seed {self.seed}, backend {self.backend})", head, ""]
         lines += [f"  {check}" for check in self.checks]
         if self.divergence is not None:
+            if self.layer is not None:
+                lines += ["", f"layer trace: {self.layer}"]
             lines += ["", f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
         lines += [""] + _hazard_lines(self.hazards)
         return "\n".join(lines)
@@ -110,6 +117,8 @@ class BisectReport:
         steps: The number of batches replayed.
         hazards: Known sources of nondeterminism (see `find_hazards`).
         seed: The seed of the `SeedCallback` of both replays.
+        layer: The first layer, gradient or update that differs between two layer
+            traces from the checkpoint (a `kr.TraceDivergence`), or None.
     """
 
     identical: bool
@@ -119,6 +128,7 @@ class BisectReport:
     steps: int
     hazards: list[str]
     seed: int | None = None
+    layer: Any = None
 
     def __str__(self) -> str:
         lines = [f"bisect epoch {self.epoch} from '{self.checkpoint}' ({self.steps} batches, replayed twice, seed {self.seed})"]
@@ -131,7 +141,10 @@ class BisectReport:
                 "with a fresh process.",
             ]
         else:
-            lines += [f"NOT REPRODUCIBLE: {self.divergence}", "", f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
+            lines += [f"NOT REPRODUCIBLE: {self.divergence}", ""]
+            if self.layer is not None:
+                lines += [f"layer trace: {self.layer}", ""]
+            lines += [f"hint: {training_cause(self.divergence, comparison=self.divergence.comparison)}"]
         return "\n".join(lines + [""] + _hazard_lines(self.hazards))
 
 

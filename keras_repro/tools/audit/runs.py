@@ -59,6 +59,7 @@ from keras_repro.seeding import seed_everything, seed_for
 from keras_repro.store.log import FingerprintLog
 from keras_repro.tools import child, nesting
 from keras_repro.tools.audit.hazards import find_hazards
+from keras_repro.tools.audit.layers import locate_layer, locate_layer_from_checkpoint
 from keras_repro.tools.audit.reports import (
     IN_PROCESS,
     AuditReport,
@@ -112,6 +113,7 @@ def audit(
     batch_size: int = 32,
     seed: int | None = None,
     fresh_process: bool = True,
+    find_layer: bool = True,
     **fit_kwargs: Any,
 ) -> AuditReport:
     """Trains the first `steps` steps again and again, and names where runs differ.
@@ -138,6 +140,11 @@ def audit(
             `DeterministicModel`'s own seed, and 7 for another model.
         fresh_process: Also compare with a fresh process (skipped with a
             `ReproWarning` when build_model cannot be imported there).
+        find_layer: When runs differ, trace both sides of the first comparison
+            that differed layer by layer up to that step (`kr.trace_layers`, a
+            fresh process again for the fresh-process comparison) and name the
+            first layer, gradient or update that differs (`report.layer`).
+            Array inputs only.
         **fit_kwargs: More `fit` arguments (`shuffle`, `callbacks`,
             `sample_weight`, `class_weight`...). `epochs`, `initial_epoch`,
             `batch_size` and `steps_per_epoch` are set by the audit. `shuffle`
@@ -183,7 +190,10 @@ def audit(
     else:
         checks.append(Check(FRESH_PROCESS, "", skipped="not requested: fresh_process=False"))
     divergence = next((c.divergence for c in checks if c.divergence is not None), None)
-    report = AuditReport(divergence is None, divergence, hazards, len(first.batches), tuple(checks), first.seed, _backend.name())
+    differing = next((c for c in checks if c.divergence is not None), None)
+    layer = locate_layer(build_model, feed, seed, differing) if differing is not None and find_layer else None
+    report = AuditReport(divergence is None, divergence, hazards, len(first.batches), tuple(checks), first.seed,
+                         _backend.name(), layer)
     logger.info("%s", report)
     return report
 
@@ -209,7 +219,9 @@ def bisect(
     batch_size: int = 32,
     **fit_kwargs: Any,
 ) -> BisectReport:
-    """Replays one epoch twice from a checkpoint and names the first batch where the replays differ.
+    """Replays one epoch twice from a checkpoint and names the first batch where the replays differ,
+    then the first layer, gradient or update (two layer traces from the checkpoint up to that
+    batch, array inputs: `report.layer`).
 
     For a run whose epoch `epoch` diverged while epoch `epoch - 1` matched: loads
     the `.keras` checkpoint saved at the end of epoch `epoch - 1` (or before
@@ -273,6 +285,9 @@ def bisect(
         logs.append(callback.log)
         del model
     divergence = named(compare_runs(*logs).first_divergence, REPLAY)
-    report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, logs[0].seed)
+    layer = locate_layer_from_checkpoint(
+        path, x, y, kwargs.get("sample_weight"), batch_size, divergence,
+        lambda: seed_everything(seed_for(DEFAULT_SEED if seed is None else seed, "bisect", epoch)))
+    report = BisectReport(divergence is None, divergence, epoch, path, len(logs[0].batches), hazards, logs[0].seed, layer)
     logger.info("%s", report)
     return report

@@ -1,0 +1,231 @@
+"""`trace_layers`: a few training steps of a compiled model, recorded layer by layer.
+
+Each step is run eagerly (`keras_repro._backend.traced_step`: a `GradientTape` on TensorFlow,
+`jax.value_and_grad` on JAX, autograd on PyTorch) with every layer's `call` wrapped
+(`capture.CallRecorder`), so the trace holds, per step and in execution order: the batch fed,
+every layer call's output (with its inputs), the loss, every trainable variable's gradient
+and every variable after the update. Each entry is a 64-bit checksum of its bits (the batch
+checksum, `keras_repro.fingerprinting.checksums`) and float summaries (mean, largest absolute
+value, count of non-finite values) for comparisons within a tolerance.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_repro import _backend
+from keras_repro.fingerprinting import checksums
+from keras_repro.trace.capture import CallRecorder, layer_paths, state_kept
+from keras_repro.trace.entries import STAT_NAMES, Trace
+
+logger = logging.getLogger(__name__)
+
+def trace_layers(model: Any, x: Any, y: Any = None, *, steps: int = 3, batch_size: int = 32,
+                 sample_weight: Any = None, path: str | os.PathLike | None = None) -> Trace:
+    """Trains `steps` steps of a compiled model on a copy of its state and records each layer.
+
+    Step k trains on rows k * batch_size ... (k + 1) * batch_size - 1 of the arrays, in order
+    (wrapping around at the end), eagerly, as the model's `train_step` would: forward, loss,
+    gradients, optimizer update. Afterwards the model's variables, its optimizer's variables,
+    the SeedGenerator states (the layers' and Keras' global one) and torch's global RNG are
+    put back as they were, so tracing does not train the model (an unbuilt model is built first, as `fit`
+    would, and an unbuilt optimizer is built: those stay). Metrics are not updated.
+
+    Args:
+        model: A compiled Keras model (Sequential, functional, subclassed, nested models in it).
+        x: The inputs: an array, or a list or dict of arrays.
+        y: The targets (same forms), or None.
+        steps: Steps to trace (at least 1).
+        batch_size: Rows per step.
+        sample_weight: Per-row weights, or None.
+        path: Where to write the trace file (HDF5, atomically), or None.
+
+    Returns:
+        The `Trace`; `compare_traces` names the first entry where two differ.
+
+    Example:
+
+    >>> trace = kr.trace_layers(model, x, y, steps=3, path="trace.h5")   # doctest: +SKIP
+    >>> kr.compare_traces("trace.h5", "other.h5").identical              # doctest: +SKIP
+    True
+    """
+    _validate(model, x, steps, batch_size)
+    rows = _row_count(x)
+    batches = [_batch((x, y, sample_weight), (k * batch_size + np.arange(batch_size)) % rows) for k in range(steps)]
+    if not model.built:
+        model(_tensors(batches[0][0])[0])  # builds it, as fit would
+    recorder = CallRecorder(model)
+    entries = _Entries()
+    try:
+        with state_kept(model) as variables:
+            names = _variable_names(model, variables)
+            kept = [variable for _, variable in variables]
+            entries.add_step(-1, [("variable", name, [array], None)
+                                  for name, array in zip(names, _backend.read_batch(kept))])
+            trainable = {id(v): names[i] for i, (_, v) in enumerate(variables)}
+            for step, (bx, by, bw) in enumerate(batches):
+                found = _named_leaves("input", "x", bx) + _named_leaves("input", "y", by)
+                found += _named_leaves("input", "sample_weight", bw)
+                recorder.calls.clear()
+                recorder.active = True
+                try:
+                    loss, gradients = _backend.traced_step(model, *_tensors(bx, by, bw), recorder.calls)
+                finally:
+                    recorder.active = False
+                found += _call_entries(recorder.calls)
+                found.append(("loss", "loss", [_host(loss)], None))
+                found += [("gradient", trainable.get(id(v), v.path), [_host(g)], None)
+                          for v, g in zip(model.trainable_variables, gradients)]
+                found += [("variable", name, [array], None) for name, array in zip(names, _backend.read_batch(kept))]
+                entries.add_step(step, found)
+    finally:
+        recorder.remove()
+    from keras_repro.fingerprinting.environment import collect
+    from keras_repro.version import __version__
+
+    meta = {"steps": str(steps), "batch_size": str(batch_size), "backend": _backend.name(),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(), "keras_repro_version": __version__}
+    trace = entries.trace(meta, collect())
+    if path is not None:
+        from keras_repro.trace.store import write_trace
+
+        write_trace(path, trace)
+    return trace
+
+
+def _validate(model: Any, x: Any, steps: Any, batch_size: Any) -> None:
+    """Refuses arguments a trace cannot use, Keras style."""
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+        raise ValueError("trace_layers needs a compiled model (it trains with the model's loss and optimizer): "
+                         f"call model.compile(...) first. Received: model={getattr(model, 'name', model)!r} "
+                         "(not compiled)")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    leaves = keras.tree.flatten(x)
+    if not leaves or not all(isinstance(leaf, np.ndarray) or keras.ops.is_tensor(leaf) for leaf in leaves):
+        raise ValueError("trace_layers takes array inputs (an array, or a list or dict of arrays), not "
+                         f"datasets or generators. Received: x of type {type(x).__name__}")
+
+
+def _row_count(x: Any) -> int:
+    """The rows of the inputs (the first dimension of the first array)."""
+    return int(np.shape(keras.tree.flatten(x)[0])[0])
+
+
+def _batch(data: Any, rows: np.ndarray) -> Any:
+    """`data` (a structure of arrays, or None) restricted to `rows`, floats as floatx."""
+    def take(array: Any) -> Any:
+        if array is None:
+            return None
+        array = np.take(_backend.data_to_numpy(array), rows, axis=0)
+        return array.astype(keras.config.floatx()) if array.dtype.kind == "f" else array
+
+    return keras.tree.map_structure(take, data)
+
+
+def _tensors(*data: Any) -> list:
+    """Backend tensors of structures of host arrays."""
+    return [keras.tree.map_structure(keras.ops.convert_to_tensor, item) if item is not None else None for item in data]
+
+
+def _host(value: Any) -> np.ndarray:
+    """A host array of a backend tensor."""
+    return np.asarray(_backend.data_to_numpy(value))
+
+
+def _named_leaves(kind: str, name: str, structure: Any) -> list:
+    """Entries for the arrays of a batch structure: "x", or "x/0", "x/1"... for several."""
+    if structure is None:
+        return []
+    leaves = keras.tree.flatten(structure)
+    if len(leaves) == 1:
+        return [(kind, name, [np.asarray(leaves[0])], None)]
+    return [(kind, f"{name}/{index}", [np.asarray(leaf)], None) for index, leaf in enumerate(leaves)]
+
+
+def _call_entries(calls: list) -> list:
+    """Entries of the recorded layer calls; a layer's repeated calls get "#2", "#3"..."""
+    seen: dict[str, int] = {}
+    found = []
+    for path, inputs, outputs in calls:
+        seen[path] = seen.get(path, 0) + 1
+        name = path if seen[path] == 1 else f"{path}#{seen[path]}"
+        found.append(("output", name, [_host(o) for o in outputs], [_host(i) for i in inputs]))
+    return found
+
+
+def _variable_names(model: Any, variables: list) -> list[str]:
+    """Each variable's name as the user's model names its layer: "encoder/dense_1/kernel",
+    "dropout/seed_generator_state"; optimizer variables as "optimizer/NAME"."""
+    owned: dict[int, str] = {}
+    layers = {id(layer): layer for layer in model._flatten_layers(include_self=True)}
+    for key, path in sorted(layer_paths(model).items(), key=lambda item: item[1].count("/")):
+        layer = layers.get(key)
+        if layer is None:
+            continue
+        own = list(getattr(layer, "_trainable_variables", ())) + list(getattr(layer, "_non_trainable_variables", ()))
+        for variable in own:
+            owned.setdefault(id(variable), f"{path}/{variable.name}")
+        for generator in getattr(layer, "_seed_generators", ()):
+            owned.setdefault(id(generator.state), f"{path}/{generator.name}/state")
+    return [owned.get(id(v)) or (f"optimizer/{v.name}" if part == "optimizer" else str(v.path))
+            for part, v in variables]
+
+
+class _Entries:
+    """Collects entries step by step, checksumming each step's arrays in one pass."""
+
+    def __init__(self) -> None:
+        self.step: list[int] = []
+        self.kind: list[str] = []
+        self.name: list[str] = []
+        self.lanes: list[np.ndarray] = []
+        self.input_lanes: list[np.ndarray] = []
+        self.stats: list[np.ndarray] = []
+
+    def add_step(self, step: int, found: list) -> None:
+        """Adds (kind, name, arrays, input arrays or None) entries of one step."""
+        words = [_words(arrays) for _, _, arrays, _ in found]
+        words += [_words(inputs or []) for _, _, _, inputs in found]
+        lanes = checksums.FlatLayout([w.size for w in words]).lanes(words)
+        for index, (kind, name, arrays, inputs) in enumerate(found):
+            self.step.append(step)
+            self.kind.append(kind)
+            self.name.append(name)
+            self.lanes.append(lanes[index])
+            self.input_lanes.append(lanes[len(found) + index] if inputs is not None else np.zeros(2, np.uint32))
+            self.stats.append(_stats(arrays))
+
+    def trace(self, meta: dict, environment: dict) -> Trace:
+        """The finished `Trace`."""
+        return Trace(np.array(self.step, np.int64), tuple(self.kind), tuple(self.name),
+                     np.array(self.lanes, np.uint32).reshape(-1, 2), np.array(self.input_lanes, np.uint32).reshape(-1, 2),
+                     np.array(self.stats, np.float64).reshape(-1, len(STAT_NAMES)), dict(meta), dict(environment))
+
+
+def _words(arrays: list) -> np.ndarray:
+    """The checksum words of several arrays laid end to end."""
+    if len(arrays) == 1:
+        return checksums.words(np.asarray(arrays[0]))
+    if not arrays:
+        return np.zeros(0, np.uint32)
+    return np.concatenate([checksums.words(np.asarray(a)) for a in arrays])
+
+
+def _stats(arrays: list) -> np.ndarray:
+    """mean, largest absolute value and non-finite count of the arrays' values (NaN: none)."""
+    values = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays if np.asarray(a).dtype.kind in "biuf"]
+    flat = np.concatenate(values) if values else np.zeros(0)
+    if not flat.size:
+        return np.array([np.nan, np.nan, 0.0])
+    finite = np.isfinite(flat)
+    kept = flat[finite]
+    return np.array([kept.mean() if kept.size else np.nan, np.abs(kept).max() if kept.size else np.nan,
+                     float(flat.size - finite.sum())])
