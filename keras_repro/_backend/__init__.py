@@ -22,7 +22,7 @@ INTERFACE = (
     "kernels_in_effect", "determinism_failure", "plain_text", "async_batch_hooks_help",
     "trains_under_tf_distribute", "process_count", "gather_from_processes",
     "step_lanes", "lanes_to_host", "wrap_step", "build_with_lanes", "data_checks_gap", "input_build_passes",
-    "input_passes_per_epoch",
+    "input_passes_per_epoch", "backend_rng_state", "set_backend_rng_state",
 )
 """What every backend module provides (see `common` for each function's meaning)."""
 

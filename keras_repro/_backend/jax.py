@@ -14,6 +14,8 @@ import numpy as np
 
 from keras_repro._backend import flags
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    backend_rng_state,
+    set_backend_rng_state,
     Deferred,
     child_determinism_environment,
     data_checks_gap,

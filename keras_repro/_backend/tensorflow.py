@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
+    backend_rng_state,
+    set_backend_rng_state,
     Deferred,
     async_batch_hooks_help,
     build_with_lanes,

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +46,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_repro import _backend
 from keras_repro.errors import ReproWarning, warn
 from keras_repro.fingerprinting.digests import Fingerprint, VariableDigest
 from keras_repro.fingerprinting.variables import seed_generators
@@ -165,6 +167,29 @@ def _assign_global(values: list[dict]) -> str | None:
     for generator in generators:
         _assign([generator.state], values, "global SeedGenerators")
     return None
+
+
+def _global_rng_state() -> dict:
+    """Python's, NumPy's and the framework's global RNG states (what draws outside Keras'
+    SeedGenerators mid-epoch: torch's Dropout without a seed, a callback)."""
+    numpy_state = np.random.get_state(legacy=True)
+    framework = _backend.backend_rng_state()
+    return {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "numpy": [numpy_state[0], _encode(numpy_state[1]), *map(_plain, numpy_state[2:])],
+            "framework": None if framework is None else _encode(framework)}
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _set_global_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, _decode(keys), *rest))
+    if state["framework"] is not None:
+        _backend.set_backend_rng_state(_decode(state["framework"]))
 
 
 def _generator_states(model: Any) -> list:
@@ -295,6 +320,7 @@ class MidEpochResume:
             "layer_rng": _values(_generator_states(model)),
             "global_rng": _values([generator.state for generator in _global_generators()[:1]]),
             "metrics": _values(list(model.metrics_variables)),
+            "global": _global_rng_state(),
         }
         if self.seed_callback is not None:
             state["seed_callback"] = seed_callback_state(self.seed_callback, state["epoch"])
@@ -340,6 +366,8 @@ class MidEpochResume:
                     except StopIteration:
                         return
                     continue
+                if begin == skip and self.exact:  # the global RNGs as after the last batch trained, the batches read
+                    _set_global_rng_state(self.position.state["global"])
                 yield begin, end, iterator
 
         epoch_iterator._enumerate_iterator = enumerate_resumed
