@@ -12,10 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
-    backend_rng_state,
-    set_backend_rng_state,
     Deferred,
     async_batch_hooks_help,
+    backend_rng_state,
     build_with_lanes,
     data_to_numpy,
     deferred_or_host,
@@ -25,6 +24,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     plain_text,
     process_count,
     seed_backend,
+    set_backend_rng_state,
     sync_model_state,
     value_of,
     wrap_step,
