@@ -202,3 +202,6 @@ def test_the_backup_position_and_the_forms_that_cannot_be_positioned(tmp_path):
         resume = midepoch.MidEpochResume.start(None, [backup], None, (batch for batch in ()))
     assert "generator" in resume.note()["mid_epoch_resume"]
     assert midepoch.MidEpochResume.start(None, [keras.callbacks.BackupAndRestore(str(tmp_path))], None).backup is None
+    (tmp_path / "training_metadata.json").write_text("{")
+    with pytest.raises(ValueError, match=r"training_metadata.json' cannot be read .* Received: backup_dir="):
+        midepoch.read_position(tmp_path)

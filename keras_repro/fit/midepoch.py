@@ -98,9 +98,15 @@ def read_position(backup_dir: str | os.PathLike) -> Position | None:
     metadata_path = os.path.join(os.fspath(backup_dir), "training_metadata.json")
     if not os.path.exists(metadata_path):
         return None
-    with open(metadata_path, encoding="utf-8") as handle:
-        metadata = json.load(handle)
-    epoch, batch = int(metadata["epoch"]), int(metadata.get("batch", 0))
+    try:
+        with open(metadata_path, encoding="utf-8") as handle:
+            metadata = json.load(handle)
+        epoch, batch = int(metadata["epoch"]), int(metadata.get("batch", 0))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"BackupAndRestore's '{metadata_path}' cannot be read ({type(error).__name__}: {error}): the backup "
+            f"is damaged. Remove the folder to train from the start. Received: backup_dir={os.fspath(backup_dir)!r}"
+        ) from error
     state_path = os.path.join(os.fspath(backup_dir), STATE_FILE)
     if not os.path.exists(state_path):
         return Position(epoch, batch + 1, None, (
@@ -221,7 +227,7 @@ class MidEpochResume:
     Example:
 
     >>> resume = MidEpochResume.start(model, callbacks, seed_callback, x)    # doctest: +SKIP
-    >>> with resume.active():                                                # doctest: +SKIP
+    >>> with resume.active(model):                                           # doctest: +SKIP
     ...     keras.Model.fit(model, x, callbacks=callbacks, ...)
     """
 
