@@ -38,7 +38,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -176,24 +175,15 @@ def _assign_global(values: list[dict]) -> str | None:
 
 
 def _global_rng_state() -> dict:
-    """Python's, NumPy's and the framework's global RNG states (what draws outside Keras'
-    SeedGenerators mid-epoch: torch's Dropout without a seed, a callback)."""
-    numpy_state = np.random.get_state(legacy=True)
+    """The framework's global RNG state, which the model draws from mid-epoch where Keras does
+    not use a SeedGenerator (torch's Dropout without a seed). Python's and NumPy's are left as
+    the replayed reads leave them: the input pipeline draws from them (a `PyDataset` in
+    `__getitem__`, read ahead by Keras), and reading the dropped batches again redraws those."""
     framework = _backend.backend_rng_state()
-    return {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "numpy": [numpy_state[0], _encode(numpy_state[1]), *map(_plain, numpy_state[2:])],
-            "framework": None if framework is None else _encode(framework)}
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+    return {"framework": None if framework is None else _encode(framework)}
 
 
 def _set_global_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, _decode(keys), *rest))
     if state["framework"] is not None:
         _backend.set_backend_rng_state(_decode(state["framework"]))
 
@@ -372,7 +362,7 @@ class MidEpochResume:
                     except StopIteration:
                         return
                     continue
-                if begin == skip and self.exact:  # the global RNGs as after the last batch trained, the batches read
+                if begin == skip and self.exact:  # the framework's RNG as after the last batch trained
                     _set_global_rng_state(self.position.state["global"])
                 yield begin, end, iterator
 
