@@ -13,8 +13,9 @@ When a `DeterministicModel` is fit with a `BackupAndRestore` whose `save_freq` i
 batches:
 
 * every time it saves, keras_repro writes `keras_repro_resume.json` beside it, atomically:
-  the position (epoch, batch), the SeedGenerator and metric states, and the `SeedCallback`'s
-  state of the epoch in progress (checksums of the batches fed, batch fingerprints);
+  the position (epoch, batch), the SeedGenerator and metric states, the framework's global RNG
+  (torch's Dropout without a seed draws from it), and the `SeedCallback`'s state of the epoch
+  in progress (checksums of the batches fed, batch fingerprints);
 * a fit that finds a backup taken after batch b of epoch k restores those states at the start
   of epoch k and skips batches 0..b of it: the input of epoch k is positioned where the
   straight run was (arrays: their order is the model's; a `tf.data` pipeline, `PyDataset` or
