@@ -21,7 +21,7 @@ pytestmark = pytest.mark.backends
 
 ROWS, BATCH, EPOCHS, SAVE_FREQ = 48, 4, 3, 5  # 12 batches an epoch: backups at (0, 4), (0, 9), (1, 2), (1, 7)...
 STOP = (1, 7)  # the interrupted fit raises after this batch (after its backup)
-FORMS = ("arrays", "tf.data")
+FORMS = ("arrays", "tf.data", "PyDataset")
 
 
 def _arrays():
@@ -39,9 +39,30 @@ def build(model_class=None):
     return model
 
 
+class Reshuffled(keras.utils.PyDataset):
+    """Batches of the rows in an order NumPy's global RNG reshuffles at every epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.x, self.y = _arrays()
+        self.order = np.arange(ROWS)
+
+    def __len__(self):
+        return ROWS // BATCH
+
+    def __getitem__(self, index):
+        rows = self.order[index * BATCH:(index + 1) * BATCH]
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self):
+        np.random.shuffle(self.order)
+
+
 def inputs(form):
     """The fit's input as keyword arguments (a tf.data pipeline is built after the model)."""
     x, y = _arrays()
+    if form == "PyDataset":
+        return {"x": Reshuffled()}
     if form == "tf.data":
         tf = pytest.importorskip("tensorflow")
         return {"x": tf.data.Dataset.from_tensor_slices((x, y)).shuffle(ROWS, seed=5).batch(BATCH)}
@@ -115,7 +136,8 @@ print("RESULT" + json.dumps(run(sys.argv[1], sys.argv[2])))
 def test_a_fit_interrupted_mid_epoch_and_restarted_in_a_new_process_ends_as_the_straight_run(tmp_path):
     """BackupAndRestore(save_freq=5), an exception at epoch 1, batch 7, restarted in a new process:
     the final state (weights, optimizer, layer RNG) equals the straight run's, and the references
-    recorded by the two runs are identical, every batch fingerprint included, for arrays and tf.data."""
+    recorded by the two runs are identical, every batch fingerprint included, for arrays, a seeded
+    reshuffling tf.data pipeline and a PyDataset reshuffling with NumPy's global RNG."""
     pytest.importorskip("tensorflow")
     results = {}
     for mode in ("straight", "interrupted", "restart"):  # one process each
