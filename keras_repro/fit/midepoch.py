@@ -17,10 +17,10 @@ batches:
   (torch's Dropout without a seed draws from it), and the `SeedCallback`'s state of the epoch
   in progress (checksums of the batches fed, batch fingerprints);
 * a fit that finds a backup taken after batch b of epoch k restores those states at the start
-  of epoch k and skips batches 0..b of it: the input of epoch k is positioned where the
-  straight run was (arrays: their order is the model's; a `tf.data` pipeline, `PyDataset` or
-  generator: batches 0..b are read and dropped, so a seeded reshuffle, an augmentation map or a
-  `PyDataset`'s reads draw what they drew), and training goes on at batch b + 1.
+  of epoch k and skips batches 0..b of it: the epoch's input is read from its start (arrays in
+  the model's order of epoch k; a `tf.data` pipeline, `PyDataset` or generator as Keras reads
+  it) and batches 0..b are dropped, so a seeded reshuffle, an augmentation map or a
+  `PyDataset`'s reads draw what they drew, and training goes on at batch b + 1.
 
 Batch numbers are absolute: the resumed epoch's batch hooks (`on_train_batch_begin/end`, the
 progress bar, `BackupAndRestore` itself, `SeedCallback(every_n_batches=...)`) see b + 1, b + 2,
