@@ -277,10 +277,14 @@ class SeedCallback(keras.callbacks.Callback):
     # into the variables (a write per variable, and the next step rebuilds its state), which
     # the checksums avoid by reading the trainer's state.
 
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+    def _capture_resumed(self) -> None:
+        """A mid-epoch resume's batch fingerprint of the state it restored (`fit.midepoch`)."""
         if self._resume_capture is not None:
             self._batch_checker._capture(self._model, *self._resume_capture)
             self._resume_capture = None
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._capture_resumed()
         if self._batch_checker is not None:
             self._batch_checker.batch_begin(self._model, self._epoch, batch)
 
@@ -291,6 +295,7 @@ class SeedCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._context.clock.finished(epoch)
         epoch = self._epoch
+        self._capture_resumed()  # an epoch resumed after its last batch has none
         if self._batch_checker is not None:  # the epoch's batches first: they name the first divergence
             self._batch_checker.epoch_end(self.model, epoch)
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}

@@ -378,6 +378,7 @@ def seed_callback_state(callback: Any, epoch: int) -> dict:
         data._fetch("train")
         state["fed"] = [_encode(row) for row in data._rows["train"]]
         state["running"] = [None if row is None else _encode(row) for row in data._running]
+        state["names"] = list(data.names("train", len(data._rows["train"][0]))) if data._rows["train"] else []
     checker = callback._batch_checker
     if checker is not None:
         checker.fetch()
@@ -391,6 +392,8 @@ def restore_seed_callback(callback: Any, state: dict, epoch: int, batches: int) 
     if data.enabled and "fed" in state:
         data._rows["train"] = [_decode(row) for row in state["fed"]]
         data._running = [None if row is None else _decode(row) for row in state["running"]]
+        if data._functions is not None and state.get("names"):  # an epoch resumed after its last batch traces no step
+            data._functions.hand.names.setdefault("train", tuple(state["names"]))
     checker = callback._batch_checker
     if checker is not None and "batches" in state:
         restored = [_fingerprint_from_json(fp) for fp in state["batches"]]
