@@ -352,6 +352,10 @@ class MidEpochResume:
             return
         skip, self._pending_skip = self._pending_skip, 0
         original = epoch_iterator._enumerate_iterator
+        if epoch_iterator.num_batches and skip >= epoch_iterator.num_batches:
+            warn(f"The backup was taken after the last batch of epoch {self.position.epoch}: the resumed fit ends "
+                 "that epoch with no batch, so Keras' logs and History hold no metrics for it (and Keras' JAX "
+                 "trainer cannot run an epoch of no batch: it raises UnboundLocalError).", ReproWarning)
 
         def enumerate_resumed() -> Iterator[tuple[int, int, Any]]:
             del epoch_iterator._enumerate_iterator  # later epochs as Keras makes them
