@@ -188,6 +188,7 @@ class SeedCallback(keras.callbacks.Callback):
         self._processes = 1
         self._config: dict[str, str] | None = None
         self._data = DataChecks(None, enabled=False)
+        self._resume_capture: tuple[int, int] | None = None  # a batch fingerprint a mid-epoch resume takes
 
     def use_fit_context(self, context: FitContext) -> None:
         """Called by `DeterministicModel.fit` before it fits: the next fit's epoch numbering,
@@ -249,6 +250,8 @@ class SeedCallback(keras.callbacks.Callback):
         epoch = self._epoch = self._context.clock.epoch(epoch)
         reseed_epoch(self.model, self.seed, epoch, self.reset_layer_rng, self._context.input_rng)
         self._data.epoch_begin(epoch)
+        if self._context.resume is not None:  # a fit resumed inside this epoch (`fit.midepoch`)
+            self._context.resume.restore(self.model, epoch, self)
         if self._first_epoch is None:
             self._begin(epoch)
 
@@ -274,7 +277,14 @@ class SeedCallback(keras.callbacks.Callback):
     # into the variables (a write per variable, and the next step rebuilds its state), which
     # the checksums avoid by reading the trainer's state.
 
+    def _capture_resumed(self) -> None:
+        """A mid-epoch resume's batch fingerprint of the state it restored (`fit.midepoch`)."""
+        if self._resume_capture is not None:
+            self._batch_checker._capture(self._model, *self._resume_capture)
+            self._resume_capture = None
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._capture_resumed()
         if self._batch_checker is not None:
             self._batch_checker.batch_begin(self._model, self._epoch, batch)
 
@@ -285,6 +295,7 @@ class SeedCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._context.clock.finished(epoch)
         epoch = self._epoch
+        self._capture_resumed()  # an epoch resumed after its last batch has none
         if self._batch_checker is not None:  # the epoch's batches first: they name the first divergence
             self._batch_checker.epoch_end(self.model, epoch)
         metrics = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
@@ -358,6 +369,9 @@ class SeedCallback(keras.callbacks.Callback):
         """Compares the state before the first step with the reference (or, recording a
         continued run, decides whether the file's earlier epochs belong to it)."""
         expected, ignore = self._session.initial_reference()
+        if self._context.resume is not None and self._context.resume.resumes_mid_epoch:
+            expected = None  # the state after a batch inside the epoch: no record holds it
+            self._session.keep_base(True)
         if expected is None:
             if self._session.expected is not None:
                 logger.info("Reference has no state before epoch %d; initial state not verified", epoch)

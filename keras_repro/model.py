@@ -19,6 +19,7 @@ from keras_repro.fit import feeding, input_rng
 from keras_repro.fit.context import EpochClock, FitContext
 from keras_repro.fit.initial_weights import keep_names, redraw_layer, reinitialize_weights  # noqa: F401 - reinitialize_weights: public here too
 from keras_repro.fit.input_resume import InputPasses
+from keras_repro.fit.midepoch import EpochIteratorHooks, MidEpochResume
 from keras_repro.fit.model_forms import (
     cloned_as_keras_sequential,
     functional_arguments,
@@ -33,7 +34,7 @@ from keras_repro.seeding import seed_everything, seed_for, validate_seed
 
 logger = logging.getLogger(__name__)
 
-class DeterministicModel(keras.Model):
+class DeterministicModel(EpochIteratorHooks, keras.Model):
     """A `keras.Model` whose training is a pure function of `seed`.
 
     * Seeds every RNG before a subclass creates its layers. In the functional and
@@ -259,12 +260,14 @@ class DeterministicModel(keras.Model):
             seed_callback = SeedCallback()  # takes the model's seed
             callbacks.append(seed_callback)
         clock = EpochClock(self)
+        resume = MidEpochResume.start(self, callbacks, seed_callback, x, steps_per_epoch)  # BackupAndRestore
         notes = {"kept_weights": ", ".join(self._repro_kept)} if self._repro_kept else {}
+        notes.update(resume.note())
         if self._repro_init_notes:
             notes["initial_weights"] = "; ".join(self._repro_init_notes)
         context = functools.partial(
             FitContext, clock, notes=notes, kernels_chosen_off=not self._repro_kernels, callbacks=tuple(callbacks),
-            seed=self._repro_seed,
+            seed=self._repro_seed, resume=resume,
         )
         common = dict(
             epochs=epochs, verbose=verbose, class_weight=class_weight, initial_epoch=initial_epoch,
@@ -281,14 +284,14 @@ class DeterministicModel(keras.Model):
             self._repro_feed = None
             inputs_rng = input_rng.prepare((x, validation_data), steps_per_epoch is None, self._repro_kernels)
             if inputs_rng and seed_callback.reset_layer_rng:  # before Keras reads a batch
-                inputs_rng.epoch_begin(self._repro_seed, clock.epoch(initial_epoch))  # the fit's one seed
+                inputs_rng.epoch_begin(self._repro_seed, clock.epoch(resume.first_epoch(initial_epoch)))
                 notes.update(inputs_rng.note())
             notes.update(self._repro_input_hazards(x))
             passes = InputPasses(x, validation_data, self._repro_seed, validation_freq)  # resumed, continued fits
-            notes.update(passes.prepare(self, clock.epoch(initial_epoch), steps_per_epoch))
+            notes.update(passes.prepare(self, clock.epoch(resume.first_epoch(initial_epoch)), steps_per_epoch))
             seed_callback.use_fit_context(context(settings=configuration.other_input(x),
                                                   input_rng=inputs_rng if seed_callback.reset_layer_rng else None))
-            with passes.hooks_muted_until_train_begin():
+            with passes.hooks_muted_until_train_begin(), resume.active(self):
                 return super().fit(
                     x, y, batch_size=batch_size, callbacks=[passes.callback()] + callbacks, validation_split=validation_split,
                     validation_data=validation_data, shuffle=shuffle, sample_weight=sample_weight,
@@ -327,7 +330,7 @@ class DeterministicModel(keras.Model):
         # As Keras: validation batches of `batch_size` unless told otherwise (the data given to
         # Keras' fit here is batched already, so it cannot fall back to `batch_size` itself).
         common["validation_batch_size"] = None if validation is not validation_data else validation_batch_size or batch_size
-        with feeding.fed_by_process():
+        with feeding.fed_by_process(), resume.active(self):
             return super().fit(
                 source, callbacks=[setter] + callbacks, validation_data=validation, shuffle=False, **common
             )

@@ -13,6 +13,7 @@ import pytest
 from keras.src.models.functional import Functional
 
 import keras_repro as kr
+from keras_repro.fit.midepoch import EpochIteratorHooks
 from keras_repro.model import DeterministicFunctional
 from tests.conftest import make_data
 
@@ -46,7 +47,7 @@ def test_functional_subclass_changes_no_class_of_keras_repro():
     mine = Mine(*_graph(), seed=1)
     wrapped = Wrapped(3)
     assert isinstance(mine, Functional) and isinstance(wrapped, Functional) and mine.seed == 1
-    assert kr.DeterministicModel.__bases__ == (keras.Model,)
+    assert kr.DeterministicModel.__bases__ == (EpochIteratorHooks, keras.Model)  # the mixin: fit.midepoch
     assert DeterministicFunctional.__bases__ == (kr.DeterministicModel, Functional)
     # the same seed and graph: the same initial weights as the plain functional form; another seed: others
     assert _same(_weights(mine), _weights(kr.DeterministicModel(*_graph(), seed=1)))

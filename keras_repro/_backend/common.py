@@ -24,6 +24,16 @@ def seed_backend(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def backend_rng_state() -> np.ndarray | None:
+    """The framework's own global RNG state, where Keras layers draw from it (torch: a Dropout
+    without a seed), as a host array; None where Keras draws only from SeedGenerators."""
+    return None
+
+
+def set_backend_rng_state(state: np.ndarray) -> None:
+    """Sets what `backend_rng_state` returned."""
+
+
 def value_of(variable: Any) -> Any:
     """The backend tensor of a Keras variable (anything else as it is)."""
     return variable.value if isinstance(variable, keras.Variable) else variable

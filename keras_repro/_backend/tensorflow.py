@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
     Deferred,
     async_batch_hooks_help,
+    backend_rng_state,
     build_with_lanes,
     call_model,
     data_to_numpy,
@@ -27,6 +28,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     plain_text,
     process_count,
     seed_backend,
+    set_backend_rng_state,
     set_framework_rng_state,
     sync_model_state,
     value_of,

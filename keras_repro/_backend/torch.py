@@ -43,6 +43,16 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
 logger = logging.getLogger(__name__)
 
 
+def backend_rng_state() -> np.ndarray | None:
+    """torch's global CPU RNG state: Keras' torch Dropout without a seed draws from it."""
+    return torch.get_rng_state().numpy().copy()
+
+
+def set_backend_rng_state(state: np.ndarray) -> None:
+    """Sets torch's global CPU RNG state."""
+    torch.set_rng_state(torch.from_numpy(np.asarray(state, dtype=np.uint8).copy()))
+
+
 def version() -> str:
     return str(torch.__version__)
 

@@ -90,6 +90,8 @@ class FitContext:
             a `SeedCallback(seed=None)` takes; None for other models.
         input_rng: The SeedGenerators of its `tf.data` inputs, set at epoch starts with the
             model's (`keras_repro.fit.input_rng.InputRng`), or None.
+        resume: Its mid-epoch resume from a `BackupAndRestore` backup
+            (`keras_repro.fit.midepoch.MidEpochResume`), or None.
     """
 
     clock: EpochClock
@@ -100,6 +102,7 @@ class FitContext:
     callbacks: tuple[Any, ...] = ()
     seed: int | None = None
     input_rng: Any = None
+    resume: Any = None
 
     def configuration(self, model: Any, params: Mapping[str, Any] | None, reset_layer_rng: bool) -> dict[str, str]:
         """The fit's configuration, to record with its fingerprints: `settings`, the fit's
