@@ -95,6 +95,7 @@ def _cases():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * TIMEOUT)  # the whole matrix trains in the first test's setup: two phases of up to TIMEOUT
 @pytest.mark.parametrize("backend, cell, lifecycle", list(_cases()))
 def test_conformance(matrix, backend, cell, lifecycle):
     """Every check of this cell's lifecycle passed, in both processes; none was skipped."""
