@@ -4,7 +4,9 @@ fixtures for both.
 `assert_reproducible` builds and fits a model twice with the same seed and fails with
 a readable report (epoch, part, variable, likely cause) when the two runs differ.
 `assert_resumable` trains straight, then stops, saves, loads the checkpoint in a fresh
-process and trains the rest, and fails the same way when the resumed run differs.
+process and trains the rest, and fails the same way when the resumed run differs. Its input is
+arrays or a pipeline factory (a function returning a new `tf.data.Dataset`, `PyDataset`,
+generator or Grain dataset, called once per run: `keras_repro.tools.resume_inputs`).
 
 The `reproducible` and `resumable` fixtures come with the install: pytest loads keras_repro's
 plugin (`keras_repro_pytest`, a `pytest11` entry point) by itself. Then:
@@ -14,6 +16,9 @@ plugin (`keras_repro_pytest`, a `pytest11` entry point) by itself. Then:
 
     def test_training_resumes_exactly(resumable):
         resumable(build_model, x, y, epochs=4, at=2, batch_size=32)
+
+    def test_pipeline_resumes_exactly(resumable):
+        resumable(build_model, make_dataset, epochs=4, at=2)   # make_dataset() -> a new tf.data.Dataset
 
 The module raises AssertionError itself, so pytest need not rewrite its asserts
 (PYTEST_DONT_REWRITE): importing it before registering the plugin does not warn.
