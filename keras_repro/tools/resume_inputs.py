@@ -52,8 +52,8 @@ def resume_point(at: Any, epochs: int) -> ResumePoint:
     >>> resume_point(1, epochs=3).epoch
     1
     """
-    if isinstance(at, (tuple, list)):
-        raise ValueError(
+    if isinstance(at, (tuple, list)):  # the form of a later point, refused for now: a value error
+        raise ValueError(  # noqa: TRY004
             "`at` must be an epoch (an int with 1 <= at < epochs): a mid-epoch point (epoch, batch) "
             "comes with exact mid-epoch resume (BackupAndRestore(save_freq=...)), which "
             f"assert_resumable does not check yet; pass the epoch. Received: at={at!r}"

@@ -26,7 +26,8 @@ import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import conformance_inputs as inputs  # noqa: E402  (the input rows: tf.data, PyDataset, generator, Grain)
+import conformance_inputs as inputs  # the input rows: tf.data, PyDataset, generator, Grain
+
 SEED, EPOCHS, AT = 7, 3, 2
 """Every cell trains EPOCHS epochs with seed SEED; resumed runs stop after AT epochs."""
 

@@ -221,7 +221,6 @@ def second_phase(row: str, folder: str, check) -> None:
     import keras_repro as kr
 
     reference = _path(folder, row, "reference.h5")
-    recorded = kr.load_fingerprints(reference)
     with np.load(_path(folder, row, "final.npz")) as arrays:
         final = [arrays[k] for k in arrays.files]
     check.lifecycle = "fresh"
