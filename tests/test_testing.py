@@ -316,11 +316,11 @@ class Reshuffled(keras.utils.PyDataset):
 
 
 def test_resumable_takes_pipeline_factories_and_fails_on_one_that_changes():
-    """A seeded reshuffling tf.data pipeline and a reshuffling PyDataset, each from a factory, resume
-    exactly (in this process); a factory whose pipelines differ from call to call fails at the
+    """A seeded reshuffling tf.data pipeline (validation data too) and a reshuffling PyDataset, each
+    from a factory, resume exactly (in this process); a factory whose pipelines differ from call to call fails at the
     resumed epoch, blaming the data."""
-    for factory in (reshuffled_dataset, Reshuffled):
-        comparison = assert_resumable(_deterministic_model, factory, epochs=2, at=1, fresh_process=False)
+    for factory, more in ((reshuffled_dataset, {"validation_data": reshuffled_dataset}), (Reshuffled, {})):
+        comparison = assert_resumable(_deterministic_model, factory, epochs=2, at=1, fresh_process=False, **more)
         assert comparison.identical and comparison.epochs_compared == (1,), factory
     calls = []
 
