@@ -50,9 +50,13 @@ def reproducible() -> Iterator[Callable[..., Any]]:
 def resumable() -> Iterator[Callable[..., Any]]:
     """Fixture: `keras_repro.testing.assert_resumable`, with the Keras session cleared afterwards.
 
+    Arrays, or a pipeline factory (a module-level function returning a new `tf.data.Dataset`,
+    `PyDataset`, generator or Grain dataset, called once per run).
+
     Example:
 
     >>> def test_resumes(resumable):                # doctest: +SKIP
     ...     resumable(build_model, x, y, epochs=4, at=2)
+    ...     resumable(build_model, make_dataset, epochs=4, at=2)
     """
     yield from _serve("resumable", "assert_resumable")

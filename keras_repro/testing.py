@@ -4,7 +4,9 @@ fixtures for both.
 `assert_reproducible` builds and fits a model twice with the same seed and fails with
 a readable report (epoch, part, variable, likely cause) when the two runs differ.
 `assert_resumable` trains straight, then stops, saves, loads the checkpoint in a fresh
-process and trains the rest, and fails the same way when the resumed run differs.
+process and trains the rest, and fails the same way when the resumed run differs. Its input is
+arrays or a pipeline factory (a function returning a new `tf.data.Dataset`, `PyDataset`,
+generator or Grain dataset, called once per run: `keras_repro.tools.resume_inputs`).
 
 The `reproducible` and `resumable` fixtures come with the install: pytest loads keras_repro's
 plugin (`keras_repro_pytest`, a `pytest11` entry point) by itself. Then:
@@ -14,6 +16,9 @@ plugin (`keras_repro_pytest`, a `pytest11` entry point) by itself. Then:
 
     def test_training_resumes_exactly(resumable):
         resumable(build_model, x, y, epochs=4, at=2, batch_size=32)
+
+    def test_pipeline_resumes_exactly(resumable):
+        resumable(build_model, make_dataset, epochs=4, at=2)   # make_dataset() -> a new tf.data.Dataset
 
 The module raises AssertionError itself, so pytest need not rewrite its asserts
 (PYTEST_DONT_REWRITE): importing it before registering the plugin does not warn.
@@ -41,7 +46,7 @@ from keras_repro.fingerprinting.diagnosis import likely_cause
 from keras_repro.fingerprinting.digests import part_differs
 from keras_repro.fit.context import callback_seed
 from keras_repro.store.log import FingerprintLog
-from keras_repro.tools import child, nesting
+from keras_repro.tools import child, nesting, resume_inputs
 
 try:  # the fixture needs pytest; the assertion does not
     import pytest
@@ -126,7 +131,8 @@ def _fit_once(
     save_to: str | None = None,
 ) -> tuple[FingerprintLog, bool]:
     """Builds a model in a fresh Keras session, fits it with a SeedCallback (and saves it to
-    `save_to`); returns the log and whether the model is a DeterministicModel."""
+    `save_to`); returns the log and whether the model is a DeterministicModel. `x` is arrays
+    or a `RunInputs` (whose pipelines are made after the model, as a script makes them)."""
     import keras
 
     keras.backend.clear_session()
@@ -139,6 +145,7 @@ def _fit_once(
     if getattr(model, "compiled", True) is False:
         raise ValueError("`build_model()` returned a model that is not compiled; call model.compile(...) in it.")
     callback = _seed_callback(model, seed)
+    x, y, fit_kwargs = _run_inputs(x, y, fit_kwargs)
     model.fit(x, y, epochs=epochs, callbacks=callbacks + [callback], **fit_kwargs)
     if save_to is not None:
         model.save(save_to)
@@ -191,32 +198,47 @@ def assert_resumable(
     fresh Python process (another `PYTHONHASHSEED`; with `fresh_process=False`, in this
     one) and fits `fit(initial_epoch=at, epochs=epochs)`. Every fit has a
     `SeedCallback(seed)`. The resumed epochs must be bit-identical to the straight
-    run's, and its state before epoch `at` to the straight run's state after epoch
-    `at - 1` (weights, optimizer state).
+    run's (the batches fed, weights, optimizer and RNG state), and its state before epoch
+    `at` to the straight run's state after epoch `at - 1`.
 
-    For the fresh process, `build_model` must be defined at module level in an importable
-    module or script (its module is imported there, which registers custom layers), and
-    `x`, `y` must be arrays (or lists/dicts of them) and the fit arguments picklable.
+    The training input is arrays (`x`, `y`), or a *pipeline factory*: a function with no
+    arguments that returns a new `tf.data.Dataset`, `keras.utils.PyDataset`, generator or
+    Grain dataset (then `y` is None). It is called once per run, right after the run builds
+    or loads its model, so that each run iterates its own pipeline from its start, as a
+    training script does in each process. `validation_data` may be arrays or a factory too.
+    keras_repro resumes a `tf.data` shuffle with a seed (reshuffled each iteration) and a
+    `PyDataset` that reshuffles in `on_epoch_end` exactly (`DeterministicModel`); an input
+    it cannot resume (a generator: it cannot be advanced without producing its batches; a
+    shuffle without a seed) fails the check before any training, naming the form and why,
+    and so does a resumed fit that warns it cannot see the straight run's batches.
+
+    For the fresh process, `build_model` and the factories must be defined at module level
+    in an importable module or script (their module is imported there, which registers custom
+    layers), arrays are sent as they are and the fit arguments must be picklable.
 
     Args:
         build_model: A callable with no arguments returning a compiled Keras model.
-        x: The training inputs (arrays).
-        y: The training targets, or None.
+        x: The training inputs: arrays, or a pipeline factory.
+        y: The training targets with arrays, or None.
         epochs: The epochs of the straight run.
-        at: The epoch the run is stopped and resumed at (1 <= at < epochs).
+        at: The epoch the run is stopped after and resumed at (1 <= at < epochs). A
+            mid-epoch point `(epoch, batch)` comes with exact mid-epoch resume
+            (`BackupAndRestore(save_freq=...)`); today it is refused with a ValueError.
         seed: The seed of every fit (`SeedCallback(seed)`): None (default) takes a
             `DeterministicModel`'s own seed, and 7 for another model.
         fresh_process: Load and resume in a fresh process (default) or in this one.
         **fit_kwargs: More arguments of `fit` (`batch_size`, `shuffle`,
-            `validation_split`, `callbacks`...); `verbose` defaults to 0.
+            `validation_split`, `validation_data`, `callbacks`...); `verbose` defaults to 0.
 
     Returns:
         The `Comparison` of the resumed run with the straight one.
 
     Raises:
         AssertionError: If the resumed run differs, with the first divergence (epoch,
-            part, variable) and its likely cause.
-        TypeError, ValueError: For bad arguments.
+            part, variable) and its likely cause; or if the input cannot be resumed exactly,
+            naming its form and why.
+        TypeError, ValueError: For bad arguments (a pipeline object instead of a factory,
+            `y` with a factory, a factory a fresh process cannot import, `at` out of range).
         MissingMainGuardError: If called inside a fresh process of keras_repro: `build_model`'s
             module calls it at import, without `if __name__ == "__main__":` (raised in the
             fresh process, which imports that module, and again here, in its parent).
@@ -226,61 +248,83 @@ def assert_resumable(
 
     >>> assert_resumable(build_model, x, y, epochs=4, at=2, batch_size=32).identical   # doctest: +SKIP
     True
+    >>> def make_dataset():                                                          # doctest: +SKIP
+    ...     return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(512, seed=3).batch(32)
+    >>> assert_resumable(build_model, make_dataset, epochs=4, at=2).identical         # doctest: +SKIP
+    True
     """
     nesting.refuse_nested("assert_resumable()")
     callbacks = _check_arguments(build_model, epochs, fit_kwargs)
-    if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at < epochs:
-        raise ValueError(f"`at` must be an int with 1 <= at < epochs ({epochs}). Received: at={at!r}")
-    from keras_repro.model import _is_arrays
-
-    if fresh_process and not _is_arrays(x):
-        raise ValueError(
-            "assert_resumable sends the data to a fresh process, so `x` must be arrays (or lists/dicts "
-            f"of them); pass fresh_process=False for other inputs. Received: x of type {type(x).__name__}"
-        )
-    straight, deterministic = _fit_once(build_model, x, y, epochs, seed, callbacks, fit_kwargs)
+    point = resume_inputs.resume_point(at, epochs)
+    inputs = resume_inputs.RunInputs.of(x, y, fit_kwargs, fresh_process)
+    straight, deterministic = _fit_once(build_model, inputs, None, epochs, seed, callbacks, fit_kwargs)
     with tempfile.TemporaryDirectory(prefix="keras-repro-resume-") as folder:
         checkpoint = os.path.join(folder, "checkpoint.keras")
-        _fit_once(build_model, x, y, at, seed, callbacks, fit_kwargs, save_to=checkpoint)
-        payload = {"checkpoint": checkpoint, "epochs": epochs, "at": at, "seed": seed}
+        _fit_once(build_model, inputs, None, point.epoch, seed, callbacks, fit_kwargs, save_to=checkpoint)
+        payload = {"checkpoint": checkpoint, "epochs": epochs, "at": point.epoch, "seed": seed}
         if fresh_process:
             fit_blob, reason = child.pickled((fit_kwargs, callbacks), "fit arguments")
             if fit_blob is None:
                 raise ValueError(f"assert_resumable: {reason}; pass fresh_process=False")
-            payload.update(target=child.locate(build_model)[0], fit=fit_blob)
-            resumed = child.run("keras_repro.testing:_resume_task", payload, (x, y), "assert_resumable")
+            payload.update(target=child.locate(build_model)[0], fit=fit_blob, factories=inputs.targets())
+            resumed = child.run("keras_repro.testing:_resume_task", payload, inputs.arrays, "assert_resumable")
         else:
-            resumed = _resume(payload, x, y, fit_kwargs, callbacks)
+            resumed = _resume(payload, inputs, fit_kwargs, callbacks)
+    where = f"stopped after epoch {point.epoch - 1}, saved, loaded {'in a fresh process ' if fresh_process else ''}and resumed"
     comparison = straight.compare(resumed)
+    warned = resumed.notes.get("input_resume")
+    if warned:
+        raise AssertionError(
+            f"Training cannot resume exactly: {where}, the fit warned that it cannot see the batches "
+            f"epoch {point.epoch} of the straight run saw: {warned}. (Comparison: {comparison.verdict}.)"
+        )
     if not comparison.identical:
         raise AssertionError(divergence_report(
             comparison, straight.seed, deterministic, runs=(straight, resumed),
-            title=f"Training does not resume exactly: stopped after epoch {at - 1}, saved, loaded "
-                  f"{'in a fresh process ' if fresh_process else ''}and resumed, it differs from a straight run",
+            title=f"Training does not resume exactly: {where}, it differs from a straight run "
+                  f"(training input: {inputs.form()})",
         ))
     logger.info("assert_resumable: %s", comparison)
     return comparison
 
 
-def _resume(payload: Mapping[str, Any], x: Any, y: Any, fit_kwargs: dict, callbacks: list) -> FingerprintLog:
-    """Loads the checkpoint and fits the remaining epochs; returns the log."""
+def _run_inputs(inputs: Any, y: Any, fit_kwargs: dict) -> tuple[Any, Any, dict]:
+    """(x, y, fit arguments) of one run: `inputs` a `RunInputs` (its factories called now, and
+    what they return refused if it cannot be resumed), or arrays with `y`."""
+    if not isinstance(inputs, resume_inputs.RunInputs):
+        return inputs, y, fit_kwargs
+    x, y, kwargs = inputs.make(fit_kwargs)
+    problems = resume_inputs.unresumable(x, kwargs.get("validation_data")) if inputs.factories else []
+    if problems:
+        raise AssertionError(
+            f"Training cannot resume exactly: {'; '.join(problems)}. A fit resumed at a later epoch "
+            "would not see the batches the straight run saw there (keras_repro.fit.input_resume)."
+        )
+    return x, y, kwargs
+
+
+def _resume(payload: Mapping[str, Any], inputs: resume_inputs.RunInputs, fit_kwargs: dict, callbacks: list) -> FingerprintLog:
+    """Loads the checkpoint and fits the remaining epochs (on a new pipeline); returns the log."""
     import keras
 
     keras.backend.clear_session()
     model = keras.models.load_model(payload["checkpoint"])
     callback = _seed_callback(model, payload["seed"])
-    model.fit(x, y, epochs=payload["epochs"], initial_epoch=payload["at"], callbacks=callbacks + [callback], **fit_kwargs)
+    x, y, kwargs = _run_inputs(inputs, None, fit_kwargs)
+    model.fit(x, y, epochs=payload["epochs"], initial_epoch=payload["at"], callbacks=callbacks + [callback], **kwargs)
     return callback.log
 
 
 def _resume_task(payload: Mapping[str, Any], arrays: Any) -> FingerprintLog:
-    """The fresh process of `assert_resumable`: imports build_model's module (custom layers),
-    then resumes."""
+    """The fresh process of `assert_resumable`: imports build_model's module (custom layers)
+    and the factories, then resumes."""
     if payload.get("target") is not None:
         child.load_target(payload["target"])
+    factories = resume_inputs.factories_from(payload.get("factories") or {})
     fit_kwargs, callbacks = pickle.loads(payload["fit"])
     x, y = arrays
-    return _resume(payload, x, y, fit_kwargs, callbacks)
+    inputs = resume_inputs.RunInputs(None if "x" in factories else x, y, factories)
+    return _resume(payload, inputs, fit_kwargs, callbacks)
 
 
 def divergence_report(

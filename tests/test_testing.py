@@ -186,6 +186,8 @@ def test_resumable_in_a_fresh_process_and_its_fixture(resumable):
     assert resumable(_deterministic_model, x, y, epochs=3, at=1, batch_size=16).identical
     with pytest.raises(AssertionError, match="loaded in a fresh process and resumed"):
         resumable(_drifting_model, x, y, epochs=3, at=1, batch_size=16)
+    # a pipeline factory is imported and called again in the fresh process
+    assert resumable(_deterministic_model, reshuffled_dataset, epochs=3, at=2).epochs_compared == (2,)
 
 
 UNGUARDED_SCRIPT = """\
@@ -259,8 +261,104 @@ def test_checks_refuse_inside_a_fresh_process(monkeypatch, request):
 
 @pytest.mark.unit
 def test_resumable_argument_errors():
+    """Bad arguments are named, Keras style; nothing trains."""
     x, y = make_data()
     with pytest.raises(ValueError, match="at=3"):
         assert_resumable(_deterministic_model, x, y, epochs=3, at=3)
-    with pytest.raises(ValueError, match="must be arrays"):
+    with pytest.raises(ValueError, match=r"mid-epoch point \(epoch, batch\).*Received: at=\(1, 3\)"):
+        assert_resumable(_deterministic_model, x, y, epochs=3, at=(1, 3))
+    with pytest.raises(TypeError, match=r"must be arrays .* or a pipeline factory.*Received: x=a generator"):
         assert_resumable(_deterministic_model, iter([(x, y)]), epochs=3, at=1)
+    with pytest.raises(TypeError, match="Received: x=a tf.data dataset"):
+        assert_resumable(_deterministic_model, reshuffled_dataset(), epochs=3, at=1)
+    with pytest.raises(TypeError, match="Received: validation_data=a PyDataset"):
+        assert_resumable(_deterministic_model, x, y, epochs=3, at=1, validation_data=Reshuffled())
+    with pytest.raises(ValueError, match="Received: y of type ndarray"):
+        assert_resumable(_deterministic_model, reshuffled_dataset, y, epochs=3, at=1)
+    with pytest.raises(ValueError, match=r"lambda; define it at module level.*Received: x="):
+        assert_resumable(_deterministic_model, lambda: reshuffled_dataset(), epochs=3, at=1)
+    with pytest.raises(TypeError, match=r"Received: x\(\) returned a tuple"):
+        assert_resumable(_deterministic_model, lambda: (x, y), epochs=3, at=1, fresh_process=False)
+
+
+ROWS, BATCH = 48, 16
+
+
+def _rows():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(ROWS, 6)).astype("float32")
+    return x, (np.abs(x[:, 0] * 3).astype(int) % 3).astype("int32")
+
+
+def reshuffled_dataset():
+    """A tf.data pipeline with a seeded shuffle that reshuffles every iteration (a factory)."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(_rows()).shuffle(ROWS, seed=3).batch(BATCH)
+
+
+class Reshuffled(keras.utils.PyDataset):
+    """Batches in an order NumPy's global RNG reshuffles at every epoch's end."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.x, self.y = _rows()
+        self.order = np.arange(ROWS)
+
+    def __len__(self):
+        return ROWS // BATCH
+
+    def __getitem__(self, index):
+        rows = self.order[index * BATCH:(index + 1) * BATCH]
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self):
+        np.random.shuffle(self.order)
+
+
+def test_resumable_takes_pipeline_factories_and_fails_on_one_that_changes():
+    """A seeded reshuffling tf.data pipeline (validation data too) and a reshuffling PyDataset, each
+    from a factory, resume exactly (in this process); a factory whose pipelines differ from call to call fails at the
+    resumed epoch, blaming the data."""
+    for factory, more in ((reshuffled_dataset, {"validation_data": reshuffled_dataset}), (Reshuffled, {})):
+        comparison = assert_resumable(_deterministic_model, factory, epochs=2, at=1, fresh_process=False, **more)
+        assert comparison.identical and comparison.epochs_compared == (1,), factory
+    calls = []
+
+    def drifting():  # the third call (the resumed run's) returns other values
+        calls.append(None)
+        x, y = _rows()
+        return _Fixed(x + (len(calls) > 2) * 1e-3, y)
+
+    with pytest.raises(AssertionError) as failure:
+        assert_resumable(_deterministic_model, drifting, epochs=2, at=1, fresh_process=False)
+    report = str(failure.value)
+    assert "stopped after epoch 0, saved, loaded and resumed" in report and "training input: a pipeline factory" in report
+    assert "epoch:    epoch 1" in report and "part:     data" in report and "variable: fed/x" in report, report
+
+
+class _Fixed(keras.utils.PyDataset):
+    """The same batches every epoch."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return ROWS // BATCH
+
+    def __getitem__(self, index):
+        return self.x[index * BATCH:(index + 1) * BATCH], self.y[index * BATCH:(index + 1) * BATCH]
+
+
+@pytest.mark.unit
+def test_resumable_fails_on_a_generator_before_training_naming_why():
+    """A generator cannot be resumed: the check fails before any fit, naming the form and why."""
+    def batches():
+        x, y = _rows()
+        while True:
+            yield x[:BATCH], y[:BATCH]
+
+    with pytest.raises(AssertionError, match=r"cannot resume exactly: the training input is a generator "
+                                             r"\(generator\): it cannot be rewound or advanced"):
+        assert_resumable(_deterministic_model, batches, epochs=3, at=1, fresh_process=False, steps_per_epoch=2)

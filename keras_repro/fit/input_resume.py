@@ -280,6 +280,23 @@ def _changing(data: Any, replay_epoch: Callable[[Any, int], None] | None) -> lis
     return []
 
 
+def unreplayable(data: Any, training: bool = True) -> list[str]:
+    """The parts of a fit's input that a fit starting at epoch k > 0 cannot replay, each named
+    with why (as the fit's warning names them); [] for arrays, None or an input that resumes.
+
+    Example:
+
+    >>> unreplayable(iter(batches))                                   # doctest: +SKIP
+    ['a generator (generator): it cannot be rewound or advanced without producing its batches ...']
+    """
+    data = data if training else _validation_input(data)
+    return [name for name, _, replay in _changing(data, _nothing_replayed if training else None) if replay is None]
+
+
+def _nothing_replayed(dataset: Any, epoch: int) -> None:
+    """A stand-in replay (`unreplayable` asks what could be replayed, and replays nothing)."""
+
+
 def _validation_input(validation_data: Any) -> Any:
     """The validation input when it is a dataset, `PyDataset` or generator (not arrays)."""
     if validation_data is None or isinstance(validation_data, (tuple, list, dict)):

@@ -25,6 +25,9 @@ import time
 import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import conformance_inputs as inputs  # the input rows: tf.data, PyDataset, generator, Grain
+
 SEED, EPOCHS, AT = 7, 3, 2
 """Every cell trains EPOCHS epochs with seed SEED; resumed runs stop after AT epochs."""
 
@@ -55,6 +58,7 @@ class Cell:
     lifecycles: tuple[str, ...]
     option: str = "default"
     family: str | None = None
+    input: str | None = None
 
 
 CORE = ("repeat", "fresh", "resume", "continue", "interrupt", "perturb")
@@ -101,6 +105,7 @@ def _cells() -> list[Cell]:
             lifecycles = ("fresh", "interrupt")
         cells.append(Cell(option, form, lifecycles, option))
     cells += [Cell(f"family_{name}", "functional", ("fresh",), family=name) for name in FAMILIES]
+    cells += [Cell(f"input_{row}", "functional", ("fresh", "resume"), input=row) for row in inputs.INPUTS]
     return cells
 
 
@@ -113,6 +118,8 @@ def markdown_table() -> str:
     for cell in CELLS.values():
         if cell.family:
             form, option = "DeterministicModel or DeterministicSequential", f"{FAMILIES[cell.family]}; validation_split=0.2"
+        elif cell.input:
+            form, option = FORMS[cell.form], inputs.INPUTS[cell.input]
         else:
             form = FORMS[cell.form]
             option = OPTIONS[cell.option][1] if cell.option != "default" else (
@@ -120,6 +127,7 @@ def markdown_table() -> str:
         lines.append(f"| `{cell.id}` | {form} | {option} | {', '.join(cell.lifecycles)} |")
     lines.append("")
     lines += [f"* **{name}**: {text}" for name, text in LIFECYCLES.items()]
+    lines.append(inputs.LEGEND)
     return "\n".join(lines)
 
 
@@ -594,10 +602,15 @@ def run_cell(cell: Cell, phase: str, folder: str) -> dict:
     check = Checks()
     start = time.perf_counter()
     error = None
+    if cell.input and inputs.skipped(cell.input):
+        return {"checks": [], "error": None, "lifecycle": None, "skipped": inputs.skipped(cell.input), "seconds": 0.0}
     if cell.option == "mixed_precision":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        (first_phase if phase == "first" else second_phase)(cell, folder, check)
+        if cell.input:
+            (inputs.first_phase if phase == "first" else inputs.second_phase)(cell.input, folder, check)
+        else:
+            (first_phase if phase == "first" else second_phase)(cell, folder, check)
     except Exception:  # noqa: BLE001 - report the cell and go on with the next
         error = traceback.format_exc()[-3000:]
     finally:
@@ -621,6 +634,7 @@ def main() -> None:
         return
     _keras()
     NET, NOISE = _register_subclass(), _register_noise()
+    inputs.register()
     results = {}
     output = os.path.join(args.folder, f"{args.phase}.json")
     if os.path.exists(output):  # a run of some cells adds to the results of the others
