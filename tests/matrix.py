@@ -17,6 +17,11 @@ Usage::
 
     python tests/matrix.py                        # the whole suite
     python tests/matrix.py --backends jax torch   # the JAX and torch runs only
+    python tests/matrix.py --workers 1            # one pytest worker (no pytest-xdist)
+
+Each pytest runs its test files on two workers (pytest-xdist, `--dist loadfile`, so a module's
+fixtures are built once): most tests spend their time in one Python thread or waiting for a
+child process, so two workers use both cores of a CI machine.
 """
 
 from __future__ import annotations
@@ -45,14 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", choices=sorted(RUNS), default=list(RUNS),
                         help="the backends to run (default: all three)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="pytest-xdist workers per run (default: 2; 1 runs without xdist)")
     args, extra = parser.parse_known_args(argv)
+    if args.workers > 1 and importlib.util.find_spec("xdist") is None:
+        print("pytest-xdist is not installed (pip install -e '.[test]'): running with one worker", flush=True)
+        args.workers = 1
+    workers = ["-n", str(args.workers), "--dist", "loadfile"] if args.workers > 1 else []
     results = []
     for backend in args.backends:
         if importlib.util.find_spec(MODULES[backend]) is None:
             print(f"\n{backend}: not installed (pip install -e '.[test,jax,torch]' installs every backend)", flush=True)
             results.append((backend, "not installed", 0.0))
             continue
-        command = [sys.executable, "-m", "pytest", *RUNS[backend], *extra]
+        command = [sys.executable, "-m", "pytest", *RUNS[backend], *workers, *extra]
         print(f"\n=== {backend}: KERAS_BACKEND={backend} {' '.join(command[1:])}", flush=True)
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
         start = time.monotonic()
