@@ -20,6 +20,9 @@ plugin (`keras_repro_pytest`, a `pytest11` entry point) by itself. Then:
     def test_pipeline_resumes_exactly(resumable):
         resumable(build_model, make_dataset, epochs=4, at=2)   # make_dataset() -> a new tf.data.Dataset
 
+    def test_training_resumes_inside_an_epoch(resumable):      # after batch 7 of epoch 1, zero-based
+        resumable(build_model, x, y, epochs=3, at=(1, 7), batch_size=32)
+
 The module raises AssertionError itself, so pytest need not rewrite its asserts
 (PYTEST_DONT_REWRITE): importing it before registering the plugin does not warn.
 
@@ -221,9 +224,14 @@ def assert_resumable(
         x: The training inputs: arrays, or a pipeline factory.
         y: The training targets with arrays, or None.
         epochs: The epochs of the straight run.
-        at: The epoch the run is stopped after and resumed at (1 <= at < epochs). A
-            mid-epoch point `(epoch, batch)` comes with exact mid-epoch resume
-            (`BackupAndRestore(save_freq=...)`); today it is refused with a ValueError.
+        at: The epoch the run is stopped after and resumed at (1 <= at < epochs), or a
+            point inside an epoch, `(epoch, batch)`, both zero-based (0 <= epoch < epochs;
+            for arrays, batch before the epoch's last batch): the resumed run then fits with
+            `keras.callbacks.BackupAndRestore(folder, save_freq=1)`, is stopped by an
+            exception raised after batch `batch` of epoch `epoch`, and is restarted (a new
+            model from `build_model`, in a fresh process or this one) with the same folder,
+            which resumes at batch `batch + 1` (`keras_repro.fit.midepoch`); its epochs from
+            `epoch` on must equal the straight run's.
         seed: The seed of every fit (`SeedCallback(seed)`): None (default) takes a
             `DeterministicModel`'s own seed, and 7 for another model.
         fresh_process: Load and resume in a fresh process (default) or in this one.
@@ -238,7 +246,8 @@ def assert_resumable(
             part, variable) and its likely cause; or if the input cannot be resumed exactly,
             naming its form and why.
         TypeError, ValueError: For bad arguments (a pipeline object instead of a factory,
-            `y` with a factory, a factory a fresh process cannot import, `at` out of range).
+            `y` with a factory, a factory a fresh process cannot import, `at` out of range,
+            or a mid-epoch `at` whose batch the fit never reaches).
         MissingMainGuardError: If called inside a fresh process of keras_repro: `build_model`'s
             module calls it at import, without `if __name__ == "__main__":` (raised in the
             fresh process, which imports that module, and again here, in its parent).
@@ -251,6 +260,8 @@ def assert_resumable(
     >>> def make_dataset():                                                          # doctest: +SKIP
     ...     return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(512, seed=3).batch(32)
     >>> assert_resumable(build_model, make_dataset, epochs=4, at=2).identical         # doctest: +SKIP
+    True
+    >>> assert_resumable(build_model, x, y, epochs=3, at=(1, 7), batch_size=32).identical  # doctest: +SKIP
     True
     """
     nesting.refuse_nested("assert_resumable()")
