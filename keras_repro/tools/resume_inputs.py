@@ -70,7 +70,7 @@ def resume_point(at: Any, epochs: int, batches: int | None = None) -> ResumePoin
     """
     if isinstance(at, (tuple, list)):
         if len(at) != 2 or not all(_is_int(value) for value in at):
-            raise ValueError(  # noqa: TRY004 - a wrong value of a documented form
+            raise ValueError(
                 "`at` must be an epoch (an int) or a mid-epoch point (epoch, batch) of two ints, both "
                 f"zero-based. Received: at={at!r}"
             )
