@@ -20,6 +20,9 @@ plugin (`keras_repro_pytest`, a `pytest11` entry point) by itself. Then:
     def test_pipeline_resumes_exactly(resumable):
         resumable(build_model, make_dataset, epochs=4, at=2)   # make_dataset() -> a new tf.data.Dataset
 
+    def test_training_resumes_inside_an_epoch(resumable):      # after batch 7 of epoch 1, zero-based
+        resumable(build_model, x, y, epochs=3, at=(1, 7), batch_size=32)
+
 The module raises AssertionError itself, so pytest need not rewrite its asserts
 (PYTEST_DONT_REWRITE): importing it before registering the plugin does not warn.
 
@@ -46,7 +49,7 @@ from keras_repro.fingerprinting.diagnosis import likely_cause
 from keras_repro.fingerprinting.digests import part_differs
 from keras_repro.fit.context import callback_seed
 from keras_repro.store.log import FingerprintLog
-from keras_repro.tools import child, nesting, resume_inputs
+from keras_repro.tools import child, nesting, resume_inputs, resume_midepoch
 
 try:  # the fixture needs pytest; the assertion does not
     import pytest
@@ -221,9 +224,14 @@ def assert_resumable(
         x: The training inputs: arrays, or a pipeline factory.
         y: The training targets with arrays, or None.
         epochs: The epochs of the straight run.
-        at: The epoch the run is stopped after and resumed at (1 <= at < epochs). A
-            mid-epoch point `(epoch, batch)` comes with exact mid-epoch resume
-            (`BackupAndRestore(save_freq=...)`); today it is refused with a ValueError.
+        at: The epoch the run is stopped after and resumed at (1 <= at < epochs), or a
+            point inside an epoch, `(epoch, batch)`, both zero-based (0 <= epoch < epochs;
+            for arrays, batch before the epoch's last batch): the resumed run then fits with
+            `keras.callbacks.BackupAndRestore(folder, save_freq=1)`, is stopped by an
+            exception raised after batch `batch` of epoch `epoch`, and is restarted (a new
+            model from `build_model`, in a fresh process or this one) with the same folder,
+            which resumes at batch `batch + 1` (`keras_repro.fit.midepoch`); its epochs from
+            `epoch` on must equal the straight run's.
         seed: The seed of every fit (`SeedCallback(seed)`): None (default) takes a
             `DeterministicModel`'s own seed, and 7 for another model.
         fresh_process: Load and resume in a fresh process (default) or in this one.
@@ -238,7 +246,8 @@ def assert_resumable(
             part, variable) and its likely cause; or if the input cannot be resumed exactly,
             naming its form and why.
         TypeError, ValueError: For bad arguments (a pipeline object instead of a factory,
-            `y` with a factory, a factory a fresh process cannot import, `at` out of range).
+            `y` with a factory, a factory a fresh process cannot import, `at` out of range,
+            or a mid-epoch `at` whose batch the fit never reaches).
         MissingMainGuardError: If called inside a fresh process of keras_repro: `build_model`'s
             module calls it at import, without `if __name__ == "__main__":` (raised in the
             fresh process, which imports that module, and again here, in its parent).
@@ -252,16 +261,23 @@ def assert_resumable(
     ...     return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(512, seed=3).batch(32)
     >>> assert_resumable(build_model, make_dataset, epochs=4, at=2).identical         # doctest: +SKIP
     True
+    >>> assert_resumable(build_model, x, y, epochs=3, at=(1, 7), batch_size=32).identical  # doctest: +SKIP
+    True
     """
     nesting.refuse_nested("assert_resumable()")
     callbacks = _check_arguments(build_model, epochs, fit_kwargs)
-    point = resume_inputs.resume_point(at, epochs)
+    batches = resume_inputs.batches_per_epoch(x, fit_kwargs) if isinstance(at, (tuple, list)) else None
+    point = resume_inputs.resume_point(at, epochs, batches)
     inputs = resume_inputs.RunInputs.of(x, y, fit_kwargs, fresh_process)
     straight, deterministic = _fit_once(build_model, inputs, None, epochs, seed, callbacks, fit_kwargs)
     with tempfile.TemporaryDirectory(prefix="keras-repro-resume-") as folder:
-        checkpoint = os.path.join(folder, "checkpoint.keras")
-        _fit_once(build_model, inputs, None, point.epoch, seed, callbacks, fit_kwargs, save_to=checkpoint)
-        payload = {"checkpoint": checkpoint, "epochs": epochs, "at": point.epoch, "seed": seed}
+        payload: dict[str, Any] = {"epochs": epochs, "at": point.epoch, "seed": seed}
+        if point.mid_epoch:
+            payload["backup"] = os.path.join(folder, "backup")
+            _interrupted_fit(build_model, inputs, point, payload, callbacks, fit_kwargs)
+        else:
+            payload["checkpoint"] = os.path.join(folder, "checkpoint.keras")
+            _fit_once(build_model, inputs, None, point.epoch, seed, callbacks, fit_kwargs, save_to=payload["checkpoint"])
         if fresh_process:
             fit_blob, reason = child.pickled((fit_kwargs, callbacks), "fit arguments")
             if fit_blob is None:
@@ -269,10 +285,16 @@ def assert_resumable(
             payload.update(target=child.locate(build_model)[0], fit=fit_blob, factories=inputs.targets())
             resumed = child.run("keras_repro.testing:_resume_task", payload, inputs.arrays, "assert_resumable")
         else:
-            resumed = _resume(payload, inputs, fit_kwargs, callbacks)
-    where = f"stopped after epoch {point.epoch - 1}, saved, loaded {'in a fresh process ' if fresh_process else ''}and resumed"
+            resumed = _resume(payload, inputs, fit_kwargs, callbacks, build_model)
+    fresh = "in a fresh process " if fresh_process else ""
+    if point.mid_epoch:
+        where = (f"interrupted after batch {point.batch} of epoch {point.epoch} and restarted {fresh}from its "
+                 "BackupAndRestore backup")
+        warned = resumed.notes.get("input_resume") or resume_midepoch.not_exact(resumed.notes)
+    else:
+        where = f"stopped after epoch {point.epoch - 1}, saved, loaded {fresh}and resumed"
+        warned = resumed.notes.get("input_resume")
     comparison = straight.compare(resumed)
-    warned = resumed.notes.get("input_resume")
     if warned:
         raise AssertionError(
             f"Training cannot resume exactly: {where}, the fit warned that it cannot see the batches "
@@ -286,6 +308,20 @@ def assert_resumable(
         ))
     logger.info("assert_resumable: %s", comparison)
     return comparison
+
+
+def _interrupted_fit(build_model: Callable[[], Any], inputs: resume_inputs.RunInputs, point: resume_inputs.ResumePoint,
+                     payload: Mapping[str, Any], callbacks: list, fit_kwargs: dict) -> None:
+    """The first part of a mid-epoch resumed run: fit with a backup after every batch, stopped
+    by an exception after batch `point.batch` of epoch `point.epoch`."""
+    import keras
+
+    keras.backend.clear_session()
+    model = build_model()
+    callback = _seed_callback(model, payload["seed"])
+    x, y, kwargs = _run_inputs(inputs, None, fit_kwargs)
+    resume_midepoch.fit(model, x, y, payload["epochs"], payload["backup"], callbacks, callback, kwargs,
+                        stop=(point.epoch, point.batch))
 
 
 def _run_inputs(inputs: Any, y: Any, fit_kwargs: dict) -> tuple[Any, Any, dict]:
@@ -303,10 +339,15 @@ def _run_inputs(inputs: Any, y: Any, fit_kwargs: dict) -> tuple[Any, Any, dict]:
     return x, y, kwargs
 
 
-def _resume(payload: Mapping[str, Any], inputs: resume_inputs.RunInputs, fit_kwargs: dict, callbacks: list) -> FingerprintLog:
-    """Loads the checkpoint and fits the remaining epochs (on a new pipeline); returns the log."""
+def _resume(payload: Mapping[str, Any], inputs: resume_inputs.RunInputs, fit_kwargs: dict, callbacks: list,
+            build_model: Callable[[], Any] | None = None) -> FingerprintLog:
+    """Loads the checkpoint and fits the remaining epochs (on a new pipeline), or, mid-epoch,
+    builds a new model and restarts the interrupted fit from its backup; returns the log."""
     import keras
 
+    if payload.get("backup"):
+        return resume_midepoch.restart(build_model, lambda: _run_inputs(inputs, None, fit_kwargs), payload, callbacks,
+                                       lambda model: _seed_callback(model, payload["seed"]))
     keras.backend.clear_session()
     model = keras.models.load_model(payload["checkpoint"])
     callback = _seed_callback(model, payload["seed"])
@@ -318,13 +359,12 @@ def _resume(payload: Mapping[str, Any], inputs: resume_inputs.RunInputs, fit_kwa
 def _resume_task(payload: Mapping[str, Any], arrays: Any) -> FingerprintLog:
     """The fresh process of `assert_resumable`: imports build_model's module (custom layers)
     and the factories, then resumes."""
-    if payload.get("target") is not None:
-        child.load_target(payload["target"])
+    build_model = child.load_target(payload["target"]) if payload.get("target") is not None else None
     factories = resume_inputs.factories_from(payload.get("factories") or {})
     fit_kwargs, callbacks = pickle.loads(payload["fit"])
     x, y = arrays
     inputs = resume_inputs.RunInputs(None if "x" in factories else x, y, factories)
-    return _resume(payload, inputs, fit_kwargs, callbacks)
+    return _resume(payload, inputs, fit_kwargs, callbacks, build_model)
 
 
 def divergence_report(

@@ -16,6 +16,7 @@ import pytest
 import keras_repro as kr
 from keras_repro.fingerprinting.compare import compare_runs
 from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint
+from keras_repro.fit import midepoch
 from keras_repro.testing import assert_reproducible, assert_resumable, divergence_report
 from tests.conftest import REPO, make_data, make_model, start_child
 
@@ -178,6 +179,21 @@ def test_resumable_passes_and_fails_naming_the_resumed_epoch():
     assert "epoch:    epoch 1" in report and "Likely cause:" in report
 
 
+def test_resumable_mid_epoch_passes_and_fails_naming_the_epoch(monkeypatch):
+    """at=(epoch, batch): a DeterministicModel interrupted after batch 1 of epoch 1 and restarted from
+    its BackupAndRestore backup passes; with the skip of the trained batches off (Keras' restart of
+    the epoch from its first batch) it fails at epoch 1."""
+    x, y = make_data()
+    comparison = assert_resumable(_deterministic_model, x, y, epochs=3, at=(1, 1), batch_size=16, fresh_process=False)
+    assert comparison.identical and comparison.epochs_compared == (1, 2)
+    monkeypatch.setattr(midepoch.MidEpochResume, "iterator_built", lambda self, iterator: None)
+    with pytest.raises(AssertionError) as failure:
+        assert_resumable(_deterministic_model, x, y, epochs=2, at=(1, 1), batch_size=16, fresh_process=False)
+    report = str(failure.value)
+    assert "does not resume exactly: interrupted after batch 1 of epoch 1 and restarted from its BackupAndRestore" in report
+    assert "epoch:    epoch 1" in report
+
+
 @pytest.mark.slow
 def test_resumable_in_a_fresh_process_and_its_fixture(resumable):
     """The default loads the checkpoint in a fresh process; the fixture is assert_resumable."""
@@ -188,6 +204,8 @@ def test_resumable_in_a_fresh_process_and_its_fixture(resumable):
         resumable(_drifting_model, x, y, epochs=3, at=1, batch_size=16)
     # a pipeline factory is imported and called again in the fresh process
     assert resumable(_deterministic_model, reshuffled_dataset, epochs=3, at=2).epochs_compared == (2,)
+    # mid-epoch: interrupted after batch 1 of epoch 1, restarted from the backup in the fresh process
+    assert resumable(_deterministic_model, x, y, epochs=2, at=(1, 1), batch_size=16).epochs_compared == (1,)
 
 
 UNGUARDED_SCRIPT = """\
@@ -265,8 +283,14 @@ def test_resumable_argument_errors():
     x, y = make_data()
     with pytest.raises(ValueError, match="at=3"):
         assert_resumable(_deterministic_model, x, y, epochs=3, at=3)
-    with pytest.raises(ValueError, match=r"mid-epoch point \(epoch, batch\).*Received: at=\(1, 3\)"):
-        assert_resumable(_deterministic_model, x, y, epochs=3, at=(1, 3))
+    with pytest.raises(ValueError, match=r"epoch < epochs \(3\) \(zero-based\). Received: at=\(3, 0\)"):
+        assert_resumable(_deterministic_model, x, y, epochs=3, at=(3, 0))
+    with pytest.raises(ValueError, match=r"batch < batches per epoch \(4\).*Received: at=\(1, 4\)"):
+        assert_resumable(_deterministic_model, x, y, epochs=3, at=(1, 4), batch_size=16)
+    with pytest.raises(ValueError, match=r"batch 3 is the last.*pass at=2 .*Received: at=\(1, 3\)"):
+        assert_resumable(_deterministic_model, x, y, epochs=3, at=(1, 3), batch_size=16)
+    with pytest.raises(ValueError, match=r"two ints, both zero-based. Received: at=\(1, 2.0\)"):
+        assert_resumable(_deterministic_model, x, y, epochs=3, at=(1, 2.0))
     with pytest.raises(TypeError, match=r"must be arrays .* or a pipeline factory.*Received: x=a generator"):
         assert_resumable(_deterministic_model, iter([(x, y)]), epochs=3, at=1)
     with pytest.raises(TypeError, match="Received: x=a tf.data dataset"):
@@ -362,3 +386,5 @@ def test_resumable_fails_on_a_generator_before_training_naming_why():
     with pytest.raises(AssertionError, match=r"cannot resume exactly: the training input is a generator "
                                              r"\(generator\): it cannot be rewound or advanced"):
         assert_resumable(_deterministic_model, batches, epochs=3, at=1, fresh_process=False, steps_per_epoch=2)
+    with pytest.raises(AssertionError, match=r"cannot resume exactly: the training input is a generator"):
+        assert_resumable(_deterministic_model, batches, epochs=3, at=(1, 0), fresh_process=False, steps_per_epoch=2)

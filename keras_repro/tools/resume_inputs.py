@@ -10,9 +10,9 @@ shuffle's seed pairs with TensorFlow's global seed when it is built, which creat
 `DeterministicModel` sets). `validation_data` may be a factory too. Arrays are passed as they
 are, as before.
 
-Where the check resumes: `ResumePoint`, an epoch today. A mid-epoch point `(epoch, batch)`
-comes with mid-epoch resume (`BackupAndRestore(save_freq=N)`, issue 17, item 4): it adds
-`batch` here and its own resumed run in `keras_repro.testing`.
+Where the check resumes: `ResumePoint`, an epoch, or a mid-epoch point `(epoch, batch)` whose
+run is interrupted and restarted with `BackupAndRestore(save_freq=1)`
+(`keras_repro.tools.resume_midepoch`).
 """
 
 from __future__ import annotations
@@ -29,38 +29,86 @@ FACTORY_ARGUMENTS = ("x", "validation_data")
 
 @dataclasses.dataclass(frozen=True)
 class ResumePoint:
-    """Where a resumed run starts: at the beginning of `epoch` (0-based; 1 <= epoch < epochs).
+    """Where a resumed run starts: at the beginning of `epoch` (0-based; 1 <= epoch < epochs), or,
+    with `batch`, inside `epoch` after its batch `batch` (both 0-based; 0 <= epoch < epochs).
 
     Example:
 
     >>> resume_point(2, epochs=4)
-    ResumePoint(epoch=2)
+    ResumePoint(epoch=2, batch=None)
+    >>> resume_point((1, 7), epochs=3).mid_epoch
+    True
     """
 
     epoch: int
+    batch: int | None = None
+
+    @property
+    def mid_epoch(self) -> bool:
+        """Whether the run is interrupted inside an epoch (`at=(epoch, batch)`)."""
+        return self.batch is not None
 
 
-def resume_point(at: Any, epochs: int) -> ResumePoint:
-    """`at` of `assert_resumable`, checked: an epoch with 1 <= at < epochs.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def resume_point(at: Any, epochs: int, batches: int | None = None) -> ResumePoint:
+    """`at` of `assert_resumable`, checked: an epoch with 1 <= at < epochs, or a mid-epoch
+    point `(epoch, batch)`, zero-based, with 0 <= epoch < epochs and 0 <= batch < batches - 1
+    when the batches of an epoch (`batches`) are known.
 
     Raises:
-        ValueError: Naming `at`, with what was received; a pair `(epoch, batch)` is refused
-            with the reason (mid-epoch points come with mid-epoch resume).
+        ValueError: Naming `at`, what it must be and what was received.
 
     Example:
 
     >>> resume_point(1, epochs=3).epoch
     1
+    >>> resume_point((0, 2), epochs=3, batches=4)
+    ResumePoint(epoch=0, batch=2)
     """
-    if isinstance(at, (tuple, list)):  # the form of a later point, refused for now: a value error
-        raise ValueError(  # noqa: TRY004
-            "`at` must be an epoch (an int with 1 <= at < epochs): a mid-epoch point (epoch, batch) "
-            "comes with exact mid-epoch resume (BackupAndRestore(save_freq=...)), which "
-            f"assert_resumable does not check yet; pass the epoch. Received: at={at!r}"
-        )
-    if isinstance(at, bool) or not isinstance(at, int) or not 1 <= at < epochs:
-        raise ValueError(f"`at` must be an int with 1 <= at < epochs ({epochs}). Received: at={at!r}")
+    if isinstance(at, (tuple, list)):
+        if len(at) != 2 or not all(_is_int(value) for value in at):
+            raise ValueError(
+                "`at` must be an epoch (an int) or a mid-epoch point (epoch, batch) of two ints, both "
+                f"zero-based. Received: at={at!r}"
+            )
+        epoch, batch = int(at[0]), int(at[1])
+        if not 0 <= epoch < epochs:
+            raise ValueError(f"The epoch of `at=(epoch, batch)` must be an int with 0 <= epoch < epochs ({epochs}) "
+                             f"(zero-based). Received: at={tuple(at)!r}")
+        if batch < 0 or (batches is not None and batch >= batches):
+            bound = f" < batches per epoch ({batches})" if batches is not None else ""
+            raise ValueError(f"The batch of `at=(epoch, batch)` must be an int with 0 <= batch{bound} "
+                             f"(zero-based). Received: at={tuple(at)!r}")
+        if batches is not None and batch == batches - 1:
+            raise ValueError(
+                f"`at=(epoch, batch)` must stop inside the epoch: batch {batch} is the last of the epoch's "
+                f"{batches} batches (Keras ends a fit resumed there with an empty epoch); pass "
+                f"at={epoch + 1} to resume at the next epoch's start. Received: at={tuple(at)!r}"
+            )
+        return ResumePoint(epoch, batch)
+    if not _is_int(at) or not 1 <= at < epochs:
+        raise ValueError(f"`at` must be an int with 1 <= at < epochs ({epochs}), or a pair (epoch, batch). "
+                         f"Received: at={at!r}")
     return ResumePoint(int(at))
+
+
+def batches_per_epoch(x: Any, fit_kwargs: dict) -> int | None:
+    """The batches of an epoch of arrays `x` with `fit_kwargs` (batch_size, default 32), or None
+    when not known before fitting (a factory, validation_split, steps_per_epoch)."""
+    import math
+
+    import keras
+
+    if is_factory(x) or x is None or fit_kwargs.get("validation_split") or fit_kwargs.get("steps_per_epoch"):
+        return None
+    leaves = keras.tree.flatten(x)
+    rows = getattr(leaves[0], "shape", (None,))[0] if leaves else None
+    if not _is_int(rows):
+        return None
+    return math.ceil(rows / (fit_kwargs.get("batch_size") or 32))
 
 
 def is_factory(value: Any) -> bool:

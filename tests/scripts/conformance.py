@@ -105,7 +105,7 @@ def _cells() -> list[Cell]:
             lifecycles = ("fresh", "interrupt")
         cells.append(Cell(option, form, lifecycles, option))
     cells += [Cell(f"family_{name}", "functional", ("fresh",), family=name) for name in FAMILIES]
-    cells += [Cell(f"input_{row}", "functional", ("fresh", "resume"), input=row) for row in inputs.INPUTS]
+    cells += [Cell(f"input_{row}", "functional", inputs.lifecycles(row), input=row) for row in inputs.INPUTS]
     return cells
 
 

@@ -34,15 +34,33 @@ INPUTS = {
 }
 """{row: the input it feeds}; each row is the cell `input_<row>` with lifecycles fresh, resume."""
 
-# Mid-epoch BackupAndRestore rows (issue 17, item 4) go here: `mid_epoch_arrays` and
-# `mid_epoch_tf_data`, a fit raising at epoch 1, batch 7 under BackupAndRestore(save_freq=5) and
-# restarted in the second process with the same backup folder == the straight run. Add them to
-# INPUTS with their own phases below (first: record + interrupted fit; second: the restart).
+MID_EPOCH = {
+    "mid_epoch_arrays": "arrays (160 rows, batch_size=16), Dropout + Adam; BackupAndRestore(save_freq=5), "
+                        "an exception after epoch 1, batch 7, restarted with the same folder",
+    "mid_epoch_tf_data": "tf.data from tensors, shuffle(seed=3) reshuffled each iteration, batch(16), Dropout + "
+                         "Adam; BackupAndRestore(save_freq=5), an exception after epoch 1, batch 7, restarted "
+                         "with the same folder",
+}
+"""Mid-epoch BackupAndRestore rows (issue 17, item 4): lifecycle resume only."""
+INPUTS.update(MID_EPOCH)
+MID_ROWS, STOP, SAVE_FREQ = 160, (1, 7), 5  # 10 batches an epoch: backups at (0, 4), (0, 9), (1, 4), (1, 9)...
+BACKED_UP = 4  # the batch of epoch STOP[0] the last backup before STOP follows: the restart resumes at batch 5
+
+
+def lifecycles(row: str) -> tuple[str, ...]:
+    """The lifecycles the row's cell checks."""
+    return ("resume",) if row in MID_EPOCH else ("fresh", "resume")
+
 
 LEGEND = ("* **resume** of an input row: 2 epochs + save, then load_model + a new pipeline + "
           "fit(initial_epoch=2) in a new process == straight, batches fed included; where the row says "
           "the resumed fit warns, the check is that warning (naming the form and why) and its note in "
-          "the fingerprints")
+          "the fingerprints\n"
+          "* **resume** of a `mid_epoch_*` row: a fit with BackupAndRestore(save_freq=5) raises after epoch 1, "
+          "batch 7 in one process and is restarted with the same backup folder in a new process (it resumes at "
+          "batch 5, after the last backup): its final fingerprint digest == a straight run's, the reference "
+          "recorded across the restart (batch fingerprints included) compares identical to the straight one, "
+          "and no warning says the resume is not exact")
 
 
 def warned(row: str) -> str | None:
@@ -68,11 +86,11 @@ def skipped(row: str) -> str | None:
 
 # Pipelines ---------------------------------------------------------------------------------------
 
-def _arrays():
+def _arrays(rows: int = ROWS):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(ROWS, 6)).astype("float32")
+    x = rng.normal(size=(rows, 6)).astype("float32")
     return x, (np.abs(x[:, 0] * 3).astype(int) % 3).astype("int32")
 
 
@@ -197,6 +215,9 @@ def first_phase(row: str, folder: str, check) -> None:
     """Records the reference; trains AT epochs and saves the checkpoint."""
     import numpy as np
 
+    if row in MID_EPOCH:
+        return _mid_first_phase(row, folder, check)
+
     import keras_repro as kr
 
     check.lifecycle = "fresh"
@@ -219,6 +240,9 @@ def second_phase(row: str, folder: str, check) -> None:
     import numpy as np
 
     import keras_repro as kr
+
+    if row in MID_EPOCH:
+        return _mid_second_phase(row, folder, check)
 
     reference = _path(folder, row, "reference.h5")
     with np.load(_path(folder, row, "final.npz")) as arrays:
@@ -254,6 +278,96 @@ def second_phase(row: str, folder: str, check) -> None:
           callback.divergence is None and callback.verified_epochs == tuple(range(AT, EPOCHS)),
           (callback.divergence, callback.summary))
     check("resumed: final weights == straight", _same(resumed.get_weights(), final))
+
+
+# Mid-epoch BackupAndRestore rows ----------------------------------------------------------------
+
+def _mid_build():
+    """A DeterministicModel with layer RNG (Dropout) and optimizer state (Adam)."""
+    import keras
+
+    import keras_repro as kr
+
+    keras.backend.clear_session()
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dropout(0.3)(keras.layers.Dense(16, activation="relu")(inputs))
+    model = kr.DeterministicModel(inputs, keras.layers.Dense(3, activation="softmax")(hidden), seed=SEED)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _mid_fit(row, folder, backup, reference, stop=None):
+    """A new model fit EPOCHS epochs with BackupAndRestore(backup, save_freq=SAVE_FREQ), a SeedCallback
+    recording `reference` (and an exception after batch stop[1] of epoch stop[0]); returns
+    (model, callback, whether it was interrupted, the warnings)."""
+    import keras
+
+    import keras_repro as kr
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (self.epoch, batch) == stop:
+                raise RuntimeError("interrupted")
+
+    model = _mid_build()
+    x, y = _arrays(MID_ROWS)
+    if row == "mid_epoch_tf_data":
+        import tensorflow as tf
+
+        data = {"x": tf.data.Dataset.from_tensor_slices((x, y)).shuffle(MID_ROWS, seed=3).batch(BATCH)}
+    else:
+        data = {"x": x, "y": y, "batch_size": BATCH}
+    callback = kr.SeedCallback(SEED, _path(folder, row, reference), every_n_batches=2)
+    callbacks = [keras.callbacks.BackupAndRestore(_path(folder, row, backup), save_freq=SAVE_FREQ), callback]
+    interrupted = False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.fit(**data, epochs=EPOCHS, verbose=0, callbacks=callbacks + ([Interrupt()] if stop else []))
+        except RuntimeError as error:
+            if "interrupted" not in str(error):
+                raise
+            interrupted = True
+    return model, callback, interrupted, [str(w.message) for w in caught]
+
+
+def _mid_first_phase(row, folder, check):
+    """The straight run (its reference and final digest); the run interrupted at STOP."""
+    import keras_repro as kr
+
+    check.lifecycle = "resume"
+    straight, _, interrupted, _ = _mid_fit(row, folder, "straight-backup", "straight.h5")
+    check("the straight run ends", not interrupted)
+    with open(_path(folder, row, "digest.txt"), "w") as handle:
+        handle.write(kr.fingerprint(straight).digest)
+    _, _, interrupted, _ = _mid_fit(row, folder, "backup", "resumed.h5", stop=STOP)
+    check(f"the fit raises after epoch {STOP[0]}, batch {STOP[1]}", interrupted)
+
+
+def _mid_second_phase(row, folder, check):
+    """Restarts the interrupted fit with its backup folder in this new process; compares."""
+    import keras_repro as kr
+
+    check.lifecycle = "resume"
+    model, callback, interrupted, caught = _mid_fit(row, folder, "backup", "resumed.h5")
+    not_exact = [text for text in caught if "cannot do so exactly" in text or "does not fit this model" in text]
+    check("the restart ends, with no warning that the resume is not exact", not interrupted and not not_exact,
+          not_exact)
+    note = callback.log.notes.get("mid_epoch_resume", "")
+    check(f"the restart resumed epoch {STOP[0]} after batch {BACKED_UP} (the last backup)",
+          note.startswith(f"resumed epoch {STOP[0]} after batch {BACKED_UP}"), callback.log.notes)
+    with open(_path(folder, row, "digest.txt")) as handle:
+        expected = handle.read()
+    check("final fingerprint digest == the straight run's", kr.fingerprint(model).digest == expected)
+    straight = kr.load_fingerprints(_path(folder, row, "straight.h5"))
+    resumed = kr.load_fingerprints(_path(folder, row, "resumed.h5"))
+    check("the reference recorded across the restart compares identical to the straight one (batches included)",
+          straight.compare(resumed).identical and resumed.batches == straight.batches
+          and [fp.digest for fp in resumed.epochs] == [fp.digest for fp in straight.epochs],
+          straight.compare(resumed).verdict)
 
 
 def _same(a, b) -> bool:
