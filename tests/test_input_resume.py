@@ -15,6 +15,7 @@ import keras_repro as kr
 from keras_repro import _backend
 from keras_repro.fit import input_resume
 from tests.conftest import run_python
+from tests.pipelines import ReshuffledRows
 
 pytestmark = pytest.mark.backends
 
@@ -27,23 +28,11 @@ def _arrays():
     return rng.normal(size=(ROWS, 4)).astype("float32"), rng.normal(size=(ROWS, 1)).astype("float32")
 
 
-class Reshuffled(keras.utils.PyDataset):
+class Reshuffled(ReshuffledRows):
     """Batches of the rows in an order NumPy's global RNG reshuffles at every epoch's end."""
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.x, self.y = _arrays()
-        self.order = np.arange(ROWS)
-
-    def __len__(self):
-        return ROWS // BATCH
-
-    def __getitem__(self, index):
-        rows = self.order[index * BATCH:(index + 1) * BATCH]
-        return self.x[rows], self.y[rows]
-
-    def on_epoch_end(self):
-        np.random.shuffle(self.order)
+        super().__init__(*_arrays(), BATCH, **kwargs)
 
 
 def pipeline(form):

@@ -16,6 +16,7 @@ import pytest
 import keras_repro as kr
 from keras_repro.fit import midepoch
 from tests.conftest import run_child
+from tests.pipelines import ReshuffledRows
 
 pytestmark = pytest.mark.backends
 
@@ -39,23 +40,11 @@ def build(model_class=None):
     return model
 
 
-class Reshuffled(keras.utils.PyDataset):
+class Reshuffled(ReshuffledRows):
     """Batches of the rows in an order NumPy's global RNG reshuffles at every epoch's end."""
 
     def __init__(self):
-        super().__init__()
-        self.x, self.y = _arrays()
-        self.order = np.arange(ROWS)
-
-    def __len__(self):
-        return ROWS // BATCH
-
-    def __getitem__(self, index):
-        rows = self.order[index * BATCH:(index + 1) * BATCH]
-        return self.x[rows], self.y[rows]
-
-    def on_epoch_end(self):
-        np.random.shuffle(self.order)
+        super().__init__(*_arrays(), BATCH)
 
 
 def inputs(form):

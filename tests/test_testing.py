@@ -19,6 +19,7 @@ from keras_repro.fingerprinting.digests import VariableDigest, make_fingerprint
 from keras_repro.fit import midepoch
 from keras_repro.testing import assert_reproducible, assert_resumable, divergence_report
 from tests.conftest import REPO, make_data, make_model, start_child
+from tests.pipelines import ReshuffledRows
 
 
 def _fp(epoch, bias="b" * 64):
@@ -321,23 +322,11 @@ def reshuffled_dataset():
     return tf.data.Dataset.from_tensor_slices(_rows()).shuffle(ROWS, seed=3).batch(BATCH)
 
 
-class Reshuffled(keras.utils.PyDataset):
+class Reshuffled(ReshuffledRows):
     """Batches in an order NumPy's global RNG reshuffles at every epoch's end."""
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.x, self.y = _rows()
-        self.order = np.arange(ROWS)
-
-    def __len__(self):
-        return ROWS // BATCH
-
-    def __getitem__(self, index):
-        rows = self.order[index * BATCH:(index + 1) * BATCH]
-        return self.x[rows], self.y[rows]
-
-    def on_epoch_end(self):
-        np.random.shuffle(self.order)
+        super().__init__(*_rows(), BATCH, **kwargs)
 
 
 def test_resumable_takes_pipeline_factories_and_fails_on_one_that_changes():
