@@ -188,7 +188,7 @@ def _tiny_trace(lanes=((1, 2), (3, 4))):
 def _reseal(path):
     """Writes a trace file's checksum header again after an edit (as a writer bug would leave it)."""
     with open(path, "rb+") as handle:
-        digest = store._body_digest(handle)
+        digest = store.body_digest(handle)
         handle.seek(0)
         handle.write(store._header(digest))
 

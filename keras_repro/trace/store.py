@@ -21,7 +21,6 @@ every field, so a damaged file raises `ReferenceFileError` naming the file and t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 
@@ -29,12 +28,13 @@ import h5py
 import numpy as np
 
 from keras_repro.errors import ReferenceFileError
-from keras_repro.store import file_access
+from keras_repro.store import file_access, hdf5
+from keras_repro.store.hdf5 import body_digest
 from keras_repro.trace.entries import KINDS, STAT_NAMES, Trace
 
 FORMAT_NAME = "keras_repro.trace"
 FORMAT_VERSION = 1
-USER_BLOCK = 512
+USER_BLOCK = hdf5.USER_BLOCK  # the same user block as a fingerprint file: `body_digest` hashes what follows it
 WHAT = "Trace file"
 COLUMNS = {"step": (np.int64, 1), "kind": (str, 1), "name": (str, 1), "lanes": (np.uint32, 2),
            "input_lanes": (np.uint32, 2), "stats": (np.float64, len(STAT_NAMES))}
@@ -55,14 +55,6 @@ def is_trace_file(path: str | os.PathLike) -> bool:
 
 def _header(digest: str) -> bytes:
     return f"{FORMAT_NAME}\nsha256 {digest}\n".encode("ascii").ljust(USER_BLOCK, b"\0")
-
-
-def _body_digest(handle) -> str:
-    handle.seek(USER_BLOCK)
-    hasher = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        hasher.update(block)
-    return hasher.hexdigest()
 
 
 def write_trace(path: str | os.PathLike, trace: Trace) -> None:
@@ -111,7 +103,7 @@ def write_trace(path: str | os.PathLike, trace: Trace) -> None:
             group.create_dataset("input_lanes", data=trace.input_lanes.astype(np.uint32).reshape(-1, 2))
             group.create_dataset("stats", data=trace.stats.astype(np.float64).reshape(-1, len(STAT_NAMES)))
         with open(temporary, "rb+") as sealed:
-            digest = _body_digest(sealed)
+            digest = body_digest(sealed)
             sealed.seek(0)
             sealed.write(_header(digest))
             sealed.flush()
@@ -154,7 +146,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
             if len(digest) != 64 or _header(digest) != head:
                 raise _fail(path, "has a damaged header (bytes 0-511). Trace again. Received: header="
                                   + repr(head.rstrip(b"\0")[:80]))
-            actual = _body_digest(handle)
+            actual = body_digest(handle)
     except OSError as error:
         raise _fail(path, f"cannot be read: {error.strerror or error}. Received: path={os.fspath(path)!r}") from None
     if actual != digest:
