@@ -18,8 +18,8 @@ step, `keras_repro.fit.fed_data`). Fits are interleaved (off, on, off, on, ...) 
 one uncounted warm-up of each; every fit gets a freshly built and compiled model and
 only `fit` is timed. The table shows medians, the ratio on / off of the medians, the
 median of the ratios of each interleaved pair (on_i / off_i: it holds when the machine's
-speed drifts between the start and the end of the run, as shared 2-core machines' does by
-up to 2x) and the ratio of the fastest fits; the target on CPU is at most 1.03 (issue 17). The backend is the one
+speed drifts during the run, as a shared 2-core machine's does by up to 2x) and the ratio
+of the fastest fits; the target on CPU is at most 1.03 (issue 17). The backend is the one
 Keras picks (KERAS_BACKEND). Always exits 0: it is a report.
 
 Usage::

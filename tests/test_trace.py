@@ -14,6 +14,7 @@ import keras_repro as kr
 from keras_repro import _backend
 from keras_repro.cli import main
 from keras_repro.errors import ReferenceFileError
+from keras_repro.store.hdf5 import body_digest
 from keras_repro.trace import store
 from keras_repro.trace.entries import Trace
 from tests.conftest import start_child
@@ -188,7 +189,7 @@ def _tiny_trace(lanes=((1, 2), (3, 4))):
 def _reseal(path):
     """Writes a trace file's checksum header again after an edit (as a writer bug would leave it)."""
     with open(path, "rb+") as handle:
-        digest = store.body_digest(handle)
+        digest = body_digest(handle)
         handle.seek(0)
         handle.write(store._header(digest))
 

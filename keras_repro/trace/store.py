@@ -29,7 +29,6 @@ import numpy as np
 
 from keras_repro.errors import ReferenceFileError
 from keras_repro.store import file_access, hdf5
-from keras_repro.store.hdf5 import body_digest
 from keras_repro.trace.entries import KINDS, STAT_NAMES, Trace
 
 FORMAT_NAME = "keras_repro.trace"
@@ -103,7 +102,7 @@ def write_trace(path: str | os.PathLike, trace: Trace) -> None:
             group.create_dataset("input_lanes", data=trace.input_lanes.astype(np.uint32).reshape(-1, 2))
             group.create_dataset("stats", data=trace.stats.astype(np.float64).reshape(-1, len(STAT_NAMES)))
         with open(temporary, "rb+") as sealed:
-            digest = body_digest(sealed)
+            digest = hdf5.body_digest(sealed)
             sealed.seek(0)
             sealed.write(_header(digest))
             sealed.flush()
@@ -146,7 +145,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
             if len(digest) != 64 or _header(digest) != head:
                 raise _fail(path, "has a damaged header (bytes 0-511). Trace again. Received: header="
                                   + repr(head.rstrip(b"\0")[:80]))
-            actual = body_digest(handle)
+            actual = hdf5.body_digest(handle)
     except OSError as error:
         raise _fail(path, f"cannot be read: {error.strerror or error}. Received: path={os.fspath(path)!r}") from None
     if actual != digest:
