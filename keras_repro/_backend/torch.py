@@ -299,18 +299,33 @@ def step_lanes(leaves: list) -> Any:
     int64 on the device for tensors on an accelerator (`lanes_to_host` keeps the low 32 bits)."""
     from keras_repro.fingerprinting import checksums
 
-    with torch.no_grad():
-        tensors = [torch.as_tensor(leaf) for leaf in leaves]
-        words = [_words(t) for t in tensors]
-        sizes = [int(w.numel()) for w in words]
-        if any(t.device.type != "cpu" for t in tensors):
+    tensors = [leaf if isinstance(leaf, torch.Tensor) else torch.as_tensor(leaf) for leaf in leaves]
+    if any(t.device.type != "cpu" for t in tensors):
+        with torch.no_grad():
+            words = [_words(t) for t in tensors]
+            sizes = [int(w.numel()) for w in words]
             return _device_lanes([w.to(tensors[0].device) for w in words], sizes, _positions(sizes, tensors[0].device))
-        layout = _HOST_LAYOUTS.get(tuple(sizes))
-        if layout is None:
-            if len(_HOST_LAYOUTS) > 16:
-                _HOST_LAYOUTS.clear()
-            layout = _HOST_LAYOUTS[tuple(sizes)] = checksums.FlatLayout(sizes)
-        return layout.lanes([w.numpy().view(np.uint32) for w in words])
+    # a batch holds no gradient: `detach` is free, and `numpy()` is a view (or the words' copy
+    # for 1- and 2-byte types, made by `checksums.words`)
+    words = [checksums.words(_host_view(t)) for t in tensors]
+    sizes = tuple(w.size for w in words)
+    layout = _HOST_LAYOUTS.get(sizes)
+    if layout is None:
+        if len(_HOST_LAYOUTS) > 16:
+            _HOST_LAYOUTS.clear()
+        layout = _HOST_LAYOUTS[sizes] = checksums.FlatLayout(sizes)
+    return layout.lanes(words)
+
+
+def _host_view(tensor: Any) -> np.ndarray:
+    """A NumPy view of a CPU tensor's elements (bool and bfloat16, which NumPy lacks, as the
+    integers of their bits)."""
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bool:
+        tensor = tensor.view(torch.uint8)
+    elif tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.numpy()
 
 
 def lanes_to_host(pending: list) -> np.ndarray:

@@ -116,7 +116,11 @@ class FlatLayout:
         # sum of i * PHI over each array: PHI * n (n - 1) / 2, mod 2**32
         self._position_sums = np.array([(PHI * (n * (n - 1) // 2)) & 0xFFFFFFFF for n in self.sizes], np.uint32)
         self._scratch = np.empty(min(self.total, self.chunk), np.uint32)
-        # (begin, end, rows, offsets): each chunk of the buffer, and the arrays in it
+        # (begin, end, rows, offsets, bounds): each chunk of the buffer and the arrays in it.
+        # Few arrays (the common batch: x and y): `rows` is a slice of them, `bounds` where
+        # each lies in the chunk (empty ones too), summed one by one; many: `rows` indexes the
+        # non-empty ones and `offsets` where they start, for `reduceat` (which cannot sum an
+        # empty piece)
         self._chunks = []
         first = 0
         for begin in range(0, self.total, self.chunk):
@@ -130,7 +134,13 @@ class FlatLayout:
                     break
                 index += 1
             first = index
-            self._chunks.append((begin, end, rows, offsets))
+            if rows and rows[-1] - rows[0] < _FEW_ARRAYS:
+                span = range(rows[0], rows[-1] + 1)
+                bounds = [(int(min(max(self.starts[r] - begin, 0), end - begin)),
+                           int(min(max(self.starts[r + 1] - begin, 0), end - begin))) for r in span]
+                self._chunks.append((begin, end, slice(span.start, span.stop), None, bounds))
+            else:
+                self._chunks.append((begin, end, np.array(rows, np.intp), np.array(offsets, np.intp), None))
 
     def positioned(self, arrays: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
         """Stage 1: a uint32 buffer of `total` words holding w_i + i * PHI of every array
@@ -151,19 +161,29 @@ class FlatLayout:
         """Stage 2: the lanes, uint32 (arrays, 2), from a `positioned` buffer (which it
         overwrites)."""
         result = np.zeros((len(self.sizes), 2), np.uint32)
-        for begin, end, rows, offsets in self._chunks:
+        for begin, end, rows, offsets, bounds in self._chunks:
             h = buffer[begin:end]
-            if rows:
-                result[rows, 0] += np.add.reduceat(h, offsets, dtype=np.uint32)
+            result[rows, 0] += _sums(h, offsets, bounds)
             _fmix32_inplace(h, self._scratch[: end - begin])
-            if rows:
-                result[rows, 1] += np.add.reduceat(h, offsets, dtype=np.uint32)
+            result[rows, 1] += _sums(h, offsets, bounds)
         result[:, 0] -= self._position_sums
         return result
 
     def lanes(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """uint32 (arrays, 2): the lanes of each of `arrays` (their `words`)."""
         return self.mix(self.positioned(arrays))
+
+
+_FEW_ARRAYS = 4
+"""Up to this many arrays in a chunk, `FlatLayout` sums each slice instead of calling `reduceat`."""
+
+
+def _sums(h: np.ndarray, offsets: np.ndarray | None, bounds: list[tuple[int, int]] | None) -> np.ndarray:
+    """uint32 sums (mod 2**32) of pieces of `h`: from each of `offsets` to the next (`reduceat`,
+    no piece empty), or each (start, stop) of `bounds`."""
+    if bounds is None:
+        return np.add.reduceat(h, offsets, dtype=np.uint32)
+    return np.array([h[lo:hi].sum(dtype=np.uint32) for lo, hi in bounds], np.uint32)
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
