@@ -107,18 +107,51 @@ def test_nested_subclassed_model_named_by_its_path():
     assert outputs == ["encoder/dense_1", "encoder/shift", "encoder", "head"]
     assert "encoder/dense_1/kernel" in first.name
     assert kr.compare_traces(first, kr.trace_layers(model, x, y, steps=2, batch_size=8)).identical
+
+    def changed(cls, attribute):
+        """The first divergence from `first` with `cls.attribute` at 0.01 (compiled anew, as
+        `fit` needs after a Python-side change)."""
+        setattr(cls, attribute, 0.01)
+        try:
+            model.compile("sgd", "mse")
+            return kr.compare_traces(first, kr.trace_layers(model, x, y, steps=2, batch_size=8)).first_divergence
+        finally:
+            setattr(cls, attribute, 0.0)
+
+    divergence = changed(Shift, "offset")
+    assert (divergence.step, divergence.kind, divergence.name, divergence.category) == (0, "output", "encoder/shift", "layer")
+    divergence = changed(Net, "between")
+    assert (divergence.step, divergence.name, divergence.category) == (0, "head", "between")
+
+
+@pytest.mark.backends
+def test_step_traced_as_fit_runs_it():
+    """The traced step is compiled where fit compiles it, once per compile(): a Python-side change
+    shows after compile(), as in fit; with run_eagerly it shows at once."""
+    x, y = _data()
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d1"), Shift(name="shift"),
+                              keras.layers.Dense(1, name="d2")])
+    model.compile("sgd", "mse")
+    mode = _backend.traced_step_mode(model)
+    assert mode == ("eager" if _backend.name() == "torch" else "compiled")
+    first = kr.trace_layers(model, x, y, steps=2, batch_size=8)
+    assert first.meta["step"] == mode
     Shift.offset = 0.01
     try:
-        divergence = kr.compare_traces(first, kr.trace_layers(model, x, y, steps=2, batch_size=8)).first_divergence
+        same_compile = kr.trace_layers(model, x, y, steps=2, batch_size=8)
+        model.compile("sgd", "mse")
+        recompiled = kr.trace_layers(model, x, y, steps=2, batch_size=8)
+        model.compile("sgd", "mse", run_eagerly=True)
+        eager = kr.trace_layers(model, x, y, steps=2, batch_size=8)
+        Shift.offset = 0.0
+        eager_back = kr.trace_layers(model, x, y, steps=2, batch_size=8)
     finally:
         Shift.offset = 0.0
-    assert (divergence.step, divergence.kind, divergence.name, divergence.category) == (0, "output", "encoder/shift", "layer")
-    Net.between = 0.01
-    try:
-        divergence = kr.compare_traces(first, kr.trace_layers(model, x, y, steps=2, batch_size=8)).first_divergence
-    finally:
-        Net.between = 0.0
-    assert (divergence.step, divergence.name, divergence.category) == (0, "head", "between")
+    assert kr.compare_traces(first, same_compile).identical is (mode == "compiled")
+    assert kr.compare_traces(first, recompiled).first_divergence.name == "shift"
+    assert eager.meta["step"] == "eager"
+    assert kr.compare_traces(eager, eager_back).first_divergence.name == "shift"
 
 
 def _perturbed_step(monkeypatch, what):
@@ -241,3 +274,18 @@ def test_fingerprint_mismatch_names_the_trace_commands():
     """A FingerprintMismatch says which commands find the layer next."""
     message = str(kr.FingerprintMismatch("epoch 1, part 'trainable'", "run.h5", "the seed differs"))
     assert "Likely cause: the seed differs." in message and "keras-repro diff trace_a.h5 trace_b.h5" in message
+
+
+@pytest.mark.unit
+def test_entry_stats_summarise_every_value():
+    """An entry's float summaries: the mean and largest magnitude of its finite values, the count of the others."""
+    from keras_repro.trace.record import _stats
+
+    floats = np.array([[1.5, -4.0], [np.nan, np.inf]], np.float32)
+    ints = np.array([-7, 2], np.int8)
+    found = _stats([floats, ints, np.array([True]), np.zeros(0, np.float32)])
+    values = np.array([1.5, -4.0, -7.0, 2.0, 1.0])
+    assert found.tolist() == [values.mean(), 7.0, 2.0]
+    assert _stats([np.array([np.nan, -np.inf])]).tolist()[2] == 2.0 and np.isnan(_stats([np.array([np.nan])])[:2]).all()
+    assert np.isnan(_stats([np.zeros(0)])[:2]).all() and _stats([np.zeros(0)])[2] == 0.0
+    assert _stats([np.array([-3.0, 1.0])]).tolist() == [-1.0, 3.0, 0.0]  # the largest magnitude may be a negative value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -302,13 +303,43 @@ def set_framework_rng_state(state: Any) -> None:
 
 
 def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:
-    """Trains one step of a compiled model eagerly, as its `train_step` would, and returns
-    (loss, gradients of `model.trainable_variables`). Wrapped layer calls append
-    (path, inputs, outputs) to `calls` during the forward pass; after the step `calls`
-    holds concrete arrays (see `keras_repro.trace`)."""
+    """Trains one step of a compiled model as `fit` would run its `train_step` (compiled or
+    eager: `traced_step_mode`), and returns (loss, gradients of `model.trainable_variables`).
+    Wrapped layer calls append (path, inputs, outputs) to `calls` during the forward pass; after
+    the step `calls` holds concrete arrays (see `keras_repro.trace`)."""
     raise ValueError(f"Layer traces need gradients, which the {keras.backend.backend()} backend does not "
                      "compute. Use TensorFlow, JAX or PyTorch. Received: backend="
                      f"{keras.backend.backend()}")
+
+
+def traced_step_mode(model: Any) -> str:
+    """How `traced_step` runs the model's step: "compiled" or "eager" (as `fit` would)."""
+    return "eager"
+
+
+class StepCache:
+    """A compiled traced step per model, built by `build(model)` on first use and again whenever
+    what it was built from changes: the model's compile (its loss and optimizer objects), its
+    trainable variables or its `jit_compile`, the things after which Keras rebuilds its own train
+    function. Python-side changes in between are not seen, as `fit` does not see them. Models are
+    held weakly: a model's step goes with it."""
+
+    def __init__(self, build: Callable[[Any], Any]) -> None:
+        self._build = build
+        self._steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _key(model: Any) -> tuple:
+        return (getattr(model, "_compile_loss", None), model.optimizer, getattr(model, "jit_compile", None),
+                *model.trainable_variables)
+
+    def get(self, model: Any) -> Any:
+        """The step for `model` as it is now."""
+        key = self._key(model)
+        found = self._steps.get(model)
+        if found is None or len(found[0]) != len(key) or any(a is not b for a, b in zip(found[0], key)):
+            found = self._steps[model] = (key, self._build(model))
+        return found[1]
 
 
 # Data checks: the checksum of every batch a fit feeds, taken inside its train step -----------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     value_of,
     with_lanes,
 )
+from keras_repro._backend.jax_trace import traced_step, traced_step_mode  # noqa: F401 - the interface
 
 logger = logging.getLogger(__name__)
 
@@ -396,45 +396,3 @@ def _checksum_runner() -> Any:
     import jax.numpy as jnp
 
     return jax.jit(lambda values: jnp.stack([_lanes(v) for v in values]))
-
-
-def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:
-    """One step with `jax.value_and_grad` over `compute_loss_and_updates`, not compiled, so the
-    wrapped layer calls run (see `common`); their arrays come out of the gradient as auxiliary
-    outputs, and the optimizer updates the variables eagerly."""
-    variables = list(model.trainable_variables)
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    metrics = [v.value for v in model.metrics_variables]
-    optimizer = [v.value for v in model.optimizer.variables]
-    paths: list[str] = []
-
-    def loss_of(trainable: list) -> Any:
-        calls.clear()
-        scaled, (loss, _, new_non_trainable, _) = model.compute_loss_and_updates(
-            trainable, non_trainable, metrics, x, y, sample_weight, training=True, optimizer_variables=optimizer)
-        paths[:] = [path for path, _, _ in calls]
-        return scaled, (loss, new_non_trainable, [(i, o) for _, i, o in calls])
-
-    (_, (loss, new_non_trainable, arrays)), gradients = jax.value_and_grad(loss_of, has_aux=True)(
-        [v.value for v in variables])
-    calls[:] = [(path, inputs, outputs) for path, (inputs, outputs) in zip(paths, arrays)]
-    for variable, value in zip(model.non_trainable_variables, new_non_trainable):
-        variable.assign(value)
-    optimizer_variables = model.optimizer.variables
-    new_trainable, new_optimizer = _compiled_update(model.optimizer)(
-        [v.value for v in optimizer_variables], list(gradients), [v.value for v in variables])
-    for variable, value in zip(list(variables) + list(optimizer_variables), list(new_trainable) + list(new_optimizer)):
-        variable.assign(value)
-    return loss, list(gradients)
-
-
-_UPDATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""A jitted `stateless_apply` per optimizer (the eager update is most of a traced step's time)."""
-
-
-def _compiled_update(optimizer: Any) -> Any:
-    """`optimizer.stateless_apply`, jitted once per optimizer."""
-    update = _UPDATES.get(optimizer)
-    if update is None:
-        update = _UPDATES[optimizer] = jax.jit(optimizer.stateless_apply)
-    return update

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import weakref
 from typing import Any
 
 import keras
@@ -17,14 +16,12 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     async_batch_hooks_help,
     backend_rng_state,
     build_with_lanes,
-    call_model,
     data_to_numpy,
     deferred_or_host,
     first_match,
     framework_rng_state,
     gather_from_processes,
     input_hazards,
-    model_loss,
     plain_text,
     process_count,
     seed_backend,
@@ -34,6 +31,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     value_of,
     wrap_step,
 )
+from keras_repro._backend.tensorflow_trace import traced_step, traced_step_mode  # noqa: F401 - the interface
 
 logger = logging.getLogger(__name__)
 
@@ -367,31 +365,3 @@ def _checksum_runner() -> Any:
         return tf.stack([lanes(v) for v in values])
 
     return run
-
-
-def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:
-    """One eager step under a `GradientTape`, as Keras' TensorFlow `train_step` (see `common`)."""
-    variables = list(model.trainable_variables)
-    with tf.GradientTape() as tape:
-        y_pred = call_model(model, x)
-        loss = model_loss(model, x, y, y_pred, sample_weight)
-        scaled = model.optimizer.scale_loss(loss)
-    gradients = tape.gradient(scaled, variables)
-    gradients = [tf.zeros_like(v.value) if g is None else tf.convert_to_tensor(g) for g, v in zip(gradients, variables)]
-    _compiled_update(model.optimizer, variables)(gradients)
-    return loss, gradients
-
-
-_UPDATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""A compiled optimizer update per optimizer (the eager one is half of a traced step's time)."""
-
-
-def _compiled_update(optimizer: Any, variables: list) -> Any:
-    """`optimizer.apply_gradients` to `variables` as a `tf.function` (kept per optimizer and
-    variable list: Keras' optimizer code does not change within a process)."""
-    key = tuple(id(v) for v in variables)
-    cached = _UPDATES.get(optimizer)
-    if cached is None or cached[0] != key:
-        update = tf.function(lambda gradients: optimizer.apply_gradients(zip(gradients, variables)), autograph=False)
-        cached = _UPDATES[optimizer] = (key, update)
-    return cached[1]

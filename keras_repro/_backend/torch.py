@@ -35,6 +35,7 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     replica_devices,
     seed_backend,
     sync_model_state,
+    traced_step_mode,
     trains_under_tf_distribute,
     value_of,
     wrap_step,

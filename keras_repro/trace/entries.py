@@ -28,7 +28,8 @@ class Trace:
         lanes: uint32 (entries, 2): the checksum lanes of the entry's arrays.
         input_lanes: uint32 (entries, 2): of a layer call's input tensors (zeros otherwise).
         stats: float64 (entries, 3): `STAT_NAMES` of the entry's values.
-        meta: {name: text}: steps, batch_size, backend, created, keras_repro_version.
+        meta: {name: text}: steps, batch_size, backend, step ("compiled" or "eager": how the
+            step ran, as `fit` would run it), created, keras_repro_version.
         environment: The manifest of the process that traced (`fingerprinting.environment`).
     """
 

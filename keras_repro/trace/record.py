@@ -1,8 +1,9 @@
 """`trace_layers`: a few training steps of a compiled model, recorded layer by layer.
 
-Each step is run eagerly (`keras_repro._backend.traced_step`: a `GradientTape` on TensorFlow,
-`jax.value_and_grad` on JAX, autograd on PyTorch) with every layer's `call` wrapped
-(`capture.CallRecorder`), so the trace holds, per step and in execution order: the batch fed,
+Each step runs as `fit` runs it (`keras_repro._backend.traced_step`: a `GradientTape` in a
+`tf.function` on TensorFlow, `jax.value_and_grad` jitted on JAX, compiled once per model and
+`compile()` as Keras' train function is, eagerly where the model runs eagerly; autograd on
+PyTorch) with every layer's `call` wrapped (`capture.CallRecorder`), so the trace holds, per step and in execution order: the batch fed,
 every layer call's output (with its inputs), the loss, every trainable variable's gradient
 and every variable after the update. Each entry is a 64-bit checksum of its bits (the batch
 checksum, `keras_repro.fingerprinting.checksums`) and float summaries (mean, largest absolute
@@ -90,6 +91,7 @@ def trace_layers(model: Any, x: Any, y: Any = None, *, steps: int = 3, batch_siz
     from keras_repro.version import __version__
 
     meta = {"steps": str(steps), "batch_size": str(batch_size), "backend": _backend.name(),
+            "step": _backend.traced_step_mode(model),
             "created": datetime.datetime.now(datetime.UTC).isoformat(), "keras_repro_version": __version__}
     trace = entries.trace(meta, collect())
     if path is not None:
@@ -220,12 +222,24 @@ def _words(arrays: list) -> np.ndarray:
 
 
 def _stats(arrays: list) -> np.ndarray:
-    """mean, largest absolute value and non-finite count of the arrays' values (NaN: none)."""
-    values = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays if np.asarray(a).dtype.kind in "biuf"]
-    flat = np.concatenate(values) if values else np.zeros(0)
-    if not flat.size:
-        return np.array([np.nan, np.nan, 0.0])
-    finite = np.isfinite(flat)
-    kept = flat[finite]
-    return np.array([kept.mean() if kept.size else np.nan, np.abs(kept).max() if kept.size else np.nan,
-                     float(flat.size - finite.sum())])
+    """mean, largest absolute value and non-finite count of the arrays' values (NaN: none),
+    in float64, without a float64 copy of each array (most entries have no non-finite value)."""
+    total, count, largest, bad = 0.0, 0, -np.inf, 0
+    for array in arrays:
+        array = np.asarray(array)
+        if array.dtype.kind not in "biuf" or not array.size:
+            continue
+        if array.dtype.kind == "f":
+            finite = np.isfinite(array)
+            missing = array.size - int(np.count_nonzero(finite))
+            if missing:
+                bad += missing
+                array = array[finite]
+                if not array.size:
+                    continue
+        total += float(array.sum(dtype=np.float64))
+        count += array.size
+        largest = max(largest, abs(float(array.max())), abs(float(array.min())))
+    if not count:
+        return np.array([np.nan, np.nan, float(bad)])
+    return np.array([total / count, largest, float(bad)])
