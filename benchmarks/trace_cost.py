@@ -10,10 +10,11 @@ sparse categorical cross-entropy on logits):
 
     plain    `model.train_on_batch` (Keras' compiled train step, as `fit` runs it), the median
              of `--steps` steps after warm-up steps
-    traced   `kr.trace_layers(model, x, y, steps=--steps)` (eager steps with every layer output,
-             the loss, every gradient and every variable checksummed on the host, the state kept
-             aside and put back), its wall time divided by the steps, the median of `--repeats`
-             calls after one warm-up call
+    traced   `kr.trace_layers(model, x, y, steps=--steps)` (steps run as fit runs them, with
+             every layer output, the loss, every gradient and every variable checksummed on the
+             host, the state kept aside and put back), its wall time divided by the steps, the
+             median of `--repeats` calls after one warm-up call (which builds the compiled step,
+             as the plain step's warm-up builds Keras' train function)
 
 Both are measured side by side in one process per backend (the parent starts a child per
 backend, with KERAS_BACKEND set). The target is a ratio of at most 3. The script prints a

@@ -50,7 +50,7 @@ def locate_layer(build_model: Callable[[], Any], feed: Feed, seed: int | None, c
     """The first `TraceDivergence` between the two sides of `check` (a comparison that found a
     divergence at some batch), traced up to that batch; None where it cannot be traced (inputs
     other than arrays, a build_model the fresh process cannot import) or the traces agree (the
-    difference is in the compiled step, not in the eager one)."""
+    difference lies outside the traced steps, in the input pipeline or the metrics, say)."""
     divergence = check.divergence
     if divergence is None or feed.kind != "arrays":
         return None
