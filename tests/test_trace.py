@@ -205,6 +205,11 @@ def test_data_divergence_and_state_left_unchanged(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(before, after)) and len(before) == len(after)
     assert not any("call" in layer.__dict__ for layer in model.layers)
     assert "drop/seed_generator/state" in reference.name
+    rows = {(kind, name): index for index, kind, name in zip(reference.rows(1), np.array(reference.kind)[reference.rows(1)],
+                                                             np.array(reference.name)[reference.rows(1)])}
+    lanes, inputs = reference.lanes.tolist(), reference.input_lanes.tolist()
+    for layer, before in (("d1", ("input", "x")), ("drop", ("output", "d1")), ("d2", ("output", "drop"))):
+        assert inputs[rows["output", layer]] == lanes[rows[before]] != lanes[rows["output", layer]]
     again = kr.trace_layers(model, x, y, steps=3, batch_size=8)
     assert kr.compare_traces(tmp_path / "t.h5", again).identical  # the same after a trace: nothing moved
     changed = x.copy()
@@ -279,7 +284,7 @@ def test_fingerprint_mismatch_names_the_trace_commands():
 @pytest.mark.unit
 def test_entry_stats_summarise_every_value():
     """An entry's float summaries: the mean and largest magnitude of its finite values, the count of the others."""
-    from keras_repro.trace.record import _stats
+    from keras_repro.trace.digests import stats as _stats
 
     floats = np.array([[1.5, -4.0], [np.nan, np.inf]], np.float32)
     ints = np.array([-7, 2], np.int8)

@@ -3,11 +3,11 @@
 Each step runs as `fit` runs it (`keras_repro._backend.traced_step`: a `GradientTape` in a
 `tf.function` on TensorFlow, `jax.value_and_grad` jitted on JAX, compiled once per model and
 `compile()` as Keras' train function is, eagerly where the model runs eagerly; autograd on
-PyTorch) with every layer's `call` wrapped (`capture.CallRecorder`), so the trace holds, per step and in execution order: the batch fed,
-every layer call's output (with its inputs), the loss, every trainable variable's gradient
+PyTorch) with every layer's `call` wrapped (`capture.CallRecorder`), so the trace holds, per
+step and in execution order: the batch fed, every layer call's output (with its inputs), the loss, every trainable variable's gradient
 and every variable after the update. Each entry is a 64-bit checksum of its bits (the batch
 checksum, `keras_repro.fingerprinting.checksums`) and float summaries (mean, largest absolute
-value, count of non-finite values) for comparisons within a tolerance.
+value, count of non-finite values) for comparisons within a tolerance (`digests`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import keras
 import numpy as np
 
 from keras_repro import _backend
-from keras_repro.fingerprinting import checksums
 from keras_repro.trace.capture import CallRecorder, layer_paths, state_kept
-from keras_repro.trace.entries import STAT_NAMES, Trace
+from keras_repro.trace.digests import EntryDigests
+from keras_repro.trace.entries import Trace
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def trace_layers(model: Any, x: Any, y: Any = None, *, steps: int = 3, batch_siz
     if not model.built:
         model(_tensors(batches[0][0])[0])  # builds it, as fit would
     recorder = CallRecorder(model)
-    entries = _Entries()
+    entries = EntryDigests()
     try:
         with state_kept(model) as variables:
             names = _variable_names(model, variables)
@@ -79,10 +79,7 @@ def trace_layers(model: Any, x: Any, y: Any = None, *, steps: int = 3, batch_siz
                     loss, gradients = _backend.traced_step(model, *_tensors(bx, by, bw), recorder.calls)
                 finally:
                     recorder.active = False
-                found += _call_entries(recorder.calls)
-                found.append(("loss", "loss", [_host(loss)], None))
-                found += [("gradient", trainable.get(id(v), v.path), [_host(g)], None)
-                          for v, g in zip(model.trainable_variables, gradients)]
+                found += _computed_entries(recorder.calls, loss, model.trainable_variables, gradients, trainable)
                 found += [("variable", name, [array], None) for name, array in zip(names, _backend.read_batch(kept))]
                 entries.add_step(step, found)
     finally:
@@ -137,11 +134,6 @@ def _tensors(*data: Any) -> list:
     return [keras.tree.map_structure(keras.ops.convert_to_tensor, item) if item is not None else None for item in data]
 
 
-def _host(value: Any) -> np.ndarray:
-    """A host array of a backend tensor."""
-    return np.asarray(_backend.data_to_numpy(value))
-
-
 def _named_leaves(kind: str, name: str, structure: Any) -> list:
     """Entries for the arrays of a batch structure: "x", or "x/0", "x/1"... for several."""
     if structure is None:
@@ -152,14 +144,22 @@ def _named_leaves(kind: str, name: str, structure: Any) -> list:
     return [(kind, f"{name}/{index}", [np.asarray(leaf)], None) for index, leaf in enumerate(leaves)]
 
 
-def _call_entries(calls: list) -> list:
-    """Entries of the recorded layer calls; a layer's repeated calls get "#2", "#3"..."""
+def _computed_entries(calls: list, loss: Any, variables: list, gradients: list, names: dict) -> list:
+    """Entries of what a step computed: each recorded layer call's outputs (with its inputs; a
+    layer's repeated calls get "#2", "#3"...), the loss, each trainable variable's gradient. The
+    tensors come to the host in one `read_batch` (views on CPU; on accelerators one transfer)."""
+    tensors: dict[int, Any] = {}  # each tensor once (a layer's input is mostly an output before it)
+    for tensor in [tensor for _, inputs, outputs in calls for tensor in (*outputs, *inputs)] + [loss, *gradients]:
+        tensors.setdefault(id(tensor), tensor)
+    host = dict(zip(tensors, _backend.read_batch(list(tensors.values()))))
     seen: dict[str, int] = {}
     found = []
     for path, inputs, outputs in calls:
         seen[path] = seen.get(path, 0) + 1
         name = path if seen[path] == 1 else f"{path}#{seen[path]}"
-        found.append(("output", name, [_host(o) for o in outputs], [_host(i) for i in inputs]))
+        found.append(("output", name, [host[id(t)] for t in outputs], [host[id(t)] for t in inputs]))
+    found.append(("loss", "loss", [host[id(loss)]], None))
+    found += [("gradient", names.get(id(v), v.path), [host[id(g)]], None) for v, g in zip(variables, gradients)]
     return found
 
 
@@ -179,67 +179,3 @@ def _variable_names(model: Any, variables: list) -> list[str]:
             owned.setdefault(id(generator.state), f"{path}/{generator.name}/state")
     return [owned.get(id(v)) or (f"optimizer/{v.name}" if part == "optimizer" else str(v.path))
             for part, v in variables]
-
-
-class _Entries:
-    """Collects entries step by step, checksumming each step's arrays in one pass."""
-
-    def __init__(self) -> None:
-        self.step: list[int] = []
-        self.kind: list[str] = []
-        self.name: list[str] = []
-        self.lanes: list[np.ndarray] = []
-        self.input_lanes: list[np.ndarray] = []
-        self.stats: list[np.ndarray] = []
-
-    def add_step(self, step: int, found: list) -> None:
-        """Adds (kind, name, arrays, input arrays or None) entries of one step."""
-        words = [_words(arrays) for _, _, arrays, _ in found]
-        words += [_words(inputs or []) for _, _, _, inputs in found]
-        lanes = checksums.FlatLayout([w.size for w in words]).lanes(words)
-        for index, (kind, name, arrays, inputs) in enumerate(found):
-            self.step.append(step)
-            self.kind.append(kind)
-            self.name.append(name)
-            self.lanes.append(lanes[index])
-            self.input_lanes.append(lanes[len(found) + index] if inputs is not None else np.zeros(2, np.uint32))
-            self.stats.append(_stats(arrays))
-
-    def trace(self, meta: dict, environment: dict) -> Trace:
-        """The finished `Trace`."""
-        return Trace(np.array(self.step, np.int64), tuple(self.kind), tuple(self.name),
-                     np.array(self.lanes, np.uint32).reshape(-1, 2), np.array(self.input_lanes, np.uint32).reshape(-1, 2),
-                     np.array(self.stats, np.float64).reshape(-1, len(STAT_NAMES)), dict(meta), dict(environment))
-
-
-def _words(arrays: list) -> np.ndarray:
-    """The checksum words of several arrays laid end to end."""
-    if len(arrays) == 1:
-        return checksums.words(np.asarray(arrays[0]))
-    if not arrays:
-        return np.zeros(0, np.uint32)
-    return np.concatenate([checksums.words(np.asarray(a)) for a in arrays])
-
-
-def _stats(arrays: list) -> np.ndarray:
-    """mean, largest absolute value and non-finite count of the arrays' values (NaN: none),
-    in float64, without a float64 copy of each array (most entries have no non-finite value)."""
-    total, count, largest, bad = 0.0, 0, -np.inf, 0
-    for array in arrays:
-        array = np.asarray(array)
-        if array.dtype.kind not in "biuf" or not array.size:
-            continue
-        if array.dtype.kind == "f":
-            finite = np.isfinite(array)
-            missing = array.size - int(np.count_nonzero(finite))
-            if missing:
-                bad += missing
-                array = array[finite]
-                if not array.size:
-                    continue
-        total += float(array.sum(dtype=np.float64))
-        count += array.size
-        largest = max(largest, abs(float(array.max())), abs(float(array.min())))
-    if not count:
-        return np.array([np.nan, np.nan, float(bad)])
-    return np.array([total / count, largest, float(bad)])
