@@ -218,6 +218,24 @@ def test_data_divergence_and_state_left_unchanged(tmp_path):
     assert (divergence.step, divergence.kind, divergence.name, divergence.category) == (1, "input", "x", "data")
 
 
+@pytest.mark.backends
+def test_kept_values_survive_training():
+    """What a trace keeps aside stays as it was while the variables train on (in place, on
+    TensorFlow and torch), and assigning it puts the variables back."""
+    x, y = _data()
+    model = _sequential()
+    model.train_on_batch(x[:8], y[:8])  # builds the optimizer
+    variables = model.trainable_variables + model.optimizer.variables
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+    kept = _backend.kept_values(variables)
+    model.train_on_batch(x[8:16], y[8:16])
+    assert not np.array_equal(keras.ops.convert_to_numpy(variables[0]), before[0])
+    assert all(np.array_equal(keras.ops.convert_to_numpy(k), b) for k, b in zip(kept, before))
+    for variable, value in zip(variables, kept):
+        variable.assign(value)
+    assert all(np.array_equal(keras.ops.convert_to_numpy(v), b) for v, b in zip(variables, before))
+
+
 def _tiny_trace(lanes=((1, 2), (3, 4))):
     """A two-entry trace made by hand (no training)."""
     return Trace(np.array([0, 0]), ("input", "output"), ("x", "d1"), np.array(lanes, np.uint32),

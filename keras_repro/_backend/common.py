@@ -51,6 +51,13 @@ def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     return [to_numpy(variable, replica) for variable in variables]
 
 
+def kept_values(variables: list) -> list:
+    """The variables' values as they are now, unchanged by whatever later updates the variables
+    (in place, or by donating their buffers to a compiled step), for `variable.assign` to put
+    back: host copies here."""
+    return [np.array(array, copy=True) for array in read_batch(variables)]
+
+
 def data_to_numpy(value: Any) -> np.ndarray:
     """A host NumPy copy of input data of any kind (NumPy, TensorFlow, JAX or torch arrays),
     whatever the backend."""

@@ -95,6 +95,15 @@ def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     return arrays
 
 
+def kept_values(variables: list) -> list:
+    """Copies on the arrays' own devices (see `common`): no transfer either way. The arrays
+    themselves would not do: Keras' compiled train step donates the buffers of the state it is
+    given."""
+    import jax.numpy as jnp
+
+    return [jnp.copy(value_of(variable)) for variable in variables]
+
+
 def _local_copy(value: Any, replica: int) -> np.ndarray:
     """A host array of a value this process holds whole (replica k: its k-th copy)."""
     if replica:

@@ -55,6 +55,11 @@ def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
     return np.asarray(read() if callable(read) else value)
 
 
+def kept_values(variables: list) -> list:
+    """Host copies (see `common`): variables are updated in place."""
+    return [np.array(array, copy=True) for array in read_batch(variables)]
+
+
 def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     """Host arrays of several variables: `to_numpy` of each."""
     return [to_numpy(variable, replica) for variable in variables]

@@ -63,6 +63,11 @@ def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
     return value_of(value).detach().cpu().numpy()
 
 
+def kept_values(variables: list) -> list:
+    """Host copies (see `common`): variables are updated in place."""
+    return [np.array(array, copy=True) for array in read_batch(variables)]
+
+
 def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     """Host arrays of several tensors: views on CPU; from accelerators, asynchronous copies
     into a pinned staging buffer (one synchronization per batch; pageable copies reach a

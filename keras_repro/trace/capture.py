@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import keras
-import numpy as np
 
 from keras_repro import _backend
 from keras_repro.fingerprinting.variables import build_optimizer_early, model_variables
@@ -94,7 +93,7 @@ def state_kept(model: Any) -> Iterator[list[tuple[str, Any]]]:
     kept = [variable for _, variable in variables]
     if generator is not None:
         kept.append(generator.state)
-    values = [np.array(array, copy=True) for array in _backend.read_batch(kept)]
+    values = _backend.kept_values(kept)
     framework = _backend.framework_rng_state()
     try:
         yield variables

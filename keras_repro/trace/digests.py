@@ -2,9 +2,11 @@
 and float summaries, computed on the host from the arrays `trace_layers` hands over, step by step
 (a step's arrays are checksummed in one `FlatLayout` pass).
 
-Measured and left: computing them on a worker thread while the next step trains is slower on
-a 2-core CPU (the GIL and the cores are shared with the step's own dispatch), and so is
-TensorFlow computing the lanes in its graph without XLA.
+Measured and left (docs/trace.md, "Cost"): computing them on a worker thread while the next
+step trains is slower on a 2-core CPU (the GIL and the cores are shared with the step's own
+dispatch), and so is TensorFlow computing the lanes in its graph without XLA; JAX computing
+them in a jitted function is faster once compiled, but a trace covers a few steps, often in a
+fresh process, and the compilation costs more than it saves there.
 """
 
 from __future__ import annotations
