@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -240,6 +241,22 @@ def _tiny_trace(lanes=((1, 2), (3, 4))):
     """A two-entry trace made by hand (no training)."""
     return Trace(np.array([0, 0]), ("input", "output"), ("x", "d1"), np.array(lanes, np.uint32),
                  np.zeros((2, 2), np.uint32), np.zeros((2, 3)), {"steps": "1"}, {})
+
+
+@pytest.mark.unit
+def test_divergence_names_the_traces_settings_when_they_differ():
+    """Traces of other backends, or of compiled and eager steps, differ with that named as the likely cause."""
+    def traced(lanes, **meta):
+        return dataclasses.replace(_tiny_trace(lanes), meta={"steps": "1", "backend": "tensorflow", "step": "compiled", **meta})
+
+    other = ((1, 2), (3, 5))
+    plain = str(kr.compare_traces(traced(((1, 2), (3, 4))), traced(other)).first_divergence)
+    assert "computes differently" in plain and "Likely cause" not in plain
+    modes = str(kr.compare_traces(traced(((1, 2), (3, 4))), traced(other, step="eager")).first_divergence)
+    assert "Likely cause: the first trace ran its steps compiled, the second eager" in modes
+    backends = str(kr.compare_traces(traced(((1, 2), (3, 4))), traced(other, backend="jax", step="eager")).first_divergence)
+    assert "different backends (tensorflow, jax)" in backends and "eager" not in backends
+    assert kr.compare_traces(traced(((1, 2), (3, 4))), traced(((1, 2), (3, 4)), step="eager")).identical
 
 
 def _reseal(path):

@@ -132,8 +132,21 @@ def compare_traces(a: Trace | str | os.PathLike, b: Trace | str | os.PathLike, *
                 within.append((step, a.name[i]))
                 continue
             category, explanation = _classify(a, b, step, rows_a, position, i, j)
-            return _result(_divergence(a, b, step, position, i, j, category, explanation), within, step)
+            return _result(_divergence(a, b, step, position, i, j, category, explanation + _settings(a, b)), within, step)
     return TraceComparison(None, tuple(within), len([s for s in steps if s >= 0]))
+
+
+def _settings(a: Trace, b: Trace) -> str:
+    """What the traces' own settings say of a difference: other backends, or steps run compiled
+    in one trace and eagerly in the other (their kernels round differently)."""
+    backends, modes = (a.meta.get("backend"), b.meta.get("backend")), (a.meta.get("step"), b.meta.get("step"))
+    if all(backends) and backends[0] != backends[1]:
+        return (f". Likely cause: the traces come from different backends ({backends[0]}, {backends[1]}), whose "
+                "kernels differ: compare traces of one backend")
+    if all(modes) and modes[0] != modes[1]:
+        return (f". Likely cause: the first trace ran its steps {modes[0]}, the second {modes[1]} (run_eagerly, or "
+                "jit_compile on JAX), and compiled kernels round differently: trace both the same way")
+    return ""
 
 
 def _result(divergence: TraceDivergence, within: list, step: int) -> TraceComparison:
