@@ -22,12 +22,15 @@ speed drifts during the run, as a shared 2-core machine's does by up to 2x) and 
 of the fastest fits, and "later epochs": the median of the pairs' ratios of the time after the
 first epoch, without the one-off costs of a fit (JAX compiles the train function in the first
 step: about a quarter of these short fits, and the checksums make it a little longer); the
-target on CPU is at most 1.03 (issue 17). The backend is the one
+target on CPU is at most 1.03 (issue 17). Then, per input form, one model fitted one epoch at a
+time, alternately with and without the checks (`--rounds` pairs after two uncounted fits of
+each): the median and quartiles of the pairs' ratios, the statistic least moved by the
+machine's drift and by one-off costs. The backend is the one
 Keras picks (KERAS_BACKEND). Always exits 0: it is a report.
 
 Usage::
 
-    KERAS_BACKEND=jax python benchmarks/data_checks.py [--repeats 7] [--rows 12000]
+    KERAS_BACKEND=jax python benchmarks/data_checks.py [--repeats 7] [--rows 12000] [--rounds 15]
 """
 
 from __future__ import annotations
@@ -106,15 +109,41 @@ def time_fit(form: str, checks: bool, x: np.ndarray, y: np.ndarray) -> tuple[flo
     return end - start, end - clock.at
 
 
+def time_alternating(form: str, x: np.ndarray, y: np.ndarray, rounds: int) -> list[float]:
+    """Ratios on / off of one-epoch fits of one model, alternating (off, on, off, on, ...) after
+    two uncounted fits of each: no fit's one-off costs (both train functions are built and
+    compiled once), and a drift in the machine's speed reaches both sides of each pair."""
+    keras.backend.clear_session()
+    model = build(form)
+    if form == "arrays":
+        data, kwargs = (x, y), {"batch_size": BATCH_SIZE, "shuffle": True}
+    else:
+        import tensorflow as tf
+
+        data, kwargs = (tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH_SIZE),), {"shuffle": False}
+
+    def epoch(checks: bool) -> float:
+        callback = kr.SeedCallback(SEED, data_checks=checks)
+        start = time.perf_counter()
+        model.fit(*data, epochs=1, verbose=0, callbacks=[callback], **kwargs)
+        return time.perf_counter() - start
+
+    for _ in range(2):
+        epoch(False), epoch(True)
+    return [epoch(True) / epoch(False) for _ in range(rounds)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rows", type=int, default=12000)
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated: arrays,tf.data")
+    parser.add_argument("--rounds", type=int, default=15, help="pairs of alternating one-epoch fits of one model")
     args = parser.parse_args()
     forms = [form for form in args.forms.split(",") if form]
     x, y = make_data(args.rows)
-    warmup = {(form, checks): time_fit(form, checks, x, y) for form in forms for checks in (False, True)}
+    keys = [(form, checks) for form in forms for checks in (False, True)]
+    warmup = {key: time_fit(*key, x, y) for key in keys} if args.repeats else {}  # --repeats 0: alternating only
     times: dict[tuple[str, bool], list[tuple[float, float]]] = {key: [] for key in warmup}
     for _ in range(args.repeats):
         for key in warmup:
@@ -126,10 +155,10 @@ def main() -> None:
         f"{args.repeats} repeats | load average {load} at the end"
     )
     print(f"reproduce: KERAS_BACKEND={keras.backend.backend()} python benchmarks/data_checks.py --repeats {args.repeats} "
-          f"--rows {args.rows}")
+          f"--rows {args.rows} --rounds {args.rounds}")
     print(f"{'input':<8}  {'median off (s)':>14}  {'median on (s)':>13}  {'ratio':>6}  {'pairs':>6}  {'fastest':>7}  "
           f"{'later epochs':>12}  target")
-    for form in forms:
+    for form in forms if args.repeats else []:
         off, on = [t for t, _ in times[form, False]], [t for t, _ in times[form, True]]
         later = statistics.median([a / b for (_, a), (_, b) in zip(times[form, True], times[form, False])])
         ratio = statistics.median(on) / statistics.median(off)
@@ -137,6 +166,10 @@ def main() -> None:
         verdict = f"<= {TARGET:.2f} {'PASS' if ratio <= TARGET else 'FAIL'}"
         print(f"{form:<8}  {statistics.median(off):>14.3f}  {statistics.median(on):>13.3f}  {ratio:>6.3f}  {pairs:>6.3f}  "
               f"{min(on) / min(off):>7.3f}  {later:>12.3f}  {verdict}")
+    for form in forms:
+        ratios = time_alternating(form, x, y, args.rounds)
+        print(f"{form:<8}  one model, {args.rounds} pairs of alternating one-epoch fits: on / off median "
+              f"{statistics.median(ratios):.3f} (quartiles {np.percentile(ratios, 25):.3f} .. {np.percentile(ratios, 75):.3f})")
     print("first (warm-up) fit of each, s: " + ", ".join(f"{form} {'on' if checks else 'off'} {seconds:.3f}"
                                                          for (form, checks), (seconds, _) in warmup.items()))
 
