@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -52,6 +53,8 @@ def test_lanes_match_the_definition_computed_by_hand():
         (np.array([True, False]), [1, 0]),
         (np.array([[1, 2], [3, 4]], np.int32), [1, 2, 3, 4]),  # row-major
         (np.array([1.0], np.dtype(">f4")), [0x3F800000]),  # byte order does not matter
+        (np.array([1.0, -2.0], ml_dtypes.bfloat16), [0x3F80, 0xC000]),  # types ml_dtypes adds: by their bits
+        (np.array([1.0], ml_dtypes.float8_e4m3fn), [0x38]),
     ],
 )
 @pytest.mark.unit
@@ -64,6 +67,8 @@ def test_words_of_each_dtype(array, words):
 def test_unsupported_dtype_is_a_clear_error():
     with pytest.raises(TypeError, match="cannot checksum an array of dtype"):
         checksums.words(np.array(["a"]))
+    with pytest.raises(TypeError, match="cannot checksum an array of dtype"):  # a structured type
+        checksums.words(np.zeros(2, np.dtype([("a", "<u2")])))
 
 
 @pytest.mark.unit
@@ -141,6 +146,28 @@ def test_backend_checksums_equal_the_definition():
     moved = BatchChecksums(model).compute()
     changed_rows = np.flatnonzero((moved != computed).any(axis=1)).tolist()
     assert changed_rows == [next(i for i, v in enumerate(variables) if v is kernel)]
+
+
+def test_bfloat16_variables_are_checksummed_and_fingerprinted():
+    """Variables of a bfloat16 layer (NumPy has no bfloat16; ml_dtypes adds it): the compiled
+    checksums equal the definition, and one changed value moves that variable's epoch digest
+    and checksum only."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, dtype="bfloat16"), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((16, 6), "float32"), np.zeros((16, 2), "float32"), batch_size=8, verbose=0)
+    kernel = model.layers[0].kernel
+    assert str(kernel.dtype) == "bfloat16"
+    variables = [v for _, v in sorted(model_variables(model), key=lambda pv: PARTS.index(pv[0]))]
+    computed = BatchChecksums(model).compute()
+    assert np.array_equal(computed, np.stack([checksums.lanes(_backend.to_numpy(v)) for v in variables]))
+    before = fingerprint(model)
+    kernel.assign(kernel * 2)
+    after = fingerprint(model)
+    moved = [a.path for a, b in zip(before.records, after.records) if a.digest != b.digest]
+    assert moved == [kernel.path]
+    rows = np.flatnonzero((BatchChecksums(model).compute() != computed).any(axis=1)).tolist()
+    assert rows == [next(i for i, v in enumerate(variables) if v is kernel)]
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch device form runs on the torch backend")

@@ -237,6 +237,23 @@ def test_kept_values_survive_training():
     assert all(np.array_equal(keras.ops.convert_to_numpy(v), b) for v, b in zip(variables, before))
 
 
+@pytest.mark.backends
+def test_bfloat16_layers_are_traced():
+    """A mixed-precision layer's bfloat16 outputs and a bfloat16 layer's variables are checksummed
+    and summarised (NumPy has no bfloat16; ml_dtypes adds it), and a change is still found."""
+    x, y = _data()
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="d1", dtype="mixed_bfloat16"),
+                              keras.layers.Dense(3, name="d2", dtype="bfloat16"), keras.layers.Dense(1, name="d3")])
+    model.compile("adam", "mse")
+    first = kr.trace_layers(model, x, y, steps=2, batch_size=8)
+    assert np.isfinite(first.stats[:, :2]).all()  # every entry has values, bfloat16 ones too
+    assert kr.compare_traces(first, kr.trace_layers(model, x, y, steps=2, batch_size=8)).identical
+    model.layers[1].kernel.assign(model.layers[1].kernel * 2)
+    divergence = kr.compare_traces(first, kr.trace_layers(model, x, y, steps=2, batch_size=8)).first_divergence
+    assert (divergence.step, divergence.category, divergence.name) == (-1, "state", "d2/kernel")
+
+
 def _tiny_trace(lanes=((1, 2), (3, 4))):
     """A two-entry trace made by hand (no training)."""
     return Trace(np.array([0, 0]), ("input", "output"), ("x", "d1"), np.array(lanes, np.uint32),

@@ -3,6 +3,7 @@ batch checksums with torch ops on accelerators (NumPy over zero-copy views on CP
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -60,7 +61,27 @@ def version() -> str:
 
 def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
     """A host NumPy view (CPU tensors) or copy (accelerators) of a tensor."""
-    return value_of(value).detach().cpu().numpy()
+    return _numpy(value_of(value).detach().cpu())
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    """`tensor.numpy()` of a CPU tensor; a type NumPy lacks (bfloat16, float8) as the `ml_dtypes`
+    type of the same bits (Keras depends on ml_dtypes), as JAX and TensorFlow hand them over."""
+    found = _ml_dtypes().get(tensor.dtype)
+    if found is None:
+        return tensor.numpy()
+    bits, kind = found
+    return tensor.view(bits).numpy().view(kind)
+
+
+@functools.cache
+def _ml_dtypes() -> dict:
+    """{torch dtype NumPy lacks: (torch integer type of its size, ml_dtypes type)}."""
+    import ml_dtypes
+
+    pairs = {"bfloat16": torch.int16, "float8_e4m3fn": torch.uint8, "float8_e5m2": torch.uint8}
+    return {getattr(torch, name): (bits, getattr(ml_dtypes, name)) for name, bits in pairs.items()
+            if hasattr(torch, name) and hasattr(ml_dtypes, name)}
 
 
 def kept_values(variables: list) -> list:
@@ -75,12 +96,12 @@ def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
     while the next batch is read; they are kept for the next fingerprint."""
     tensors = [value_of(variable).detach() for variable in variables]
     if all(t.device.type == "cpu" for t in tensors):
-        return [t.numpy() for t in tensors]
+        return [_numpy(t) for t in tensors]
     try:
         return _STAGING.copy(tensors)
     except (RuntimeError, TypeError) as error:  # no pinned memory, or a dtype NumPy lacks
         logger.debug("pinned staging failed (%s): reading tensor by tensor", error)
-        return [t.cpu().numpy() for t in tensors]
+        return [_numpy(t.cpu()) for t in tensors]
 
 
 class _Staging:
@@ -110,7 +131,7 @@ class _Staging:
             views.append(target)
             offset += -(-size // self.ALIGN) * self.ALIGN
         torch.cuda.synchronize()
-        return [view.numpy() for view in views]
+        return [_numpy(view) for view in views]
 
 
 _STAGING = _Staging()

@@ -43,11 +43,15 @@ DIGEST_BYTES = 8
 
 
 def words(array: np.ndarray) -> np.ndarray:
-    """The array's words as defined above: a flat uint32 array."""
+    """The array's words as defined above: a flat uint32 array. Types NumPy lacks and `ml_dtypes`
+    adds (bfloat16, the float8 types: NumPy kind "V") count by their bits, as their 1- or
+    2-byte integers."""
     array = np.ascontiguousarray(array).reshape(-1)
     size = array.dtype.itemsize
-    if array.dtype.kind not in "biufc" or size not in (1, 2, 4, 8):
+    if array.dtype.kind not in "biufcV" or size not in (1, 2, 4, 8) or array.dtype.fields is not None:
         raise TypeError(f"cannot checksum an array of dtype {array.dtype}")
+    if array.dtype.kind == "V":  # ml_dtypes' types are native-endian, like the machines that run them
+        return array.view(f"u{size}").astype(np.uint32, copy=False) if size < 8 else array.view("<u4")
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     if size == 1:
         return little.view(np.uint8).astype(np.uint32)

@@ -224,7 +224,8 @@ def _chunks(array: np.ndarray) -> tuple[np.ndarray, list[memoryview]]:
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     array = np.ascontiguousarray(array)
-    buffer = memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
+    # the bytes through a uint8 view: the buffer protocol refuses ml_dtypes' types (bfloat16)
+    buffer = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
     return array, [buffer[i : i + CHUNK_BYTES] for i in range(0, len(buffer), CHUNK_BYTES)]
 
 

@@ -82,6 +82,11 @@ def stats(arrays: list) -> np.ndarray:
     total, count, largest, bad = 0.0, 0, -np.inf, 0
     for array in arrays:
         array = np.asarray(array)
+        if array.dtype.kind == "V" and array.dtype.fields is None:  # ml_dtypes' floats (bfloat16, float8)
+            try:
+                array = array.astype(np.float32)
+            except (TypeError, ValueError):
+                continue
         if array.dtype.kind not in "biuf" or not array.size:
             continue
         summed = float(array.sum(dtype=np.float64))
