@@ -4,10 +4,11 @@ Each step runs as `fit` runs it (`keras_repro._backend.traced_step`: a `Gradient
 `tf.function` on TensorFlow, `jax.value_and_grad` jitted on JAX, compiled once per model and
 `compile()` as Keras' train function is, eagerly where the model runs eagerly; autograd on
 PyTorch) with every layer's `call` wrapped (`capture.CallRecorder`), so the trace holds, per
-step and in execution order: the batch fed, every layer call's output (with its inputs), the loss, every trainable variable's gradient
-and every variable after the update. Each entry is a 64-bit checksum of its bits (the batch
-checksum, `keras_repro.fingerprinting.checksums`) and float summaries (mean, largest absolute
-value, count of non-finite values) for comparisons within a tolerance (`digests`).
+step and in execution order: the batch fed, every layer call's output (with its inputs), the
+loss, every trainable variable's gradient and every variable after the update. Each entry is a
+64-bit checksum of its bits (the batch checksum, `keras_repro.fingerprinting.checksums`) and
+float summaries (mean, largest absolute value, count of non-finite values) for comparisons
+within a tolerance (`digests`).
 """
 
 from __future__ import annotations
