@@ -23,7 +23,7 @@ INTERFACE = (
     "trains_under_tf_distribute", "process_count", "gather_from_processes",
     "step_lanes", "lanes_to_host", "wrap_step", "build_with_lanes", "data_checks_gap", "input_build_passes",
     "input_passes_per_epoch", "traced_step", "framework_rng_state", "set_framework_rng_state",
-    "backend_rng_state", "set_backend_rng_state", "traced_step_mode", "kept_values",
+    "traced_step_mode", "kept_values",
 )
 """What every backend module provides (see `common` for each function's meaning)."""
 

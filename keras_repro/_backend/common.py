@@ -25,16 +25,6 @@ def seed_backend(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def backend_rng_state() -> np.ndarray | None:
-    """The framework's own global RNG state, where Keras layers draw from it (torch: a Dropout
-    without a seed), as a host array; None where Keras draws only from SeedGenerators."""
-    return None
-
-
-def set_backend_rng_state(state: np.ndarray) -> None:
-    """Sets what `backend_rng_state` returned."""
-
-
 def value_of(variable: Any) -> Any:
     """The backend tensor of a Keras variable (anything else as it is)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
@@ -302,14 +292,17 @@ def model_loss(model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> A
     return compute(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
 
 
-def framework_rng_state() -> Any:
-    """The state of the framework's own global RNG where Keras layers draw from it (None:
-    they do not), for `set_framework_rng_state` to put back."""
+def framework_rng_state() -> list[np.ndarray] | None:
+    """The framework's own global RNG states where Keras layers draw from them (torch: a Dropout
+    without a seed), as host arrays (the host's, then each accelerator's), for
+    `set_framework_rng_state` to put back or a backup to store; None where Keras draws only from
+    SeedGenerators."""
     return None
 
 
-def set_framework_rng_state(state: Any) -> None:
-    """Puts back a state `framework_rng_state` returned."""
+def set_framework_rng_state(states: list[np.ndarray]) -> None:
+    """Puts back what `framework_rng_state` returned (an accelerator this process lacks is
+    skipped; one the states lack is left as it is)."""
 
 
 def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> tuple[Any, list]:

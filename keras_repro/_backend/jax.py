@@ -15,7 +15,6 @@ import numpy as np
 from keras_repro._backend import flags
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
     Deferred,
-    backend_rng_state,
     child_determinism_environment,
     data_checks_gap,
     data_to_numpy,
@@ -29,7 +28,6 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     symbolic_build_passes as input_build_passes,
     plain_text,
     seed_backend,
-    set_backend_rng_state,
     set_framework_rng_state,
     trains_under_tf_distribute,
     value_of,

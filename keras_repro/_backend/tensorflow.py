@@ -14,7 +14,6 @@ import tensorflow as tf
 from keras_repro._backend.common import (  # noqa: F401 - the interface: shared implementations
     Deferred,
     async_batch_hooks_help,
-    backend_rng_state,
     build_with_lanes,
     data_to_numpy,
     deferred_or_host,
@@ -26,7 +25,6 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     plain_text,
     process_count,
     seed_backend,
-    set_backend_rng_state,
     set_framework_rng_state,
     sync_model_state,
     value_of,

@@ -46,16 +46,6 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
 logger = logging.getLogger(__name__)
 
 
-def backend_rng_state() -> np.ndarray | None:
-    """torch's global CPU RNG state: Keras' torch Dropout without a seed draws from it."""
-    return torch.get_rng_state().numpy().copy()
-
-
-def set_backend_rng_state(state: np.ndarray) -> None:
-    """Sets torch's global CPU RNG state."""
-    torch.set_rng_state(torch.from_numpy(np.asarray(state, dtype=np.uint8).copy()))
-
-
 def version() -> str:
     return str(torch.__version__)
 
@@ -373,14 +363,16 @@ def traced_step(model: Any, x: Any, y: Any, sample_weight: Any, calls: list) -> 
     return loss.detach(), gradients
 
 
-def framework_rng_state() -> Any:
-    """torch's global RNG states (CPU and accelerators): Keras' torch Dropout without a seed
-    draws its masks there."""
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+def framework_rng_state() -> list[np.ndarray]:
+    """torch's global RNG states, the CPU's then each CUDA device's: Keras' torch Dropout
+    without a seed draws its masks there."""
+    states = [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    return [state.numpy().copy() for state in states]
 
 
-def set_framework_rng_state(state: Any) -> None:
-    cpu, accelerators = state
-    torch.set_rng_state(cpu)
-    if accelerators is not None:
-        torch.cuda.set_rng_state_all(accelerators)
+def set_framework_rng_state(states: list[np.ndarray]) -> None:
+    tensors = [torch.from_numpy(np.asarray(state, dtype=np.uint8).copy()) for state in states]
+    torch.set_rng_state(tensors[0])
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device, state in enumerate(tensors[1 : 1 + devices]):
+        torch.cuda.set_rng_state(state, device)

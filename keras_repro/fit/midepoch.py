@@ -180,13 +180,16 @@ def _global_rng_state() -> dict:
     not use a SeedGenerator (torch's Dropout without a seed). Python's and NumPy's are left as
     the replayed reads leave them: the input pipeline draws from them (a `PyDataset` in
     `__getitem__`, read ahead by Keras), and reading the dropped batches again redraws those."""
-    framework = _backend.backend_rng_state()
-    return {"framework": None if framework is None else _encode(framework)}
+    framework = _backend.framework_rng_state()
+    return {"framework": None if framework is None else [_encode(state) for state in framework]}
 
 
 def _set_global_rng_state(state: dict) -> None:
-    if state["framework"] is not None:
-        _backend.set_backend_rng_state(_decode(state["framework"]))
+    framework = state["framework"]
+    if isinstance(framework, dict):  # written before the accelerators' states were kept: torch's CPU state alone
+        framework = [framework]
+    if framework is not None:
+        _backend.set_framework_rng_state([_decode(value) for value in framework])
 
 
 def _generator_states(model: Any) -> list:
