@@ -118,7 +118,7 @@ def test_running_lanes_are_the_lanes_of_each_prefix():
     assert not (checksums.running_lanes(changed)[40:] == running[40:]).all(axis=1).any()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int32", "uint8", "bool", "float16", "int64"])
+@pytest.mark.parametrize("dtype", ["float32", "int32", "uint8", "bool", "float16", "bfloat16", "int64"])
 @pytest.mark.unit
 def test_step_lanes_equal_the_definition(dtype):
     """The backend's in-step checksum of a batch's arrays is `checksums.lanes` of each."""

@@ -320,7 +320,7 @@ def step_lanes(leaves: list) -> Any:
             return _device_lanes([w.to(tensors[0].device) for w in words], sizes, _positions(sizes, tensors[0].device))
     # a batch holds no gradient: `detach` is free, and `numpy()` is a view (or the words' copy
     # for 1- and 2-byte types, made by `checksums.words`)
-    words = [checksums.words(_host_view(t)) for t in tensors]
+    words = [checksums.words(_numpy(t.detach())) for t in tensors]
     sizes = tuple(w.size for w in words)
     layout = _HOST_LAYOUTS.get(sizes)
     if layout is None:
@@ -328,17 +328,6 @@ def step_lanes(leaves: list) -> Any:
             _HOST_LAYOUTS.clear()
         layout = _HOST_LAYOUTS[sizes] = checksums.FlatLayout(sizes)
     return layout.lanes(words)
-
-
-def _host_view(tensor: Any) -> np.ndarray:
-    """A NumPy view of a CPU tensor's elements (bool and bfloat16, which NumPy lacks, as the
-    integers of their bits)."""
-    tensor = tensor.detach()
-    if tensor.dtype == torch.bool:
-        tensor = tensor.view(torch.uint8)
-    elif tensor.dtype == torch.bfloat16:
-        tensor = tensor.view(torch.int16)
-    return tensor.numpy()
 
 
 def lanes_to_host(pending: list) -> np.ndarray:
