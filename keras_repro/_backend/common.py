@@ -44,11 +44,9 @@ def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
 def kept_values(variables: list) -> list:
     """The variables' values as they are now, unchanged by whatever later updates the variables
     (in place, or by donating their buffers to a compiled step), for `variable.assign` to put
-    back: host copies of what the chosen backend's `read_batch` reads (TensorFlow and torch
-    update a variable's memory in place)."""
-    from keras_repro import _backend
-
-    return [np.array(array, copy=True) for array in _backend.read_batch(variables)]
+    back: host copies here (TensorFlow and torch, which update a variable's memory in place,
+    copy what their own `read_batch` reads)."""
+    return [np.array(array, copy=True) for array in read_batch(variables)]
 
 
 def data_to_numpy(value: Any) -> np.ndarray:

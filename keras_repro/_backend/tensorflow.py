@@ -21,7 +21,6 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     framework_rng_state,
     gather_from_processes,
     input_hazards,
-    kept_values,
     plain_text,
     process_count,
     seed_backend,
@@ -52,6 +51,11 @@ def to_numpy(value: Any, replica: int = 0) -> np.ndarray:
         value = copies[replica] if replica < len(copies) else copies[0]
     read = getattr(value, "value", None)
     return np.asarray(read() if callable(read) else value)
+
+
+def kept_values(variables: list) -> list:
+    """Host copies (see `common`): variables are updated in place."""
+    return [np.array(array, copy=True) for array in read_batch(variables)]
 
 
 def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:

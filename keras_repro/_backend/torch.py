@@ -28,7 +28,6 @@ from keras_repro._backend.common import (  # noqa: F401 - the interface: shared 
     host_checksums,
     input_hazards,
     input_passes_per_epoch,
-    kept_values,
     model_loss,
     native_ordered_input,
     symbolic_build_passes as input_build_passes,
@@ -73,6 +72,11 @@ def _ml_dtypes() -> dict:
     pairs = {"bfloat16": torch.int16, "float8_e4m3fn": torch.uint8, "float8_e5m2": torch.uint8}
     return {getattr(torch, name): (bits, getattr(ml_dtypes, name)) for name, bits in pairs.items()
             if hasattr(torch, name) and hasattr(ml_dtypes, name)}
+
+
+def kept_values(variables: list) -> list:
+    """Host copies (see `common`): variables are updated in place."""
+    return [np.array(array, copy=True) for array in read_batch(variables)]
 
 
 def read_batch(variables: list, replica: int = 0) -> list[np.ndarray]:
