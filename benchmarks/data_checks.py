@@ -3,8 +3,10 @@
 What is measured
 ----------------
 The MNIST-shaped MLP (Flatten -> Dense(128, relu) -> Dense(10), Adam, sparse
-categorical cross-entropy on logits) on synthetic 28x28 float32 data generated
-with NumPy from a fixed seed, `batch_size=32`, `verbose=0`, in two input forms:
+categorical cross-entropy on logits; `--model convnet`: keras-io's simple MNIST convnet,
+two Conv2D + MaxPooling blocks, whose step costs several times the MLP's with the same input)
+on synthetic 28x28 float32 data generated with NumPy from a fixed seed, `batch_size=32`,
+`verbose=0`, in two input forms:
 
     arrays   `kr.DeterministicSequential` fed NumPy arrays (shuffle=True);
     tf.data  a plain `keras.Sequential` fed `Dataset.from_tensor_slices((x, y))
@@ -47,7 +49,7 @@ The backend is the one Keras picks (KERAS_BACKEND). Always exits 0: it is a repo
 
 Usage::
 
-    KERAS_BACKEND=jax python benchmarks/data_checks.py [--epochs 8] [--rounds 7] [--repeats 0] [--rows 12000]
+    KERAS_BACKEND=jax python benchmarks/data_checks.py [--epochs 8] [--rounds 7] [--repeats 0] [--rows 12000] [--model mlp]
 """
 
 from __future__ import annotations
@@ -78,10 +80,26 @@ def make_data(rows: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((rows, 28, 28), dtype=np.float32), rng.integers(0, 10, rows).astype("int32")
 
 
+MODELS = ("mlp", "convnet")
+model_name = "mlp"
+"""The model `build` makes (`--model`)."""
+
+
+def _layers(name: str) -> list:
+    """The MNIST MLP, or keras-io's simple MNIST convnet (a step several times the MLP's on CPU)."""
+    if name == "convnet":
+        return [keras.Input((28, 28)), keras.layers.Reshape((28, 28, 1)),
+                keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+                keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(2),
+                keras.layers.Flatten(), keras.layers.Dense(10)]
+    return [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10)]
+
+
 def build(form: str) -> keras.Model:
-    """The compiled MLP: a DeterministicSequential for arrays, a plain Sequential for tf.data."""
-    layers = [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"),
-              keras.layers.Dense(10)]
+    """The compiled model (`model_name`): a DeterministicSequential for arrays, a plain Sequential
+    for tf.data."""
+    layers = _layers(model_name)
     if form == "arrays":
         model = kr.DeterministicSequential(layers, seed=SEED)
     else:
@@ -277,7 +295,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=0, help="fresh 3-epoch fits each way (0: none)")
     parser.add_argument("--rows", type=int, default=12000)
     parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated: arrays,tf.data")
+    parser.add_argument("--model", choices=MODELS, default="mlp")
     args = parser.parse_args()
+    global model_name
+    model_name = args.model
     if args.epochs < 1 or args.rounds < 1:
         parser.error("--epochs and --rounds must be at least 1 (the estimate needs both)")
     forms = [form for form in args.forms.split(",") if form]
@@ -293,11 +314,11 @@ def main() -> None:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print(
         f"data checks overhead | {os.cpu_count()} cpu, {platform.platform()} | keras {keras.__version__}, backend "
-        f"{keras.backend.backend()} | {args.rows} rows, {-(-args.rows // BATCH_SIZE)} batches/epoch | "
+        f"{keras.backend.backend()} | {args.model}, {args.rows} rows, {-(-args.rows // BATCH_SIZE)} batches/epoch | "
         f"load average {load} at the end"
     )
     print(f"reproduce: KERAS_BACKEND={keras.backend.backend()} python benchmarks/data_checks.py --epochs {args.epochs} "
-          f"--rounds {args.rounds} --repeats {args.repeats} --rows {args.rows}")
+          f"--rounds {args.rounds} --repeats {args.repeats} --rows {args.rows} --model {args.model}")
     print(f"\nsteps side by side ({args.epochs} one-epoch fits each way; us: median of pairs' differences on - off "
           f"[bootstrap 95%]; control: off - off)")
     print(f"{'input':<8}  {'pairs':>5}  {'step cost (us)':>22}  {'control (us)':>22}  {'hooks on-off (ms)':>17}  "
