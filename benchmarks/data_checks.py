@@ -173,6 +173,7 @@ class _Alternate(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
         self.pairs: list[tuple[float, float]] = []
+        self.calls = 0  # of the train function, paired or not (an odd last one is not)
         self.checked: bool | None = None  # whether the two sides differ (the checks were on)
         self._installed: tuple | None = None
 
@@ -191,11 +192,11 @@ class _Alternate(keras.callbacks.Callback):
         else:
             sides = {"on": own, "off": own}
         self.checked = sides["on"] is not sides["off"]
-        calls, seconds = [0], {}
+        seconds = {}
 
         def alternating(*args: object) -> object:
-            k = calls[0]
-            calls[0] += 1
+            k = self.calls
+            self.calls += 1
             first, second = ("on", "off") if (k // 2) % 2 == 0 else ("off", "on")
             side = first if k % 2 == 0 else second
             function, step = sides[side]
@@ -261,7 +262,7 @@ def time_steps(form: str, x: np.ndarray, y: np.ndarray, epochs: int) -> dict:
                 side = "on" if checks else "off"
                 found[side] += [a - b for a, b in alternate.pairs]
                 found[f"hooks {side}"].append(spent[0])
-                found["steps"] = 2 * len(alternate.pairs)
+                found["steps"] = alternate.calls
     return found
 
 
