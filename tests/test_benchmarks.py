@@ -27,8 +27,9 @@ def test_data_checks_benchmark_prints_every_table():
 
 
 def test_steps_side_by_side_see_an_injected_cost_and_the_control_does_not():
-    # torch runs the batch checksum eagerly in each step: 2 ms slept there is 2 ms more in
-    # every checked call and in no plain one
+    # torch runs the batch checksum eagerly in each step: 10 ms slept there is 10 ms more in
+    # every checked call and in no plain one (a margin far above a loaded machine's noise in
+    # the median of 40 pairs)
     code = f"""
         import sys, time
         import numpy as np
@@ -39,14 +40,15 @@ def test_steps_side_by_side_see_an_injected_cost_and_the_control_does_not():
         real = _backend.step_lanes
 
         def slow(leaves):
-            time.sleep(0.002)
+            time.sleep(0.010)
             return real(leaves)
 
         _backend.step_lanes = slow
-        x, y = bench.make_data(320)
-        found = bench.time_steps("arrays", x, y, 1)
+        x, y = bench.make_data(1280)
+        found = bench.time_steps("arrays", x, y, 2)
+        assert len(found["on"]) == len(found["off"]) == 40, found
         print(float(np.median(found["on"])), float(np.median(found["off"])))
     """
     cost, control = map(float, run_python(code, env={"KERAS_BACKEND": "torch"}).stdout.split()[-2:])
-    assert cost >= 0.001, (cost, control)
-    assert abs(control) < 0.001, (cost, control)
+    assert cost >= 0.006, (cost, control)
+    assert abs(control) <= 0.004, (cost, control)
